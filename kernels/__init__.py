@@ -1,0 +1,6 @@
+"""Triton kernels of wsseg_fast, installed as ``wsseg_fast.kernels``.
+
+Each module holds a kernel and its launcher registered with
+``torch.library.triton_op`` (so ``torch.compile`` sees it); the public ops in
+``wsseg_fast.ops`` choose between backends.
+"""

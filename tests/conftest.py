@@ -1,0 +1,30 @@
+"""Test-wide set-up.
+
+Triton kernels run on CPU tensors under the interpreter: TRITON_INTERPRET must
+be set before anything imports triton, so it is set here, first, unless a GPU
+is present (then Triton tests run compiled on it).
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip_cuda)
+
+
+@pytest.fixture(autouse=True)
+def _no_backend_env(monkeypatch):
+    """Tests choose backends explicitly; a developer's WSSEG_FAST_BACKEND must not leak in."""
+    monkeypatch.delenv("WSSEG_FAST_BACKEND", raising=False)

@@ -1,0 +1,33 @@
+"""Public ops. Each takes ``backend="auto" | "triton" | "cuda" | "cpu" | "torch"``.
+
+See :mod:`wsseg_fast.ops._backend` for how the backend is chosen, and
+:func:`available_backends` for what can run here and why not.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from wsseg_fast.ops import _backend
+from wsseg_fast.ops._backend import BACKENDS, BackendUnavailableError
+from wsseg_fast.ops.linear_assignment import assignment_to_indices, batch_linear_assignment
+from wsseg_fast.ops.linear_assignment import SPEC as _LSAP_SPEC
+
+OP_SPECS = {spec.name: spec for spec in (_LSAP_SPEC,)}
+
+
+def available_backends(op: str, device: torch.device | str = "cpu") -> dict[str, str]:
+    """For each backend of ``op``: ``"available"`` or the reason it cannot run on ``device``."""
+    if op not in OP_SPECS:
+        raise ValueError(f"available_backends: unknown op {op!r}; ops are {', '.join(sorted(OP_SPECS))}")
+    return _backend.availability(OP_SPECS[op], device)
+
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailableError",
+    "OP_SPECS",
+    "assignment_to_indices",
+    "available_backends",
+    "batch_linear_assignment",
+]
