@@ -12,6 +12,7 @@ from wsseg_fast.ops import _backend
 from wsseg_fast.ops._backend import BACKENDS, BackendUnavailableError
 from wsseg_fast.ops.linear_assignment import assignment_to_indices, batch_linear_assignment
 from wsseg_fast.ops.linear_assignment import SPEC as _LSAP_SPEC
+from wsseg_fast.ops.neighbors import dilated_offsets, neighbor_offsets
 
 OP_SPECS = {spec.name: spec for spec in (_LSAP_SPEC,)}
 
@@ -30,4 +31,6 @@ __all__ = [
     "assignment_to_indices",
     "available_backends",
     "batch_linear_assignment",
+    "dilated_offsets",
+    "neighbor_offsets",
 ]

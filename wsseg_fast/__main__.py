@@ -1,0 +1,5 @@
+import sys
+
+from wsseg_fast.cli import main
+
+sys.exit(main())
