@@ -44,7 +44,10 @@ def impl_params(op: str, peers: tuple[str, ...] = (), device: str = "cpu") -> li
 
 
 def record(benchmark, op: str, shape, impl: str, **extra):
-    """Group by op and shape; tag the implementation for the report."""
+    """Group by op and shape; tag the implementation for the report (`kind`:
+    reference, backend or peer; pass `kind=` for what is not an op's backend)."""
     benchmark.group = f"{op} {tuple(shape)}"
-    kind = "reference" if impl == REFERENCE else ("backend" if impl in OP_SPECS[op].backends else "peer")
+    backends = OP_SPECS[op].backends if op in OP_SPECS else ()
+    kind = extra.pop("kind", None) or (
+        "reference" if impl == REFERENCE else ("backend" if impl in backends else "peer"))
     benchmark.extra_info.update(op=op, shape=list(shape), impl=impl, kind=kind, threads=torch.get_num_threads(), **extra)
