@@ -33,6 +33,13 @@ def backends_here(op: str) -> list:
     return params
 
 
+def skip_unless_available(op: str, backend: str) -> None:
+    """Skip the calling test, with the reason, when `backend` cannot run `op` here."""
+    reason = OP_SPECS[op].why_unavailable(backend, torch.device(device_of(backend)))
+    if reason:
+        pytest.skip(reason)
+
+
 _COMPILE = r"""
 import importlib, pickle, sys
 import triton

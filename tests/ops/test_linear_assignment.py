@@ -7,7 +7,7 @@ import pytest
 import scipy.optimize
 import torch
 
-from tests.helpers import backends_here, compile_triton_for_gpu, device_of
+from tests.helpers import backends_here, compile_triton_for_gpu, device_of, skip_unless_available
 from wsseg_fast.ops import BackendUnavailableError, assignment_to_indices, batch_linear_assignment
 
 BACKENDS = backends_here("batch_linear_assignment")
@@ -213,6 +213,15 @@ def test_input_errors():
         batch_linear_assignment(torch.rand(1, 2, 2), backend="gpu")
     with pytest.raises(BackendUnavailableError, match="'cuda' backend takes CUDA tensors"):
         batch_linear_assignment(torch.rand(1, 2, 2), backend="cuda")
+
+
+@pytest.mark.triton
+def test_triton_size_limit_is_explained():
+    from wsseg_fast.kernels.linear_assignment import MAX_BLOCK
+
+    skip_unless_available("batch_linear_assignment", "triton")
+    with pytest.raises(ValueError, match="triton backend holds a problem's columns in registers"):
+        solve(torch.rand(1, 2, MAX_BLOCK + 1), "triton")
 
 
 def test_direct_op_checks_its_input():

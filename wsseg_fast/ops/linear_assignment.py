@@ -74,6 +74,11 @@ def batch_linear_assignment(
     if which == "torch":
         return reference.batch_linear_assignment(cost, maximize=maximize, check=check)
     if which == "triton":
+        if max(cost.shape[1:]) > _triton.MAX_BLOCK:
+            raise ValueError(
+                f"batch_linear_assignment: the triton backend holds a problem's columns in registers and takes "
+                f"W and T up to {_triton.MAX_BLOCK}; got {tuple(cost.shape)} (use the cuda or cpu backend)"
+            )
         if cost.is_floating_point():
             cost = cost.double()
         out, status = _triton.batch_linear_assignment_triton(cost, maximize)
