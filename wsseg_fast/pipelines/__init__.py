@@ -1,0 +1,2 @@
+"""End-to-end jobs built from the ops: pseudo-labelling, CAM refinement,
+fine-tuning, student training and evaluation."""
