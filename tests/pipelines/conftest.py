@@ -49,3 +49,12 @@ def make_shapes_dataset(root: Path, n: int = 12, size: int = 32, seed: int = 0) 
 @pytest.fixture
 def shapes(tmp_path) -> Path:
     return make_shapes_dataset(tmp_path / "shapes")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny convolutions gain nothing from threads; on a busy machine extra threads only wait."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

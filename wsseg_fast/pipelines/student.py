@@ -245,9 +245,10 @@ class _Dist:
             dist.all_reduce(values)
         return values
 
-    def close(self) -> None:
+    def close(self, finished: bool) -> None:
         if self.world > 1:
-            dist.barrier()
+            if finished:  # after a failure the other ranks may never arrive
+                dist.barrier()
             if self.owned:
                 dist.destroy_process_group()
 
@@ -314,10 +315,13 @@ def train_student(config: StudentConfig, on_epoch_end: Callable[[int, nn.Module,
     is called on every rank after each epoch (``epoch`` counts from 1)."""
     _validate(config)
     ctx = _Dist.setup()
+    finished = False
     try:
-        return _train(config, ctx, on_epoch_end)
+        checkpoint = _train(config, ctx, on_epoch_end)
+        finished = True
+        return checkpoint
     finally:
-        ctx.close()
+        ctx.close(finished)
 
 
 def _train(config: StudentConfig, ctx: _Dist, on_epoch_end) -> Path:
@@ -367,7 +371,7 @@ def _train(config: StudentConfig, ctx: _Dist, on_epoch_end) -> Path:
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
                         pin_memory=device.type == "cuda")
     weights = {h: float(config.loss_weights.get(h, 1.0)) for h in heads}
-    final_epochs = int(config.final_fraction * config.epochs) if config.arch == "multihead" else 0
+    final_epochs = math.floor(config.final_fraction * config.epochs + 1e-9) if config.arch == "multihead" else 0
     # In the final phase the other heads get no gradient at all (grad None: AdamW skips them).
     others = [p for name, head in getattr(model, "heads", {}).items() if name != primary for p in head.parameters()]
     if ctx.rank == 0 and start < config.epochs:
