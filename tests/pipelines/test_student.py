@@ -9,14 +9,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from wsseg_fast.cli import main
 from wsseg_fast.pipelines.evaluate import evaluate
-from wsseg_fast.pipelines.label_maps import read_label, write_label
-from wsseg_fast.pipelines.student import StudentConfig, head_losses, load_student, predict, train_student
+from wsseg_fast.pipelines.label_maps import read_image, read_label, write_label
+from wsseg_fast.pipelines.student import (StudentConfig, head_losses, load_student, predict, predict_logits,
+                                          train_student)
 
 TINY = dict(size=32, widths=(8, 16, 32), batch_size=4, lr=3e-3, progress=False)
 
@@ -111,12 +114,37 @@ def test_each_head_learns_only_from_images_that_have_its_source():
     assert logits["box"].grad.abs().sum() == 0
 
 
-def test_workers_and_bf16(shapes, tmp_path):
+def test_workers_and_mixed_precision(shapes, tmp_path):
     a = train_student(_config(shapes, tmp_path / "w0", epochs=1))
     b = train_student(_config(shapes, tmp_path / "w2", epochs=1, workers=2))
     _assert_same_state(torch.load(a, weights_only=True)["model"], torch.load(b, weights_only=True)["model"])
-    c = train_student(_config(shapes, tmp_path / "bf16", epochs=1, amp="bf16"))
-    assert math.isfinite(torch.load(c, weights_only=True)["history"][0]["loss"])
+    for amp in ("bf16", "fp16"):  # fp16 also runs the gradient scaler
+        c = train_student(_config(shapes, tmp_path / amp, epochs=1, amp=amp))
+        assert math.isfinite(torch.load(c, weights_only=True)["history"][0]["loss"])
+    with pytest.raises(ValueError, match="amp"):
+        train_student(_config(shapes, tmp_path / "x", amp="fp8"))
+
+
+def test_predict_returns_each_image_at_its_own_size(shapes, tmp_path):
+    checkpoint = train_student(_multihead(shapes, tmp_path / "ck", epochs=1))
+    images = tmp_path / "odd"
+    images.mkdir()
+    for name, (h, w) in {"a": (40, 48), "b": (19, 33)}.items():
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(images / f"{name}.jpg")
+    written = predict(checkpoint, images, tmp_path / "pred", batch_size=1, progress=False)
+    assert [p.name for p in written] == ["a.png", "b.png"]
+    assert read_label(written[0]).shape == (40, 48) and read_label(written[1]).shape == (19, 33)
+    # The multi-head student predicts with its GT head.
+    model, meta = load_student(checkpoint)
+    image = read_image(images / "a.jpg")
+    logits = predict_logits(model, meta, [image])[0]
+    with torch.no_grad():
+        x = torch.nn.functional.interpolate(
+            ((image.permute(2, 0, 1)[None].float() / 255 - torch.tensor(meta["mean"]).view(1, 3, 1, 1))
+             / torch.tensor(meta["std"]).view(1, 3, 1, 1)), size=(32, 32), mode="bilinear", antialias=True)
+        gt_head = F.interpolate(model(x)["gt"], size=(40, 48), mode="bilinear")[0]
+    torch.testing.assert_close(logits, gt_head, atol=1e-4, rtol=1e-4)
+    assert torch.equal(read_label(written[0]), logits.argmax(0))
 
 
 def test_bad_configurations(shapes, tmp_path):
@@ -164,6 +192,7 @@ torch.save({"model": model.state_dict(), "record": record, "world": int(os.envir
 """
 
 
+@pytest.mark.slow  # three processes that each import torch: ~25 s here, mostly imports
 def test_torchrun_ddp_two_cpu_processes(shapes, tmp_path):
     script = tmp_path / "ddp_train.py"
     script.write_text(_DDP_SCRIPT)
