@@ -389,7 +389,8 @@ def _train(config: StudentConfig, ctx: _Dist, on_epoch_end) -> Path:
         final = epoch >= config.epochs - final_epochs
         active = {h: (weights[h] if not final or h == primary else 0.0) for h in heads}
         train_model.train()
-        sums = torch.zeros(len(heads) + 2, dtype=torch.float64)  # per head, total, batches
+        # per head: loss sum and batches with labels of its source; then total loss and batches
+        sums = torch.zeros(2 * len(heads) + 2, dtype=torch.float64)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                    disable=not (config.progress and ctx.rank == 0))
         for x, targets in bar:
@@ -406,14 +407,16 @@ def _train(config: StudentConfig, ctx: _Dist, on_epoch_end) -> Path:
                     p.grad = None
             scaler.step(optimizer)
             scaler.update()
-            values = [float(losses[h].detach()) for h in heads] + [float(total.detach()), 1.0]
+            labelled = [float((targets[:, k] != IGNORE_INDEX).any()) for k in range(len(heads))]
+            values = [float(losses[h].detach()) for h in heads] + labelled + [float(total.detach()), 1.0]
             sums += torch.tensor(values, dtype=torch.float64)
             bar.set_postfix(loss=f"{values[-2]:.4f}")
         sums = ctx.all_sum(sums)
         batches = max(sums[-1].item(), 1.0)
         record = {"epoch": epoch + 1, "loss": sums[-2].item() / batches, "lr": _lr_at(config, epoch),
                   "final_phase": final, "seconds": time.perf_counter() - began,
-                  "losses": {h: sums[k].item() / batches for k, h in enumerate(heads)}}
+                  # a head's mean over the batches that had labels of its source
+                  "losses": {h: sums[k].item() / max(sums[len(heads) + k].item(), 1.0) for k, h in enumerate(heads)}}
         history.append(record)
         if ctx.rank == 0:
             _save_atomic({**meta, "epoch": epoch + 1, "history": history, "config": _plain(config),
