@@ -31,6 +31,8 @@ def test_multihead_returns_every_head_and_predicts_with_the_primary():
 def test_build_student_and_bad_arguments():
     assert isinstance(build_student("unet", 2, widths=(4, 8)), UNet)
     assert isinstance(build_student("multihead", 2, widths=(4, 8), heads=("gt",)), MultiHeadUNet)
+    assert build_student("multihead", 2, widths=(4, 8), heads=("cam", "gt")).primary == "gt"
+    assert build_student("multihead", 2, widths=(4, 8), heads=("box", "pseudo")).primary == "box"  # no gt head
     with pytest.raises(ValueError, match="arch"):
         build_student("resnet", 2)
     with pytest.raises(ValueError, match="num_classes"):

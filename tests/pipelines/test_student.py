@@ -214,3 +214,11 @@ def test_torchrun_ddp_two_cpu_processes(shapes, tmp_path):
     assert meta["epoch"] == 2
     _assert_same_state(model.state_dict(), states[0]["model"])
     assert proc.stdout.count("epoch 2/2") == 1  # rank 0 reports
+
+
+def test_multihead_without_a_gt_source_predicts_with_its_first_head(shapes, tmp_path):
+    sources = {"pseudo": str(shapes / "gt"), "box": str(shapes / "box")}
+    checkpoint = train_student(_config(shapes, tmp_path / "ck", arch="multihead", sources=sources, epochs=1))
+    model, meta = load_student(checkpoint)
+    assert meta["primary"] == model.primary == "pseudo"
+    assert len(predict(checkpoint, shapes / "images", tmp_path / "pred", progress=False)) == 12

@@ -116,9 +116,13 @@ class MultiHeadUNet(nn.Module):
 
 
 def build_student(arch: str, num_classes: int, *, widths: Sequence[int] = (16, 32, 64, 128),
-                  heads: Sequence[str] = ("gt", "cam", "box", "pseudo")) -> nn.Module:
+                  heads: Sequence[str] = ("gt", "cam", "box", "pseudo"), primary: str | None = None) -> nn.Module:
+    """``unet`` or ``multihead``; a multihead student predicts with ``primary``,
+    by default ``gt`` when it is one of the heads, else the first head."""
     if arch == "unet":
         return UNet(num_classes, widths=widths)
     if arch == "multihead":
-        return MultiHeadUNet(num_classes, heads=heads, widths=widths)
+        if primary is None:
+            primary = "gt" if "gt" in heads else tuple(heads)[0]
+        return MultiHeadUNet(num_classes, heads=heads, widths=widths, primary=primary)
     raise ValueError(f"build_student: `arch` must be 'unet' or 'multihead', got {arch!r}")

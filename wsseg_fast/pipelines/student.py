@@ -344,7 +344,8 @@ def _train(config: StudentConfig, ctx: _Dist, on_epoch_end) -> Path:
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
     torch.manual_seed(config.seed)
-    model = build_student(config.arch, num_classes, widths=tuple(config.widths), heads=tuple(heads)).to(device)
+    model = build_student(config.arch, num_classes, widths=tuple(config.widths), heads=tuple(heads),
+                          primary=primary if config.arch == "multihead" else None).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     meta = {
@@ -451,10 +452,9 @@ def load_student(checkpoint: str | os.PathLike, device: str | torch.device = "cp
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{str(path)!r} is not a student checkpoint written by train_student")
-    model = build_student(state["arch"], state["num_classes"], widths=tuple(state["widths"]), heads=tuple(state["heads"]))
+    model = build_student(state["arch"], state["num_classes"], widths=tuple(state["widths"]),
+                          heads=tuple(state["heads"]), primary=state["primary"] if state["arch"] == "multihead" else None)
     model.load_state_dict(state["model"])
-    if isinstance(model, MultiHeadUNet):
-        model.primary = state["primary"]
     meta = {k: v for k, v in state.items() if k not in ("model", "optimizer", "scaler")}
     return model.to(device).eval(), meta
 
