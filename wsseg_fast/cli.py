@@ -135,6 +135,8 @@ def add_train_student(sub) -> None:
     p.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation")
     p.add_argument("--device", help="default: the local GPU if any, else cpu")
     p.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
+    p.add_argument("--val-images", help="held-out images scored after every epoch (needs --val-gt)")
+    p.add_argument("--val-gt", help="their label maps")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_train_student)
 
@@ -160,7 +162,7 @@ def run_train_student(args) -> int:
         loss_weights=weights, final_fraction=args.final_fraction, num_classes=args.num_classes,
         class_names=args.class_names, size=args.size, widths=widths, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, seed=args.seed, workers=args.workers, amp=args.amp, flip=not args.no_flip, device=args.device,
-        resume=args.resume, progress=not args.no_progress,
+        resume=args.resume, progress=not args.no_progress, val_images=args.val_images, val_labels=args.val_gt,
     )
     try:
         path = train_student(config)

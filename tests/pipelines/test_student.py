@@ -41,7 +41,8 @@ def _assert_same_state(a: dict, b: dict) -> None:
 
 
 def test_student_learns_the_shapes(shapes, tmp_path):
-    checkpoint = train_student(_config(shapes, tmp_path / "ck", epochs=15))
+    config = _config(shapes, tmp_path / "ck", epochs=15, val_images=str(shapes / "images"), val_labels=str(shapes / "gt"))
+    checkpoint = train_student(config)
     assert checkpoint == tmp_path / "ck" / "last.pt"
     written = predict(checkpoint, shapes / "images", tmp_path / "pred", progress=False)
     assert len(written) == 12 and read_label(written[0]).shape == (32, 32)
@@ -49,6 +50,9 @@ def test_student_learns_the_shapes(shapes, tmp_path):
     assert result["miou"] > 0.6, result  # measured 0.79 at 16 images; chance is ~0.2
     history = torch.load(checkpoint, weights_only=True)["history"]
     assert history[-1]["loss"] < 0.8 * history[0]["loss"]
+    # The per-epoch validation scores the same predictions.
+    assert history[-1]["val"]["miou"] == pytest.approx(result["miou"])
+    assert history[-1]["val"]["miou"] > history[0]["val"]["miou"]
 
 
 def test_resume_after_an_interruption_equals_an_uninterrupted_run(shapes, tmp_path):
@@ -153,6 +157,8 @@ def test_bad_configurations(shapes, tmp_path):
         train_student(_config(shapes, tmp_path / "a", sources=two))
     with pytest.raises(ValueError, match="gt_fraction"):
         train_student(_config(shapes, tmp_path / "a", gt_fraction=0.1))
+    with pytest.raises(ValueError, match="go together"):
+        train_student(_config(shapes, tmp_path / "a", val_images=str(shapes / "images")))
     with pytest.raises(ValueError, match="multiple of 4"):
         train_student(_config(shapes, tmp_path / "a", size=30))
     with pytest.raises(ValueError, match="does not exist"):
@@ -172,7 +178,9 @@ def test_cli_train_predict_evaluate(shapes, tmp_path, capsys):
     assert main(["train-student", "--images", str(shapes / "images"), "--pseudo", str(shapes / "box"),
                  "--source", f"gt={shapes / 'gt'}", "--arch", "multihead", "--gt-fraction", "0.5",
                  "--loss-weight", "pseudo=0.5", "--out", str(ck), "--size", "32", "--widths", "8,16",
-                 "--epochs", "2", "--workers", "0", "--no-progress"]) == 0
+                 "--epochs", "2", "--workers", "0", "--no-progress",
+                 "--val-images", str(shapes / "images"), "--val-gt", str(shapes / "gt")]) == 0
+    assert "val mIoU" in capsys.readouterr().out
     assert main(["predict", "--checkpoint", str(ck / "last.pt"), "--images", str(shapes / "images"), "--out", str(pred)]) == 0
     assert main(["evaluate", "--pred", str(pred), "--gt", str(shapes / "gt"), "--out", str(report)]) == 0
     assert 0 <= json.loads(report.read_text())["miou"] <= 1

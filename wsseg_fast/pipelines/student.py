@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from wsseg_fast.metrics import IGNORE_INDEX
+from wsseg_fast.metrics import IGNORE_INDEX, SegmentationMeter
 from wsseg_fast.models.student import MultiHeadUNet, build_student
 from wsseg_fast.pipelines.label_maps import label_path, list_images, read_image, read_label, write_label
 
@@ -82,6 +82,9 @@ class StudentConfig:
     device: str | None = None
     resume: bool = False
     progress: bool = True
+    val_images: str | None = None
+    """Optional held-out images, scored after every epoch (rank 0) against ``val_labels``."""
+    val_labels: str | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -300,6 +303,8 @@ def _validate(config: StudentConfig) -> None:
         raise ValueError(f"`workers` must be >= 0, got {config.workers}")
     if not 0 <= config.final_fraction < 1:
         raise ValueError(f"`final_fraction` must be in [0, 1), got {config.final_fraction}")
+    if (config.val_images is None) != (config.val_labels is None):
+        raise ValueError("`val_images` and `val_labels` go together")
     multiple = 2 ** (len(config.widths) - 1)
     if config.size % multiple:
         raise ValueError(f"`size` must be a multiple of {multiple} for {len(config.widths)} U-Net levels, got {config.size}")
@@ -418,17 +423,34 @@ def _train(config: StudentConfig, ctx: _Dist, on_epoch_end) -> Path:
                   "final_phase": final, "seconds": time.perf_counter() - began,
                   # a head's mean over the batches that had labels of its source
                   "losses": {h: sums[k].item() / max(sums[len(heads) + k].item(), 1.0) for k, h in enumerate(heads)}}
+        if ctx.rank == 0 and config.val_images is not None:
+            record["val"] = _validate_epoch(model, meta, config.val_images, config.val_labels)
         history.append(record)
         if ctx.rank == 0:
             _save_atomic({**meta, "epoch": epoch + 1, "history": history, "config": _plain(config),
                           "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scaler": scaler.state_dict()}, checkpoint)
             heads_text = " ".join(f"{h} {v:.4f}" for h, v in record["losses"].items()) if len(heads) > 1 else ""
-            print(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f} {heads_text}"
+            val_text = f" val mIoU {record['val']['miou']:.4f}" if "val" in record else ""
+            print(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f} {heads_text}{val_text}"
                   f"{' (primary head only)' if final else ''} [{record['seconds']:.1f} s]", flush=True)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, model, record)
     return checkpoint
+
+
+def _validate_epoch(model: nn.Module, meta: dict, images_dir: str, labels_dir: str) -> dict:
+    """Pixel accuracy, mIoU, mACC and mDice of the images of ``images_dir`` that have a label map."""
+    was_training = model.training
+    model.eval()
+    meter = SegmentationMeter(meta["num_classes"])
+    for path in list_images(images_dir):
+        target = label_path(labels_dir, path.stem)
+        if target.is_file():
+            meter.update(predict_logits(model, meta, [read_image(path)])[0].argmax(0), read_label(target))
+    model.train(was_training)
+    result = meter.compute()
+    return {k: result[k] for k in ("pixel_accuracy", "miou", "macc", "mdice")}
 
 
 def _plain(config: StudentConfig) -> dict:
