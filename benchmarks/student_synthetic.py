@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.pipelines.conftest import make_shapes_dataset  # noqa: E402
+from tests.pipelines.synthetic_shapes import make_shapes_dataset  # noqa: E402
 from wsseg_fast.pipelines.evaluate import evaluate  # noqa: E402
 from wsseg_fast.pipelines.student import StudentConfig, predict, train_student  # noqa: E402
 

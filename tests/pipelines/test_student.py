@@ -21,7 +21,23 @@ from wsseg_fast.pipelines.label_maps import read_image, read_label, write_label
 from wsseg_fast.pipelines.student import (StudentConfig, head_losses, load_student, predict, predict_logits,
                                           train_student)
 
+from tests.pipelines.synthetic_shapes import make_shapes_dataset
+
 TINY = dict(size=32, widths=(8, 16, 32), batch_size=4, lr=3e-3, progress=False)
+
+
+@pytest.fixture
+def shapes(tmp_path) -> Path:
+    return make_shapes_dataset(tmp_path / "shapes")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny convolutions gain nothing from threads; on a busy machine extra threads only wait."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _config(root: Path, out: Path, **kw) -> StudentConfig:

@@ -8,12 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
+import torch
 from PIL import Image
 
 from wsseg_fast.pipelines.label_maps import write_label
-
-import torch
 
 
 def make_shapes_dataset(root: Path, n: int = 12, size: int = 32, seed: int = 0) -> Path:
@@ -45,16 +43,3 @@ def make_shapes_dataset(root: Path, n: int = 12, size: int = 32, seed: int = 0) 
         write_label(root / "box" / f"{stem}.png", torch.from_numpy(box))
     return root
 
-
-@pytest.fixture
-def shapes(tmp_path) -> Path:
-    return make_shapes_dataset(tmp_path / "shapes")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions gain nothing from threads; on a busy machine extra threads only wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
