@@ -63,7 +63,8 @@ def loss_from_stats(sums: torch.Tensor, counts: torch.Tensor, p_forall: float, s
     return 1.0 - pmean_error(truths.flatten(), p=2.0, stable=stable)
 
 
-def pairwise_constraint_loss(probs: torch.Tensor, images: torch.Tensor, *, kernel_size: int = 3, dilation: int = 2,
+def pairwise_constraint_loss(probs: torch.Tensor, images: torch.Tensor | None = None, *,
+                             lab: torch.Tensor | None = None, kernel_size: int = 3, dilation: int = 2,
                              threshold: float = 0.3, p_forall: float = 2.0, stable: bool = True,
                              backend: str = "auto") -> torch.Tensor:
     """Fuzzy pairwise colour prior loss (a scalar tensor, differentiable in ``probs``).
@@ -71,6 +72,9 @@ def pairwise_constraint_loss(probs: torch.Tensor, images: torch.Tensor, *, kerne
     Args:
         probs: ``[B, C, H, W]`` truth values in [0, 1].
         images: ``[B, 3, H, W]`` RGB, uint8 (0..255) or float in [0, 1].
+        lab: instead of ``images``, their CIELAB ``rgb_to_lab(images)`` (float32), e.g.
+            computed once per image, or outside a ``torch.compile``d step (the range
+            check of ``images`` reads data, which ``fullgraph=True`` forbids).
         kernel_size, dilation: the neighbourhood (BoxInst: 3, 2 -> 8 neighbours).
         threshold: colour similarity τ above which neighbours should agree.
         p_forall: exponent of the ∀ over edges; ``stable``: LTN's projections.
@@ -80,16 +84,20 @@ def pairwise_constraint_loss(probs: torch.Tensor, images: torch.Tensor, *, kerne
     if not isinstance(probs, torch.Tensor) or not probs.is_floating_point() or probs.dim() != 4:
         raise ValueError(f"{name}: `probs` must be a floating-point tensor [B, C, H, W], "
                          f"got {getattr(probs, 'shape', type(probs).__name__)}")
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] != probs.shape[0] \
-            or images.shape[1] != 3 or images.shape[2:] != probs.shape[2:]:
-        raise ValueError(f"{name}: `images` must have shape [B, 3, H, W] = {(probs.shape[0], 3, *probs.shape[2:])}, "
-                         f"got {getattr(images, 'shape', type(images).__name__)}")
+    if (images is None) == (lab is None):
+        raise ValueError(f"{name}: pass exactly one of `images` and `lab`")
+    colour = images if lab is None else lab
+    label = "images" if lab is None else "lab"
+    if not isinstance(colour, torch.Tensor) or colour.dim() != 4 \
+            or colour.shape[0] != probs.shape[0] or colour.shape[1] != 3 or colour.shape[2:] != probs.shape[2:]:
+        raise ValueError(f"{name}: `{label}` must have shape [B, 3, H, W] = {(probs.shape[0], 3, *probs.shape[2:])}, "
+                         f"got {getattr(colour, 'shape', type(colour).__name__)}")
     if not 0 < threshold <= 1:
         raise ValueError(f"{name}: `threshold` must be in (0, 1], got {threshold}")
     if not p_forall > 0:
         raise ValueError(f"{name}: `p_forall` must be > 0, got {p_forall}")
-    offsets = dilated_offsets(kernel_size, dilation).to(probs.device)
-    lab = rgb_to_lab(images)
+    offsets = dilated_offsets(kernel_size, dilation).reshape(-1, 2).to(probs.device)  # [0, 2] for a 1x1 window
+    lab = rgb_to_lab(images) if lab is None else lab.float()
     which = choose(SPEC, backend, probs.device)
     if probs.dtype not in (torch.float32, torch.float64) and which != "triton":
         probs = probs.float()
