@@ -115,3 +115,18 @@ def test_torch_compile_fullgraph_cpu():
     expected = step(logits)
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(torch.autograd.grad(loss, logits)[0], torch.autograd.grad(expected, logits)[0])
+
+
+@pytest.mark.triton
+def test_triton_kernels_compile_for_gpu():
+    from tests.helpers import compile_triton_for_gpu
+
+    common = {"C": "i32", "H": "i32", "W": "i32", "K": "i32", "threshold": "fp32", "p_forall": "fp32"}
+    stats = dict(probs_ptr="*fp16", lab_ptr="*fp32", offsets_ptr="*i32", sums_ptr="*fp32", counts_ptr="*fp32",
+                 **common)
+    grad = dict(grad_sums_ptr="*fp32", probs_ptr="*fp16", lab_ptr="*fp32", offsets_ptr="*i32", grad_ptr="*fp16",
+                **common)
+    variant = dict(STABLE=True, PF_IS_2=False, BLOCK_R=16, BLOCK_W=64)
+    sizes = compile_triton_for_gpu("wsseg_fast.kernels.pairwise_constraint", "_stats_kernel", stats, [variant], (80,))
+    sizes += compile_triton_for_gpu("wsseg_fast.kernels.pairwise_constraint", "_grad_kernel", grad, [variant], (80,))
+    assert all(size > 1000 for size in sizes)
