@@ -159,6 +159,7 @@ def test_torch_compile_fullgraph_cpu():
     torch.testing.assert_close(grad, torch.autograd.grad(expected, logits)[0])
 
 
+@pytest.mark.slow
 @pytest.mark.triton
 def test_triton_kernels_compile_for_gpu():
     from tests.helpers import compile_triton_for_gpu

@@ -117,6 +117,7 @@ def test_torch_compile_fullgraph_cpu():
     torch.testing.assert_close(torch.autograd.grad(loss, logits)[0], torch.autograd.grad(expected, logits)[0])
 
 
+@pytest.mark.slow
 @pytest.mark.triton
 def test_triton_kernels_compile_for_gpu():
     from tests.helpers import compile_triton_for_gpu
