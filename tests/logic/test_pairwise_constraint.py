@@ -48,7 +48,7 @@ def test_backend_matches_reference(backend, dtype, params):
     if backend == "triton":
         if params and dtype != torch.float32:
             pytest.skip("variants are run in float32 under the Triton interpreter")
-        small = dict(classes=2, height=9, width=11)
+        small = dict(batch=1, classes=2, height=9, width=11)
     probs, images = random_case(1, dtype=dtype, **small)
     expected = loss_and_grad(probs.double(), images, "torch", **params)
     loss, grad = loss_and_grad(probs, images, backend, **params)
