@@ -131,3 +131,16 @@ def test_sigkill_midway_then_resume_gives_identical_outputs(demo, tmp_path):
     assert snapshot(killed) == snapshot(clean)
     leftovers = [f for d in ("labels", "parts") for f in os.listdir(killed / d) if f.startswith(".tmp-")]
     assert not leftovers
+
+
+@pytest.mark.slow
+def test_ray_executor_gives_the_local_outputs(demo, tmp_path):
+    pytest.importorskip("ray.data")
+    common = dict(coco=str(demo / "annotations.json"), method="sam-box", model="tiny", cache=str(tmp_path / "cache"),
+                  options=parse_options("sam-box", []))
+    local = run_pseudo_label(JobConfig(out=str(tmp_path / "local"), **common), progress=False)
+    assert local["run"]["encoded"] == 4
+    remote = run_pseudo_label(JobConfig(out=str(tmp_path / "ray"), **{**common, "cache": str(tmp_path / "cache2")}),
+                              executor="ray", workers=2, progress=False)
+    assert remote["run"]["encoded"] == 4 and remote["labelled"] == 4
+    assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")

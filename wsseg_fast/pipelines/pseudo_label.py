@@ -246,6 +246,7 @@ def run_pseudo_label(cfg: JobConfig, *, executor: str = "local", ray_address: st
     done = finished_images(cfg, dataset)
     todo = [i for i in range(len(dataset)) if i not in done]
     failed: dict[int, str] = {}
+    remote_hits = remote_encoded = 0
 
     from tqdm import tqdm
 
@@ -260,6 +261,8 @@ def run_pseudo_label(cfg: JobConfig, *, executor: str = "local", ray_address: st
         from wsseg_fast.pipelines.ray_executor import run_ray
 
         for part_index, part in run_ray(cfg, todo, address=ray_address, workers=workers):
+            remote_hits += part.pop("_cache_hits", 0)
+            remote_encoded += part.pop("_encoded", 0)
             if part["status"] != "done":
                 failed[part_index] = part["error"]
                 bar.write(f"skipped: {part['error']}")
@@ -275,7 +278,8 @@ def run_pseudo_label(cfg: JobConfig, *, executor: str = "local", ray_address: st
         "executor": executor, "images_total": len(dataset), "images_skipped_as_done": len(done),
         "images_labelled": len(todo) - len(failed), "images_failed": len(failed),
         "seconds": round(time.perf_counter() - start, 3), "labelling_seconds": round(labelling_seconds, 3),
-        "cache_hits": stats.cache_hits if stats else 0, "encoded": stats.encoded if stats else 0,
+        "cache_hits": (stats.cache_hits if stats else 0) + remote_hits,
+        "encoded": (stats.encoded if stats else 0) + remote_encoded,
     }
     with open(os.path.join(cfg.out, "runs.jsonl"), "a") as f:
         f.write(json.dumps(run) + "\n")
