@@ -144,3 +144,24 @@ def test_ray_executor_gives_the_local_outputs(demo, tmp_path):
                               executor="ray", workers=2, progress=False)
     assert remote["run"]["encoded"] == 4 and remote["labelled"] == 4
     assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")
+
+
+def test_finetuned_decoder_changes_the_labels(demo, tmp_path):
+    import torch
+
+    from wsseg_fast.sam import build_sam
+
+    sam = build_sam("tiny")
+    with torch.no_grad():
+        for p in sam.mask_decoder.parameters():
+            p.add_(0.05)
+    torch.save(sam.mask_decoder.state_dict(), tmp_path / "decoder.pth")
+    common = dict(coco=str(demo / "annotations.json"), method="sam-box", model="tiny", cache=str(tmp_path / "cache"),
+                  options=parse_options("sam-box", ["fallback=false", "clip_to_box=false"]))
+    run_pseudo_label(JobConfig(out=str(tmp_path / "base"), **common), progress=False)
+    tuned = run_pseudo_label(JobConfig(out=str(tmp_path / "tuned"), finetuned=str(tmp_path / "decoder.pth"), **common),
+                             progress=False)
+    assert tuned["run"]["cache_hits"] == 4  # the decoder is not part of the embedding key
+    assert snapshot(tmp_path / "base")["labels/demo_0000.png"] != snapshot(tmp_path / "tuned")["labels/demo_0000.png"]
+    settings = json.loads((tmp_path / "tuned/settings.json").read_text())
+    assert settings["finetuned"] is not None
