@@ -10,6 +10,9 @@ import pytest
 from wsseg_fast.data import CocoWeakDataset, DataError, ImageLoadError, make_demo, read_label_png
 from wsseg_fast.data.demo import CATEGORIES
 
+# pycocotools 2.0 calls np.array(copy=False) on NumPy 2: not ours to fix
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):

@@ -16,6 +16,9 @@ from wsseg_fast.data import make_demo, read_label_png
 from wsseg_fast.pipelines.methods import parse_options
 from wsseg_fast.pipelines.pseudo_label import JobConfig, JobError, run_pseudo_label
 
+# pycocotools 2.0 calls np.array(copy=False) on NumPy 2: not ours to fix
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 DETERMINISTIC = ["labels", "parts", "pseudo_labels.json", "manifest.json", "report.json", "report.md", "settings.json"]
 
 

@@ -84,3 +84,18 @@ def test_compile_matches_eager(encoder):
     x = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(3))
     eager = ImageEncoderRunner(encoder, "torch")(x)
     torch.testing.assert_close(ImageEncoderRunner(encoder, "compile")(x), eager, atol=1e-4, rtol=1e-4)
+
+
+def test_export_encoder_cli(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from wsseg_fast.cli import main
+
+    assert main(["export-encoder", "--model", "tiny", "--format", "onnx", "--out", str(tmp_path / "e.onnx")]) == 0
+    runner = ImageEncoderRunner(build_image_encoder("tiny"), "onnxruntime", model_file=str(tmp_path / "e.onnx"))
+    x = torch.randn(1, 3, 256, 256)
+    torch.testing.assert_close(runner(x), ImageEncoderRunner(build_image_encoder("tiny"), "torch")(x), atol=1e-4, rtol=0)
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        assert main(["export-encoder", "--model", "tiny", "--format", "tensorrt", "--out", str(tmp_path / "e.engine")]) == 2
+        assert "TensorRT" in capsys.readouterr().err
