@@ -6,9 +6,9 @@
 2. Image encoder, ONNX Runtime vs eager PyTorch: best of ``--repeats`` on one
    1024x1024 image, same thread count, outputs compared.
 
-    python benchmarks/sam_goals.py [--threads 2] [--work /tmp/sam-goals]
+    python benchmarks/sam_goals.py [--threads 2] [--work /tmp/wsseg-sam-goals] [--name sam_goals]
 
-Writes ``benchmarks/results/sam_goals.json`` and ``.md``.
+Writes ``benchmarks/results/<name>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def main() -> int:
     parser.add_argument("--work", default="/tmp/wsseg-sam-goals")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--name", default="sam_goals", help="results file name in benchmarks/results/")
     args = parser.parse_args()
 
     import shutil
@@ -101,9 +102,9 @@ def main() -> int:
         f"cold/warm labels identical: {same}", "",
     ])
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "sam_goals.json"), "w") as f:
+    with open(os.path.join(HERE, "results", args.name + ".json"), "w") as f:
         json.dump(results, f, indent=1)
-    with open(os.path.join(HERE, "results", "sam_goals.md"), "w") as f:
+    with open(os.path.join(HERE, "results", args.name + ".md"), "w") as f:
         f.write(md)
     print(md)
     return 0

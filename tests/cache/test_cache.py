@@ -107,7 +107,7 @@ def _writer(root, worker, rounds):
 
 
 def test_two_processes_writing_corrupt_nothing(tmp_path):
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("fork")  # separate processes; fork spares re-importing torch
     procs = [ctx.Process(target=_writer, args=(str(tmp_path), w, 15)) for w in range(2)]
     for p in procs:
         p.start()
