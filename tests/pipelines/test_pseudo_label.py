@@ -168,3 +168,15 @@ def test_finetuned_decoder_changes_the_labels(demo, tmp_path):
     assert snapshot(tmp_path / "base")["labels/demo_0000.png"] != snapshot(tmp_path / "tuned")["labels/demo_0000.png"]
     settings = json.loads((tmp_path / "tuned/settings.json").read_text())
     assert settings["finetuned"] is not None
+
+
+def test_batched_encoding_and_point_prompts(demo, tmp_path):
+    common = dict(coco=str(demo / "annotations.json"), model="tiny")
+    for method, options in (("sam-box", []), ("sam-point", ["with_box=true"])):
+        opts = parse_options(method, options)
+        one = run_pseudo_label(JobConfig(out=str(tmp_path / f"{method}-1"), method=method, options=opts, **common),
+                               progress=False)
+        three = run_pseudo_label(JobConfig(out=str(tmp_path / f"{method}-3"), method=method, options=opts, batch_size=3,
+                                           **common), progress=False)
+        assert one["run"]["encoded"] == three["run"]["encoded"] == 4  # no cache: always encoded
+        assert snapshot(tmp_path / f"{method}-1") == snapshot(tmp_path / f"{method}-3")
