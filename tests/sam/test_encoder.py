@@ -99,3 +99,8 @@ def test_export_encoder_cli(tmp_path, capsys):
     except ImportError:
         assert main(["export-encoder", "--model", "tiny", "--format", "tensorrt", "--out", str(tmp_path / "e.engine")]) == 2
         assert "TensorRT" in capsys.readouterr().err
+
+
+def test_missing_encoder_file(tmp_path):
+    with pytest.raises(EncoderBackendError, match="encoder file not found"):
+        SamEngine("tiny", backend="onnxruntime", encoder_file=str(tmp_path / "none.onnx"))

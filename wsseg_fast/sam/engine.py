@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from wsseg_fast.sam.encoder import BACKENDS, ImageEncoderRunner
+from wsseg_fast.sam.encoder import BACKENDS, EncoderBackendError, ImageEncoderRunner
 from wsseg_fast.sam.model import MODEL_CONFIGS, build_image_encoder, build_sam, load_mask_decoder, weights_id
 from wsseg_fast.sam.prompting import PREPROCESSING_ID, Embedding, MaskPrediction, predict_masks, preprocess
 
@@ -57,6 +57,10 @@ class SamEngine:
         # What makes an embedding: everything here goes into the cache key.
         self.identity = {"model": model, "weights": weights, "backend": backend, "precision": precision,
                          "preprocessing": PREPROCESSING_ID}
+        if encoder_file is not None and not os.path.isfile(encoder_file):
+            raise EncoderBackendError(f"encoder file not found: {encoder_file}")
+        if encoder_file is not None:  # a user's exported file may hold other weights than the checkpoint
+            self.identity["encoder_file"] = cache.file_digest(encoder_file) if cache is not None else encoder_file
         self.sam = build_sam(model, checkpoint, with_encoder=False).to(self.device)
         if finetuned is not None:
             load_mask_decoder(self.sam, finetuned)
@@ -67,20 +71,26 @@ class SamEngine:
     def encoder(self) -> ImageEncoderRunner:
         """The image encoder on the chosen backend, built on first use."""
         if self._runner is None:
-            export_dir = os.path.join(self.cache.root, "encoders") if self.cache is not None else None
-            encoder_file = self.encoder_file
-            if self.backend == "onnxruntime" and encoder_file is None and export_dir is not None:
-                # Export once per encoder identity, next to the cache, and reuse it.
-                tag = hashlib.blake2b(json.dumps(self.identity, sort_keys=True).encode(), digest_size=10).hexdigest()
-                encoder_file = os.path.join(export_dir, f"{self.model}-{tag}.onnx")
-                if not os.path.exists(encoder_file):
-                    from wsseg_fast.sam.encoder import export_onnx
-
-                    export_onnx(build_image_encoder(self.model, self.checkpoint), encoder_file)
-            module = build_image_encoder(self.model, self.checkpoint) if encoder_file is None or self.backend in ("torch", "compile") else _SizeOnly(self.img_size)
-            self._runner = ImageEncoderRunner(module, self.backend, model_file=encoder_file, export_dir=export_dir,
-                                              precision=self.precision, device=self.device)
+            model_file = self.encoder_file
+            if self.backend == "onnxruntime" and model_file is None and self.cache is not None:
+                model_file = self._export_into_cache()
+            if model_file is not None and self.backend in ("onnxruntime", "tensorrt"):
+                module = _SizeOnly(self.img_size)  # the file holds the weights
+            else:
+                module = build_image_encoder(self.model, self.checkpoint)
+            self._runner = ImageEncoderRunner(module, self.backend, model_file=model_file, precision=self.precision,
+                                              device=self.device)
         return self._runner
+
+    def _export_into_cache(self) -> str:
+        """Export the ONNX encoder once per encoder identity, beside the embeddings."""
+        from wsseg_fast.sam.encoder import export_onnx
+
+        tag = hashlib.blake2b(json.dumps(self.identity, sort_keys=True).encode(), digest_size=10).hexdigest()
+        path = os.path.join(self.cache.root, "encoders", f"{self.model}-{tag}.onnx")
+        if not os.path.exists(path):
+            export_onnx(build_image_encoder(self.model, self.checkpoint), path)
+        return path
 
     def embed(self, images: list[np.ndarray], batch_size: int = 1, keys: list[str | None] | None = None) -> list[Embedding]:
         """Embeddings of RGB ``uint8`` images: cached ones read (verified), the others encoded
