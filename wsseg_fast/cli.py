@@ -182,7 +182,6 @@ def run_pseudo_label(args) -> int:
             opts = ", ".join(f"{k}={v}" for k, v in m.options.items()) or "no options"
             print(f"{name:10s} {m.help} [{opts}]")
         return 0
-    from wsseg_fast.cache import CorruptEntryWarning  # noqa: F401  (warnings are printed by Python)
     from wsseg_fast.data import DataError
     from wsseg_fast.pipelines.pseudo_label import JobConfig, JobError, run_pseudo_label as run
     from wsseg_fast.sam import CheckpointError, EncoderBackendError

@@ -24,7 +24,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -363,6 +363,3 @@ def _ground_truth(cfg: JobConfig, dataset, record, shape) -> np.ndarray | None:
         return read_label_png(path) if os.path.exists(path) else None
     return dataset.gt_label_map(record, *shape) if any("segmentation" in a for a in record.annotations) else None
 
-
-def config_dict(cfg: JobConfig) -> dict:
-    return asdict(cfg)
