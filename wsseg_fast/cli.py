@@ -166,7 +166,7 @@ def add_pseudo_label(sub) -> None:
     p.add_argument("--workers", type=int, help="Ray workers (default: the CPUs Ray sees)")
     p.add_argument("--gt", help="ground-truth label PNG directory (<stem>.png) for the report (default: COCO segmentation)")
     p.add_argument("--visualize", action="store_true", help="also write overlays to OUT/vis/")
-    p.add_argument("--overwrite", action="store_true", help="discard outputs made with other settings")
+    p.add_argument("--overwrite", action="store_true", help="discard outputs in --out made with other settings (same settings: resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_pseudo_label)
 

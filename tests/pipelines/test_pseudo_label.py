@@ -75,6 +75,9 @@ def test_sam_box_resume_and_determinism(demo, tmp_path):
     assert redo["run"]["images_labelled"] == 1 and snapshot(tmp_path / "a") == snapshot(tmp_path / "b")
     with pytest.raises(JobError, match="other settings .*method"):
         run_pseudo_label(JobConfig(out=str(tmp_path / "a"), **{**common, "method": "box"}), progress=False)
+    replaced = run_pseudo_label(JobConfig(out=str(tmp_path / "a"), **{**common, "method": "box"}), overwrite=True,
+                                progress=False)
+    assert replaced["run"]["images_labelled"] == 4 and replaced["run"]["images_skipped_as_done"] == 0
 
 
 def test_bad_image_is_skipped_and_reported(demo, tmp_path):

@@ -195,16 +195,20 @@ def _prepare_out(cfg: JobConfig, labeller: Labeller, overwrite: bool) -> dict:
     settings = cfg.settings(engine.identity["weights"] if engine else None,
                             _file_digest(cfg.finetuned) if cfg.finetuned else None)
     path = os.path.join(cfg.out, "settings.json")
-    if os.path.exists(path) and not overwrite:
+    previous = None
+    if os.path.exists(path):
         with open(path) as f:
             previous = json.load(f)
-        if previous != settings:
+    if previous is not None and previous != settings:
+        if not overwrite:
             changed = sorted(k for k in settings if previous.get(k) != settings[k])
             raise JobError(f"{cfg.out} holds pseudo-labels made with other settings ({', '.join(changed)} differ): "
                            "use another --out, or --overwrite to start again")
-    elif os.path.exists(path) and overwrite:
         for sub in ("labels", "parts", "vis"):
             shutil.rmtree(os.path.join(cfg.out, sub), ignore_errors=True)
+        for name in ("report.json", "report.md", "manifest.json", "pseudo_labels.json"):
+            if os.path.exists(os.path.join(cfg.out, name)):
+                os.unlink(os.path.join(cfg.out, name))
         os.makedirs(os.path.join(cfg.out, "labels"), exist_ok=True)
         os.makedirs(os.path.join(cfg.out, "parts"), exist_ok=True)
     _write_json(path, settings)
