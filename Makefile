@@ -5,7 +5,7 @@ PIP := $(PYTHON) -m pip
 # Re-install only when what the build reads has changed.
 BUILD_INPUTS := requirements-dev.txt pyproject.toml setup.py $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo ops-demo test bench clean
 
 setup: build/.setup-stamp
 
@@ -14,8 +14,19 @@ build/.setup-stamp: $(BUILD_INPUTS)
 	$(PIP) install --no-build-isolation -e .
 	@mkdir -p build && touch $@
 
+# The main job on the built-in demo: make the dataset, then pseudo-label it with SAM
+# (tiny, random weights unless SAM_CHECKPOINT/SAM_MODEL are given) through the cache.
+DEMO_DIR ?= build/demo
+SAM_MODEL ?= tiny
+SAM_CHECKPOINT ?=
 demo: setup
 	$(PYTHON) -m wsseg_fast info
+	$(PYTHON) -m wsseg_fast make-demo $(DEMO_DIR)/data --images 8 --seed 0
+	$(PYTHON) -m wsseg_fast pseudo-label --coco $(DEMO_DIR)/data/annotations.json --method sam-box \
+		--model $(SAM_MODEL) $(if $(SAM_CHECKPOINT),--checkpoint $(SAM_CHECKPOINT)) \
+		--cache $(DEMO_DIR)/cache --out $(DEMO_DIR)/pseudo-labels --visualize --overwrite
+
+ops-demo: setup
 	$(PYTHON) -m wsseg_fast ops-demo
 
 test: setup

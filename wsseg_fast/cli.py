@@ -100,6 +100,199 @@ def run_ops_demo(args) -> int:
     return 0
 
 
+# --- SAM engine, embedding cache, demo data and the pseudo-labelling job (issue 6) ---------------
+
+
+def _size(text: str) -> int:
+    """'500M', '2G', '1024' -> bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    text = text.strip().upper().removesuffix("B")
+    try:
+        return int(float(text[:-1]) * units[text[-1]]) if text and text[-1] in units else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 500M, 2G)") from None
+
+
+def _default_cache() -> str:
+    import os
+
+    return os.environ.get("WSSEG_FAST_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "wsseg_fast")
+
+
+def add_make_demo(sub) -> None:
+    p = sub.add_parser("make-demo", help="write the built-in demo dataset (images, COCO weak labels, GT masks)")
+    p.add_argument("out", help="output directory")
+    p.add_argument("--images", type=int, default=8, help="number of images (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_make_demo)
+
+
+def run_make_demo(args) -> int:
+    from wsseg_fast.data import make_demo
+
+    if args.images < 1:
+        raise UsageError("--images must be >= 1")
+    coco = make_demo(args.out, images=args.images, seed=args.seed)
+    print(f"wrote {len(coco['images'])} images, {len(coco['annotations'])} objects of "
+          f"{len(coco['categories'])} classes to {args.out} (annotations.json, images/, gt/)")
+    return 0
+
+
+def add_pseudo_label(sub) -> None:
+    from wsseg_fast.sam.encoder import BACKENDS
+    from wsseg_fast.sam.model import MODEL_CONFIGS
+
+    p = sub.add_parser("pseudo-label", help="pseudo-label a COCO dataset from its weak labels with SAM (resumable)")
+    p.add_argument("--coco", required=True, help="COCO JSON with the weak annotations")
+    p.add_argument("--images", help="image directory (default: images/ beside the JSON)")
+    p.add_argument("--out", required=True, help="output directory (re-running resumes)")
+    p.add_argument("--method", default="sam-box", help="sam-box (default), sam-point, box, ... (see --list-methods)")
+    p.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE", help="a method setting (repeatable)")
+    p.add_argument("--list-methods", action="store_true", help="print the methods and their options, then exit")
+    p.add_argument("--model", default="vit_b", choices=sorted(MODEL_CONFIGS))
+    p.add_argument("--checkpoint", help="SAM checkpoint (e.g. sam_vit_b_01ec64.pth); none: random weights (pipeline test only)")
+    p.add_argument("--finetuned", help="a fine-tuned mask-decoder state dict loaded over the checkpoint's decoder")
+    p.add_argument("--backend", default="torch", choices=BACKENDS, help="image-encoder backend")
+    p.add_argument("--encoder-file", help="exported encoder for onnxruntime/tensorrt (default: exported into the cache once)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="encoder compute precision")
+    p.add_argument("--cache", default=None, help="embedding cache directory (default: $WSSEG_FAST_CACHE or ~/.cache/wsseg_fast)")
+    p.add_argument("--no-cache", action="store_true", help="always encode, store nothing")
+    p.add_argument("--cache-dtype", default="fp16", choices=("fp16", "fp32"), help="how embeddings are stored")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=1, help="images per encoder batch")
+    p.add_argument("--threads", type=int, help="torch CPU threads per process")
+    p.add_argument("--executor", default="local", choices=("local", "ray"))
+    p.add_argument("--ray-address", help="Ray cluster address (default: start Ray locally)")
+    p.add_argument("--workers", type=int, help="Ray workers (default: the CPUs Ray sees)")
+    p.add_argument("--gt", help="ground-truth label PNG directory (<stem>.png) for the report (default: COCO segmentation)")
+    p.add_argument("--visualize", action="store_true", help="also write overlays to OUT/vis/")
+    p.add_argument("--overwrite", action="store_true", help="discard outputs in --out made with other settings (same settings: resume)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_pseudo_label)
+
+
+def run_pseudo_label(args) -> int:
+    import json
+    import os
+
+    from wsseg_fast.pipelines.methods import METHODS, parse_options
+
+    if args.list_methods:
+        for name, m in sorted(METHODS.items()):
+            opts = ", ".join(f"{k}={v}" for k, v in m.options.items()) or "no options"
+            print(f"{name:10s} {m.help} [{opts}]")
+        return 0
+    from wsseg_fast.data import DataError
+    from wsseg_fast.pipelines.pseudo_label import JobConfig, JobError, run_pseudo_label as run
+    from wsseg_fast.sam import CheckpointError, EncoderBackendError
+
+    try:
+        options = parse_options(args.method, args.method_option)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be >= 1")
+    cfg = JobConfig(
+        coco=args.coco, out=args.out, images=args.images, method=args.method, options=options, model=args.model,
+        checkpoint=args.checkpoint, finetuned=args.finetuned, backend=args.backend, encoder_file=args.encoder_file,
+        precision=args.precision, cache=None if args.no_cache else (args.cache or _default_cache()),
+        cache_dtype=args.cache_dtype, device=args.device, batch_size=args.batch_size, visualize=args.visualize,
+        gt=args.gt, threads=args.threads,
+    )
+    if args.checkpoint is None and METHODS[args.method].needs_sam:
+        print(f"note: no --checkpoint: SAM {args.model} has random weights; the masks only exercise the pipeline",
+              file=sys.stderr)
+    try:
+        summary = run(cfg, executor=args.executor, ray_address=args.ray_address, workers=args.workers,
+                      overwrite=args.overwrite, progress=not args.quiet)
+    except (DataError, JobError, CheckpointError, EncoderBackendError) as exc:
+        raise UsageError(str(exc)) from None
+    r = summary["run"]
+    print(f"{summary['labelled']} images labelled in {args.out} ({r['images_labelled']} this run, "
+          f"{r['images_skipped_as_done']} already done, {r['images_failed']} failed) in {r['seconds']:.2f} s; "
+          f"embeddings: {r['cache_hits']} from the cache, {r['encoded']} encoded")
+    for failure in summary["failed"]:
+        print(f"  failed: {failure['file_name']}: {failure['error']}", file=sys.stderr)
+    if summary["report"] is not None:
+        with open(os.path.join(args.out, "report.md")) as f:
+            print(f.read(), end="")
+    elif args.quiet:
+        print(json.dumps(r))
+    return 0 if not summary["failed"] else 3
+
+
+def add_cache(sub) -> None:
+    p = sub.add_parser("cache", help="the embedding cache: info, verify, prune")
+    p.add_argument("action", choices=("info", "verify", "prune"))
+    p.add_argument("--cache", default=None, help="cache directory (default: $WSSEG_FAST_CACHE or ~/.cache/wsseg_fast)")
+    p.add_argument("--max-size", type=_size, help="prune: remove least recently used entries down to this size (e.g. 2G)")
+    p.add_argument("--older-than", type=float, help="prune: remove entries not used for this many days")
+    p.add_argument("--keep-corrupt", action="store_true", help="verify: report corrupt entries without removing them")
+    p.set_defaults(func=run_cache)
+
+
+def run_cache(args) -> int:
+    import os
+
+    from wsseg_fast.cache import EmbeddingCache
+
+    root = args.cache or _default_cache()
+    if not os.path.isdir(root):
+        raise UsageError(f"no cache at {root}")
+    cache = EmbeddingCache(root)
+    if args.action == "info":
+        info = cache.info()
+        print(f"cache {info['root']}: {info['entries']} embeddings, {info['bytes'] / 2**20:.1f} MiB"
+              + (f", {info['temporary_files']} temporary files" if info["temporary_files"] else ""))
+        return 0
+    if args.action == "verify":
+        result = cache.verify(remove=not args.keep_corrupt)
+        for bad in result["corrupt"]:
+            print(f"corrupt: {bad['path']}: {bad['problem']}" + ("" if args.keep_corrupt else " (removed)"))
+        print(f"{result['ok']} entries ok, {len(result['corrupt'])} corrupt")
+        return 0 if not result["corrupt"] else 1
+    if args.max_size is None and args.older_than is None:
+        raise UsageError("prune needs --max-size and/or --older-than")
+    result = cache.prune(max_bytes=args.max_size, older_than=None if args.older_than is None else args.older_than * 86400)
+    print(f"removed {result['removed']} entries ({result['freed_bytes'] / 2**20:.1f} MiB); "
+          f"{result['bytes'] / 2**20:.1f} MiB left")
+    return 0
+
+
+def add_export_encoder(sub) -> None:
+    from wsseg_fast.sam.model import MODEL_CONFIGS
+
+    p = sub.add_parser("export-encoder", help="export SAM's image encoder to ONNX or a TensorRT engine")
+    p.add_argument("--model", default="vit_b", choices=sorted(MODEL_CONFIGS))
+    p.add_argument("--checkpoint", help="SAM checkpoint (none: random weights)")
+    p.add_argument("--format", default="onnx", choices=("onnx", "tensorrt"))
+    p.add_argument("--out", required=True, help="output file (.onnx or .engine)")
+    p.add_argument("--onnx", help="tensorrt: build from this ONNX file instead of exporting first")
+    p.add_argument("--fp16", action="store_true", help="tensorrt: allow fp16 kernels")
+    p.set_defaults(func=run_export_encoder)
+
+
+def run_export_encoder(args) -> int:
+    import os
+    import tempfile
+
+    from wsseg_fast.sam import CheckpointError, EncoderBackendError, build_image_encoder, export_onnx, export_tensorrt
+
+    try:
+        if args.format == "onnx":
+            export_onnx(build_image_encoder(args.model, args.checkpoint), args.out)
+        else:
+            onnx_path = args.onnx
+            if onnx_path is None:
+                from wsseg_fast.sam.encoder import _import_tensorrt
+
+                _import_tensorrt()  # fail before the slow export when TensorRT cannot run here
+                onnx_path = os.path.join(tempfile.mkdtemp(prefix="wsseg-fast-"), "encoder.onnx")
+                export_onnx(build_image_encoder(args.model, args.checkpoint), onnx_path)
+            export_tensorrt(onnx_path, args.out, fp16=args.fp16)
+    except (CheckpointError, EncoderBackendError) as exc:
+        raise UsageError(str(exc)) from None
+    print(f"wrote {args.out} ({os.path.getsize(args.out) / 2**20:.1f} MiB)")
 # --- Stage 2: the prompt-free student (train-student, predict, evaluate) ---------------
 
 
@@ -220,7 +413,8 @@ def run_evaluate(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wsseg-fast", description="Weakly-supervised segmentation with SAM, fast.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_info, add_ops_demo, add_train_student, add_predict, add_evaluate):
+    for add in (add_info, add_ops_demo, add_make_demo, add_pseudo_label, add_cache, add_export_encoder,
+                add_train_student, add_predict, add_evaluate):
         add(sub)
     return parser
 

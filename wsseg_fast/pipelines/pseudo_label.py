@@ -1,0 +1,369 @@
+"""The pseudo-labelling job: weak annotations + SAM -> one class-index PNG per image.
+
+Outputs under ``OUT``:
+
+- ``labels/<stem>.png``   palette PNG of class indices (0 = background)
+- ``parts/<stem>.json``   per image: its instances (COCO RLE) and the label's digest;
+  written after the PNG, so it marks the image finished (resume skips it)
+- ``pseudo_labels.json``  COCO with the pseudo-label instances (RLE), assembled from the parts
+- ``manifest.json``       settings, per-image status and digests, failed images
+- ``report.json`` / ``report.md``  mIoU, per-class IoU, mACC, Dice — when GT exists
+- ``vis/<stem>.png``      overlays, with ``visualize=True``
+- ``runs.jsonl``          one line per run: timings, cache hits (the only file that differs
+  between identical runs)
+
+Every file is written atomically (temporary file + rename): a killed run leaves
+whole files only, and a re-run redoes exactly the unfinished images. Both
+executors run :func:`label_one` per image, so their outputs are byte-identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from wsseg_fast.pipelines.methods import METHODS, MethodInput, resolve
+
+OUTPUT_VERSION = 1
+_TEST_DELAY = float(os.environ.get("WSSEG_FAST_TEST_DELAY", "0") or 0)
+
+
+class JobError(ValueError):
+    """A setting or an output directory the job cannot use (printed as one line by the CLI)."""
+
+
+@dataclass
+class JobConfig:
+    coco: str
+    out: str
+    images: str | None = None
+    method: str = "sam-box"
+    options: dict = field(default_factory=dict)
+    model: str = "vit_b"
+    checkpoint: str | None = None
+    finetuned: str | None = None
+    backend: str = "torch"
+    encoder_file: str | None = None
+    precision: str = "fp32"
+    cache: str | None = None          # None: no cache (always encode)
+    cache_dtype: str = "fp16"
+    device: str = "cpu"
+    batch_size: int = 1
+    visualize: bool = False
+    gt: str | None = None             # directory of <stem>.png class maps; default: COCO segmentation
+    threads: int | None = None
+
+    def settings(self, weights: str | None, finetuned: str | None) -> dict:
+        """What the outputs depend on: a re-run with other settings must not mix with them."""
+        return {"version": OUTPUT_VERSION, "method": self.method, "options": self.options,
+                "model": self.model if METHODS[self.method].needs_sam else None,
+                "weights": weights, "finetuned": finetuned, "coco": _file_digest(self.coco)}
+
+
+def _file_digest(path: str) -> str:
+    from wsseg_fast.sam.model import file_digest
+
+    return file_digest(path)
+
+
+def _write_json(path: str, obj) -> None:
+    from wsseg_fast.cache import atomic_write_bytes
+
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+class Labeller:
+    """Everything needed to label images of one dataset; built once per process
+    (the local run, or each Ray worker)."""
+
+    def __init__(self, cfg: JobConfig):
+        from wsseg_fast.data import CocoWeakDataset
+
+        if cfg.method not in METHODS:
+            raise JobError(f"unknown method {cfg.method!r}; methods: {', '.join(sorted(METHODS))}")
+        if cfg.threads:
+            import torch
+
+            torch.set_num_threads(cfg.threads)
+        self.cfg = cfg
+        self.method = METHODS[cfg.method]
+        self.options = {**self.method.options, **cfg.options}
+        self.dataset = CocoWeakDataset(cfg.coco, cfg.images)
+        self.engine = None
+        if self.method.needs_sam:
+            from wsseg_fast.cache import EmbeddingCache
+            from wsseg_fast.sam import SamEngine
+
+            cache = EmbeddingCache(cfg.cache, dtype=cfg.cache_dtype) if cfg.cache else None
+            self.engine = SamEngine(cfg.model, cfg.checkpoint, backend=cfg.backend, encoder_file=cfg.encoder_file,
+                                    cache=cache, finetuned=cfg.finetuned, precision=cfg.precision, device=cfg.device)
+        os.makedirs(os.path.join(cfg.out, "labels"), exist_ok=True)
+        os.makedirs(os.path.join(cfg.out, "parts"), exist_ok=True)
+
+    def label_one(self, index: int, embedding=None) -> dict:
+        """Label image ``index`` of the dataset and write its outputs; returns its part record.
+        A bad image gives a ``failed`` record (and no files) instead of an exception."""
+        from wsseg_fast.data import ImageLoadError
+
+        record = self.dataset.images[index]
+        try:
+            image = self.dataset.load_image(record)
+        except ImageLoadError as exc:
+            return {"image_id": record.id, "file_name": record.file_name, "status": "failed", "error": str(exc)}
+        return self._label(record, image, embedding)
+
+    def _label(self, record, image: np.ndarray, embedding=None) -> dict:
+        from wsseg_fast.data.labels import encode_label_png
+        from wsseg_fast.cache import atomic_write_bytes
+
+        h, w = image.shape[:2]
+        boxes, classes = self.dataset.boxes(record)
+        anns = [a for a in record.annotations if "bbox" in a]
+        if self.method.needs_sam and len(boxes) and embedding is None:
+            embedding = self.engine.embed([image], batch_size=1)[0]
+        ctx = MethodInput(image, boxes, classes, anns, self.options, self.engine, embedding)
+        if len(boxes):
+            instances = self.method.fn(ctx)
+            label, winner = resolve(instances, h, w)
+        else:  # no object: all background
+            instances, label, winner = None, np.zeros((h, w), np.uint8), None
+        png = encode_label_png(label)
+        out = self.cfg.out
+        atomic_write_bytes(os.path.join(out, "labels", record.stem + ".png"), png)
+        if self.cfg.visualize:
+            os.makedirs(os.path.join(out, "vis"), exist_ok=True)
+            atomic_write_bytes(os.path.join(out, "vis", record.stem + ".png"), overlay(image, label, boxes))
+        part = {
+            "image_id": record.id, "file_name": record.file_name, "status": "done",
+            "label": f"labels/{record.stem}.png", "label_blake2b": hashlib.blake2b(png, digest_size=16).hexdigest(),
+            "instances": _instances_json(record, anns, instances, winner) if instances is not None else [],
+        }
+        _write_json(os.path.join(out, "parts", record.stem + ".json"), part)
+        if _TEST_DELAY:  # lets the SIGKILL test land between images
+            time.sleep(_TEST_DELAY)
+        return part
+
+
+def _instances_json(record, anns, instances, winner) -> list[dict]:
+    """Each instance's final pixels (after overlaps were resolved) as COCO RLE."""
+    from pycocotools import mask as mask_utils
+
+    out = []
+    for i, ann in enumerate(anns):
+        mask = winner == i
+        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        out.append({
+            "source_annotation_id": ann.get("id"), "image_id": record.id, "category_id": int(ann["category_id"]),
+            "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
+            "area": int(mask.sum()), "bbox": [float(v) for v in ann["bbox"]], "score": round(float(instances.scores[i]), 6),
+        })
+    return out
+
+
+def overlay(image: np.ndarray, label: np.ndarray, boxes: np.ndarray) -> bytes:
+    """PNG bytes: the image with the label's palette colours blended in and the boxes drawn."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    from wsseg_fast.data.labels import palette
+
+    colours = np.array(palette(), np.float32).reshape(256, 3)
+    blended = image.astype(np.float32)
+    fg = label > 0
+    blended[fg] = 0.45 * blended[fg] + 0.55 * colours[label[fg]]
+    canvas = Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    for x0, y0, x1, y1 in boxes.tolist():
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(255, 255, 255))
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# -- the job -----------------------------------------------------------------------------
+
+
+def _prepare_out(cfg: JobConfig, labeller: Labeller, overwrite: bool) -> dict:
+    engine = labeller.engine
+    settings = cfg.settings(engine.identity["weights"] if engine else None,
+                            _file_digest(cfg.finetuned) if cfg.finetuned else None)
+    path = os.path.join(cfg.out, "settings.json")
+    previous = None
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)
+    if previous is not None and previous != settings:
+        if not overwrite:
+            changed = sorted(k for k in settings if previous.get(k) != settings[k])
+            raise JobError(f"{cfg.out} holds pseudo-labels made with other settings ({', '.join(changed)} differ): "
+                           "use another --out, or --overwrite to start again")
+        for sub in ("labels", "parts", "vis"):
+            shutil.rmtree(os.path.join(cfg.out, sub), ignore_errors=True)
+        for name in ("report.json", "report.md", "manifest.json", "pseudo_labels.json"):
+            if os.path.exists(os.path.join(cfg.out, name)):
+                os.unlink(os.path.join(cfg.out, name))
+        os.makedirs(os.path.join(cfg.out, "labels"), exist_ok=True)
+        os.makedirs(os.path.join(cfg.out, "parts"), exist_ok=True)
+    _write_json(path, settings)
+    from wsseg_fast.cache import TMP_PREFIX
+
+    for sub in ("labels", "parts", "vis", "."):  # half-written files of a killed run (never visible as outputs)
+        directory = os.path.join(cfg.out, sub)
+        for name in os.listdir(directory) if os.path.isdir(directory) else ():
+            if name.startswith(TMP_PREFIX):
+                os.unlink(os.path.join(directory, name))
+    return settings
+
+
+def finished_images(cfg: JobConfig, dataset) -> set[int]:
+    """Indices of images whose part record (and label PNG) exist and agree."""
+    done = set()
+    for i, record in enumerate(dataset.images):
+        part_path = os.path.join(cfg.out, "parts", record.stem + ".json")
+        label_path = os.path.join(cfg.out, "labels", record.stem + ".png")
+        try:
+            with open(part_path) as f:
+                part = json.load(f)
+            with open(label_path, "rb") as f:
+                ok = hashlib.blake2b(f.read(), digest_size=16).hexdigest() == part.get("label_blake2b")
+        except (FileNotFoundError, ValueError):
+            continue
+        if part.get("status") == "done" and ok:
+            done.add(i)
+    return done
+
+
+def run_pseudo_label(cfg: JobConfig, *, executor: str = "local", ray_address: str | None = None,
+                     workers: int | None = None, overwrite: bool = False, progress: bool = True) -> dict:
+    """Run the job (resuming where a previous run stopped); returns a summary."""
+    start = time.perf_counter()
+    labeller = Labeller(cfg)
+    settings = _prepare_out(cfg, labeller, overwrite)
+    dataset = labeller.dataset
+    done = finished_images(cfg, dataset)
+    todo = [i for i in range(len(dataset)) if i not in done]
+    failed: dict[int, str] = {}
+    remote_hits = remote_encoded = 0
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), unit="img", desc=f"pseudo-label {cfg.method}", disable=not progress, dynamic_ncols=True)
+    if executor == "local":
+        for part_index, part in _run_local(labeller, todo):
+            if part["status"] != "done":
+                failed[part_index] = part["error"]
+                bar.write(f"skipped: {part['error']}")
+            bar.update(1)
+    elif executor == "ray":
+        from wsseg_fast.pipelines.ray_executor import run_ray
+
+        for part_index, part in run_ray(cfg, todo, address=ray_address, workers=workers):
+            remote_hits += part.pop("_cache_hits", 0)
+            remote_encoded += part.pop("_encoded", 0)
+            if part["status"] != "done":
+                failed[part_index] = part["error"]
+                bar.write(f"skipped: {part['error']}")
+            bar.update(1)
+    else:
+        raise JobError(f"executor must be local or ray, got {executor!r}")
+    bar.close()
+    labelling_seconds = time.perf_counter() - start
+
+    summary = finalize(cfg, labeller, settings, failed)
+    stats = labeller.engine.stats if labeller.engine else None
+    run = {
+        "executor": executor, "images_total": len(dataset), "images_skipped_as_done": len(done),
+        "images_labelled": len(todo) - len(failed), "images_failed": len(failed),
+        "seconds": round(time.perf_counter() - start, 3), "labelling_seconds": round(labelling_seconds, 3),
+        "cache_hits": (stats.cache_hits if stats else 0) + remote_hits,
+        "encoded": (stats.encoded if stats else 0) + remote_encoded,
+    }
+    with open(os.path.join(cfg.out, "runs.jsonl"), "a") as f:
+        f.write(json.dumps(run) + "\n")
+    return {**summary, "run": run}
+
+
+def _run_local(labeller: Labeller, todo: list[int]):
+    """Label images in order; with ``batch_size > 1`` the embeddings of the next
+    images are computed in one encoder batch first."""
+    batch = max(1, labeller.cfg.batch_size)
+    from wsseg_fast.data import ImageLoadError
+
+    for start in range(0, len(todo), batch):
+        chunk = todo[start : start + batch]
+        if batch == 1 or not labeller.method.needs_sam:
+            for i in chunk:
+                yield i, labeller.label_one(i)
+            continue
+        loaded = {}
+        for i in chunk:
+            record = labeller.dataset.images[i]
+            try:
+                loaded[i] = labeller.dataset.load_image(record)
+            except ImageLoadError as exc:
+                yield i, {"image_id": record.id, "file_name": record.file_name, "status": "failed", "error": str(exc)}
+        embeddings = labeller.engine.embed(list(loaded.values()), batch_size=batch)
+        for (i, image), emb in zip(loaded.items(), embeddings):
+            yield i, labeller._label(labeller.dataset.images[i], image, emb)
+
+
+def finalize(cfg: JobConfig, labeller: Labeller, settings: dict, failed: dict[int, str]) -> dict:
+    """Assemble the COCO file, the manifest and the evaluation report from the parts on disk."""
+    from wsseg_fast.data.labels import read_label_png
+    from wsseg_fast.metrics import SegmentationMeter, markdown_table
+
+    dataset = labeller.dataset
+    images, annotations, entries, errors = [], [], [], []
+    meter = SegmentationMeter(dataset.num_classes, dataset.class_names)
+    evaluated = 0
+    for i, record in enumerate(dataset.images):
+        part_path = os.path.join(cfg.out, "parts", record.stem + ".json")
+        if i in failed or not os.path.exists(part_path):
+            errors.append({"image_id": record.id, "file_name": record.file_name, "error": failed.get(i, "not labelled")})
+            continue
+        with open(part_path) as f:
+            part = json.load(f)
+        entries.append({"image_id": record.id, "file_name": record.file_name, "label": part["label"],
+                        "label_blake2b": part["label_blake2b"], "instances": len(part["instances"])})
+        label = read_label_png(os.path.join(cfg.out, part["label"]))
+        images.append({"id": record.id, "file_name": record.file_name, "height": label.shape[0], "width": label.shape[1]})
+        for inst in part["instances"]:
+            annotations.append({"id": len(annotations) + 1, **inst})
+        gt = _ground_truth(cfg, dataset, record, label.shape)
+        if gt is not None:
+            import torch
+
+            meter.update(torch.from_numpy(label.astype(np.int64)), torch.from_numpy(gt.astype(np.int64)))
+            evaluated += 1
+    _write_json(os.path.join(cfg.out, "pseudo_labels.json"),
+                {"info": {"description": f"wsseg_fast pseudo-labels ({cfg.method})"}, "categories": dataset.categories,
+                 "images": images, "annotations": annotations})
+    _write_json(os.path.join(cfg.out, "manifest.json"),
+                {"settings": settings, "class_names": dataset.class_names, "images": entries, "failed": errors})
+    report = None
+    if evaluated:
+        scores = meter.compute()
+        report = {"method": cfg.method, "images_evaluated": evaluated, **scores}
+        _write_json(os.path.join(cfg.out, "report.json"), report)
+        from wsseg_fast.cache import atomic_write_bytes
+
+        title = f"Pseudo-labels ({cfg.method}) vs ground truth, {evaluated} images"
+        atomic_write_bytes(os.path.join(cfg.out, "report.md"), markdown_table(scores, title).encode())
+    return {"labelled": len(entries), "failed": errors, "report": report}
+
+
+def _ground_truth(cfg: JobConfig, dataset, record, shape) -> np.ndarray | None:
+    from wsseg_fast.data.labels import read_label_png
+
+    if cfg.gt is not None:
+        path = os.path.join(cfg.gt, record.stem + ".png")
+        return read_label_png(path) if os.path.exists(path) else None
+    return dataset.gt_label_map(record, *shape) if any("segmentation" in a for a in record.annotations) else None
+

@@ -1,0 +1,131 @@
+"""SamEngine: SAM for the jobs — embeddings through the cache, prompts in batches.
+
+The image encoder (the expensive part) is built only when an embedding is missing
+from the cache, so a warm run loads just the prompt encoder and mask decoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from wsseg_fast.sam.encoder import BACKENDS, EncoderBackendError, ImageEncoderRunner
+from wsseg_fast.sam.model import MODEL_CONFIGS, build_image_encoder, build_sam, load_mask_decoder, weights_id
+from wsseg_fast.sam.prompting import PREPROCESSING_ID, Embedding, MaskPrediction, predict_masks, preprocess
+
+
+@dataclass
+class EngineStats:
+    cache_hits: int = 0
+    encoded: int = 0
+
+
+class SamEngine:
+    """SAM ready for a job.
+
+    Args:
+        model: ``vit_b | vit_l | vit_h | tiny``.
+        checkpoint: the user's SAM checkpoint (``None``: seeded random weights).
+        backend: image-encoder backend (:data:`wsseg_fast.sam.encoder.BACKENDS`).
+        encoder_file: an exported ONNX file / TensorRT engine for those backends.
+        cache: an :class:`~wsseg_fast.cache.EmbeddingCache`, or ``None`` to always encode.
+        finetuned: a fine-tuned mask-decoder state dict file, loaded over the checkpoint's decoder.
+        precision: encoder compute precision (``fp32`` | ``bf16`` | ``fp16``).
+        device: where the models run.
+    """
+
+    def __init__(self, model: str = "vit_b", checkpoint: str | None = None, *, backend: str = "torch",
+                 encoder_file: str | None = None, cache=None, finetuned: str | None = None,
+                 precision: str = "fp32", device: str = "cpu"):
+        if model not in MODEL_CONFIGS:
+            raise ValueError(f"model must be one of {', '.join(MODEL_CONFIGS)}, got {model!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        self.model, self.checkpoint, self.backend = model, checkpoint, backend
+        self.encoder_file, self.cache, self.precision = encoder_file, cache, precision
+        self.device = torch.device(device)
+        self.img_size = MODEL_CONFIGS[model].img_size
+        if checkpoint is not None and cache is not None:
+            weights = "blake2b:" + cache.file_digest(checkpoint) if os.path.isfile(checkpoint) else weights_id(model, checkpoint)
+        else:
+            weights = weights_id(model, checkpoint)
+        # What makes an embedding: everything here goes into the cache key.
+        self.identity = {"model": model, "weights": weights, "backend": backend, "precision": precision,
+                         "preprocessing": PREPROCESSING_ID}
+        if encoder_file is not None and not os.path.isfile(encoder_file):
+            raise EncoderBackendError(f"encoder file not found: {encoder_file}")
+        if encoder_file is not None:  # a user's exported file may hold other weights than the checkpoint
+            self.identity["encoder_file"] = cache.file_digest(encoder_file) if cache is not None else encoder_file
+        self.sam = build_sam(model, checkpoint, with_encoder=False).to(self.device)
+        if finetuned is not None:
+            load_mask_decoder(self.sam, finetuned)
+        self._runner: ImageEncoderRunner | None = None
+        self.stats = EngineStats()
+
+    @property
+    def encoder(self) -> ImageEncoderRunner:
+        """The image encoder on the chosen backend, built on first use."""
+        if self._runner is None:
+            model_file = self.encoder_file
+            if self.backend == "onnxruntime" and model_file is None and self.cache is not None:
+                model_file = self._export_into_cache()
+            if model_file is not None and self.backend in ("onnxruntime", "tensorrt"):
+                module = _SizeOnly(self.img_size)  # the file holds the weights
+            else:
+                module = build_image_encoder(self.model, self.checkpoint)
+            self._runner = ImageEncoderRunner(module, self.backend, model_file=model_file, precision=self.precision,
+                                              device=self.device)
+        return self._runner
+
+    def _export_into_cache(self) -> str:
+        """Export the ONNX encoder once per encoder identity, beside the embeddings."""
+        from wsseg_fast.sam.encoder import export_onnx
+
+        tag = hashlib.blake2b(json.dumps(self.identity, sort_keys=True).encode(), digest_size=10).hexdigest()
+        path = os.path.join(self.cache.root, "encoders", f"{self.model}-{tag}.onnx")
+        if not os.path.exists(path):
+            export_onnx(build_image_encoder(self.model, self.checkpoint), path)
+        return path
+
+    def embed(self, images: list[np.ndarray], batch_size: int = 1, keys: list[str | None] | None = None) -> list[Embedding]:
+        """Embeddings of RGB ``uint8`` images: cached ones read (verified), the others encoded
+        in batches of ``batch_size`` and stored."""
+        from wsseg_fast.cache import STORAGE_DTYPES, pixels_digest
+
+        if keys is None:
+            keys = [self.cache.key(pixels_digest(im), self.identity) if self.cache is not None else None for im in images]
+        out: list[Embedding | None] = [self.cache.get(k) if k is not None else None for k in keys]
+        self.stats.cache_hits += sum(e is not None for e in out)
+        missing = [i for i, e in enumerate(out) if e is None]
+        for start in range(0, len(missing), max(1, batch_size)):
+            chunk = missing[start : start + max(1, batch_size)]
+            inputs = [preprocess(images[i], self.img_size) for i in chunk]
+            batch = torch.stack([x for x, _ in inputs])
+            embeddings = self.encoder(batch).cpu()
+            for j, i in enumerate(chunk):
+                emb = Embedding(embeddings[j], tuple(images[i].shape[:2]), inputs[j][1])
+                if keys[i] is not None:
+                    self.cache.put(keys[i], emb)
+                    # Use the stored value (fp16 by default) as a warm run will: same outputs cold or warm.
+                    emb.tensor = emb.tensor.to(STORAGE_DTYPES[self.cache.dtype])
+                out[i] = emb
+            self.stats.encoded += len(chunk)
+        return out  # type: ignore[return-value]
+
+    def predict(self, embedding: Embedding, **prompts) -> MaskPrediction:
+        """:func:`~wsseg_fast.sam.prompting.predict_masks` with this engine's model, no autograd."""
+        with torch.inference_mode():
+            return predict_masks(self.sam, embedding, **prompts)
+
+
+class _SizeOnly(torch.nn.Module):
+    """What ImageEncoderRunner needs of the encoder when it runs an exported file."""
+
+    def __init__(self, img_size: int):
+        super().__init__()
+        self.img_size = img_size

@@ -1,0 +1,241 @@
+"""Building SAM (segment-anything 1.0 modules) and loading a user's checkpoint.
+
+``build_sam("vit_b" | "vit_l" | "vit_h" | "tiny", checkpoint=None)`` gives the
+same module tree as ``segment_anything.build_sam_vit_*``, so official
+checkpoints load unchanged. ``tiny`` is a small encoder (256 px input, 16x16
+embedding) with the stock 256-channel neck, prompt encoder and mask decoder:
+for tests and the demo. Without a checkpoint the weights are a seeded random
+initialisation (deterministic, so cached embeddings stay valid), which gives
+meaningless masks: real pseudo-labels need a real checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import nn
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, unreadable/truncated, or made for another model."""
+
+
+@dataclass(frozen=True)
+class SamConfig:
+    embed_dim: int
+    depth: int
+    num_heads: int
+    global_attn_indexes: tuple[int, ...]
+    img_size: int = 1024
+    window_size: int = 14
+
+
+MODEL_CONFIGS = {
+    "vit_h": SamConfig(1280, 32, 16, (7, 15, 23, 31)),
+    "vit_l": SamConfig(1024, 24, 16, (5, 11, 17, 23)),
+    "vit_b": SamConfig(768, 12, 12, (2, 5, 8, 11)),
+    "tiny": SamConfig(64, 2, 2, (1,), img_size=256, window_size=8),
+}
+PATCH_SIZE = 16
+PROMPT_DIM = 256
+INIT_SEED = 0
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+def sam_modeling():
+    """``segment_anything.modeling`` without running the package ``__init__``,
+    which imports torchvision (+3 s here) for the predictor classes we do not use.
+    The package's own names are still there: the first access runs its ``__init__``."""
+    if "segment_anything" not in sys.modules:
+        spec = importlib.util.find_spec("segment_anything")
+        if spec is None:
+            raise ImportError("wsseg_fast.sam needs segment-anything: pip install 'segment-anything>=1.0'")
+        package = importlib.util.module_from_spec(spec)
+
+        def load_rest(name):
+            del package.__getattr__
+            spec.loader.exec_module(package)
+            return getattr(package, name)
+
+        package.__getattr__ = load_rest
+        sys.modules["segment_anything"] = package
+    return importlib.import_module("segment_anything.modeling")
+
+
+class EncoderNotLoaded(nn.Module):
+    """Stands in for the image encoder when every embedding comes from the cache."""
+
+    def __init__(self, img_size: int):
+        super().__init__()
+        self.img_size = img_size
+
+    def forward(self, x):  # pragma: no cover - a programming error, not a user error
+        raise RuntimeError("the SAM image encoder was not built (build_sam(..., with_encoder=False))")
+
+
+def _build_encoder(cfg: SamConfig) -> nn.Module:
+    torch.manual_seed(INIT_SEED + 1)
+    return sam_modeling().ImageEncoderViT(
+        depth=cfg.depth, embed_dim=cfg.embed_dim, img_size=cfg.img_size, mlp_ratio=4,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6), num_heads=cfg.num_heads, patch_size=PATCH_SIZE,
+        qkv_bias=True, use_rel_pos=True, global_attn_indexes=cfg.global_attn_indexes,
+        window_size=cfg.window_size, out_chans=PROMPT_DIM,
+    )
+
+
+def _build_modules(cfg: SamConfig, with_encoder: bool) -> nn.Module:
+    m = sam_modeling()
+    grid = cfg.img_size // PATCH_SIZE
+    # Each part from its own seed, so that the random initialisation of the
+    # decoder does not depend on whether the encoder is built.
+    torch.manual_seed(INIT_SEED)
+    prompt_encoder = m.PromptEncoder(
+        embed_dim=PROMPT_DIM, image_embedding_size=(grid, grid),
+        input_image_size=(cfg.img_size, cfg.img_size), mask_in_chans=16,
+    )
+    mask_decoder = m.MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=m.TwoWayTransformer(depth=2, embedding_dim=PROMPT_DIM, mlp_dim=2048, num_heads=8),
+        transformer_dim=PROMPT_DIM, iou_head_depth=3, iou_head_hidden_dim=256,
+    )
+    encoder = _build_encoder(cfg) if with_encoder else EncoderNotLoaded(cfg.img_size)
+    return m.Sam(image_encoder=encoder, prompt_encoder=prompt_encoder, mask_decoder=mask_decoder,
+                 pixel_mean=list(PIXEL_MEAN), pixel_std=list(PIXEL_STD))
+
+
+def _instantiate(make, state: dict | None, what: str, source: str | None) -> nn.Module:
+    """``make()`` with seeded random weights, or on the meta device then filled from ``state``
+    (skips the slow random init of weights that get overwritten anyway)."""
+    with torch.random.fork_rng(devices=[]):
+        if state is None:
+            return make().eval()
+        with torch.device("meta"):
+            module = make()
+    module = module.to_empty(device="cpu")
+    load_into(module, state, what, source)
+    return module.eval()
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A checkpoint's state dict (``torch.save`` file or ``.safetensors``), memory-mapped,
+    with a :class:`CheckpointError` naming the file when it cannot be read."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # torch raises RuntimeError/EOFError/UnpicklingError/... for bad files
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({os.path.getsize(path)} bytes): it is truncated or not a "
+            f"PyTorch/safetensors state dict ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
+    for wrapper in ("model", "state_dict"):  # training checkpoints often nest the weights
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors")
+    return state
+
+
+def load_into(module: nn.Module, state: dict[str, torch.Tensor], what: str, source: str) -> None:
+    """``module.load_state_dict(state)`` with one readable :class:`CheckpointError` for
+    missing/unexpected keys and shape mismatches (e.g. a vit_l file given for vit_b)."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+        if wrong:
+            parts.append(f"{len(wrong)} shape mismatches (e.g. {'; '.join(wrong[:2])})")
+        raise CheckpointError(f"checkpoint {source} does not match {what}: " + ", ".join(parts))
+    module.load_state_dict(state)
+
+
+def _check_model(model: str) -> SamConfig:
+    if model not in MODEL_CONFIGS:
+        raise ValueError(f"build_sam: model must be one of {', '.join(MODEL_CONFIGS)}, got {model!r}")
+    return MODEL_CONFIGS[model]
+
+
+def build_sam(model: str, checkpoint: str | os.PathLike | None = None, *, with_encoder: bool = True) -> nn.Module:
+    """A ``segment_anything.modeling.Sam`` in eval mode, on the CPU.
+
+    Args:
+        model: ``vit_b``, ``vit_l``, ``vit_h`` (the official architectures) or ``tiny``.
+        checkpoint: a state dict file of the whole model (the official
+            ``sam_vit_*.pth`` files load as they are). ``None``: seeded random weights.
+        with_encoder: ``False`` skips building and loading the image encoder
+            (a placeholder keeps ``img_size``), for runs served from the cache;
+            :func:`build_image_encoder` builds it when needed.
+    """
+    cfg = _check_model(model)
+    state = None
+    if checkpoint is not None:
+        state = load_state_dict_file(checkpoint)
+        if not with_encoder:
+            state = {k: v for k, v in state.items() if not k.startswith("image_encoder.")}
+    what = f"SAM {model}" + ("" if with_encoder else " (prompt encoder and mask decoder)")
+    sam = _instantiate(lambda: _build_modules(cfg, with_encoder), state, what, os.fspath(checkpoint) if checkpoint else None)
+    if state is not None:  # non-persistent buffers are not in the file: to_empty left them uninitialised
+        sam.pixel_mean.copy_(torch.tensor(PIXEL_MEAN).view(-1, 1, 1))
+        sam.pixel_std.copy_(torch.tensor(PIXEL_STD).view(-1, 1, 1))
+    return sam
+
+
+def build_image_encoder(model: str, checkpoint: str | os.PathLike | None = None) -> nn.Module:
+    """Only SAM's image encoder (``ImageEncoderViT``), with the same weights as
+    ``build_sam(model, checkpoint).image_encoder``."""
+    cfg = _check_model(model)
+    state = None
+    if checkpoint is not None:
+        prefix = "image_encoder."
+        state = {k[len(prefix):]: v for k, v in load_state_dict_file(checkpoint).items() if k.startswith(prefix)}
+    return _instantiate(lambda: _build_encoder(cfg), state, f"the SAM {model} image encoder", os.fspath(checkpoint) if checkpoint else None)
+
+
+def load_mask_decoder(sam: nn.Module, checkpoint: str | os.PathLike) -> None:
+    """Replace the mask decoder's weights by a fine-tuned one: a file holding either the
+    decoder's own state dict or a whole SAM state dict (``mask_decoder.*`` keys are taken)."""
+    state = load_state_dict_file(checkpoint)
+    if any(k.startswith("mask_decoder.") for k in state):
+        state = {k[len("mask_decoder."):]: v for k, v in state.items() if k.startswith("mask_decoder.")}
+    load_into(sam.mask_decoder, state, "the SAM mask decoder", os.fspath(checkpoint))
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """BLAKE2b-128 of a file's bytes (hex)."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_id(model: str, checkpoint: str | os.PathLike | None) -> str:
+    """What identifies the weights in cache keys: the checkpoint's content digest, or the
+    seeded random initialisation (tied to the segment-anything version that draws it)."""
+    if checkpoint is None:
+        from importlib.metadata import version
+
+        return f"random-init-seed{INIT_SEED}-segment-anything-{version('segment-anything')}"
+    if not os.path.isfile(checkpoint):
+        raise CheckpointError(f"checkpoint not found: {os.fspath(checkpoint)}")
+    return "blake2b:" + file_digest(checkpoint)

@@ -1,0 +1,143 @@
+"""SAM's input transform and prompting many objects of one image in one decoder call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wsseg_fast.sam.model import PIXEL_MEAN, PIXEL_STD
+
+# Part of every cache key: change it whenever preprocess() changes.
+PREPROCESSING_ID = "resize-longest-side-PIL-bilinear/normalize-imagenet-255/pad-bottom-right-v1"
+
+
+def input_size(original_size: tuple[int, int], img_size: int) -> tuple[int, int]:
+    """(h, w) of the image resized so its longest side is ``img_size`` (SAM's ResizeLongestSide)."""
+    h, w = original_size
+    scale = img_size / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def preprocess(image: np.ndarray, img_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """An RGB ``uint8`` ``[H, W, 3]`` image -> the encoder's ``[3, S, S]`` float32 input
+    (resized as SAM's predictor does, normalised, zero-padded) and the resized ``(h, w)``."""
+    from PIL import Image
+
+    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+        raise TypeError(f"preprocess: image must be a uint8 [H, W, 3] RGB array, got "
+                        f"{getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}")
+    h, w = input_size(image.shape[:2], img_size)
+    resized = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+    x = torch.from_numpy(resized.copy()).permute(2, 0, 1).float()
+    x = (x - torch.tensor(PIXEL_MEAN).view(3, 1, 1)) / torch.tensor(PIXEL_STD).view(3, 1, 1)
+    return F.pad(x, (0, img_size - w, 0, img_size - h)), (h, w)
+
+
+@dataclass
+class Embedding:
+    """One image's SAM embedding ``[256, g, g]`` (as stored: fp16 or fp32) with the
+    sizes needed to map prompts in and masks out."""
+
+    tensor: torch.Tensor
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+
+
+@dataclass
+class MaskPrediction:
+    """``logits`` ``[N, M, H, W]`` at the output size, ``scores`` ``[N, M]`` (predicted IoU),
+    ``low_res_logits`` ``[N, M, 4g, 4g]`` (SAM's mask-input format); ``masks`` = logits > 0."""
+
+    logits: torch.Tensor
+    scores: torch.Tensor
+    low_res_logits: torch.Tensor
+
+    @property
+    def masks(self) -> torch.Tensor:
+        return self.logits > 0
+
+
+def _as_float(name: str, value, shape_tail: tuple, device, expected: str) -> torch.Tensor:
+    t = torch.as_tensor(value, dtype=torch.float32, device=device)
+    if t.ndim != len(shape_tail) + 1 or any(s is not None and t.shape[i + 1] != s for i, s in enumerate(shape_tail)):
+        raise ValueError(f"predict_masks: {name} must be {expected}, got shape {tuple(t.shape)}")
+    return t
+
+
+def predict_masks(
+    sam,
+    embedding: Embedding | torch.Tensor,
+    boxes=None,
+    points=None,
+    point_labels=None,
+    mask_inputs=None,
+    multimask_output: bool = False,
+) -> MaskPrediction:
+    """N prompts of one image through SAM's prompt encoder and mask decoder in ONE call.
+
+    Args:
+        sam: a ``segment_anything`` ``Sam`` (e.g. from :func:`build_sam`, with or without encoder).
+        embedding: an :class:`Embedding` (prompts are then in original image pixels and
+            masks come back at the original size), or a raw ``[256, g, g]`` / ``[1, 256, g, g]``
+            tensor (prompts and masks in the model's ``S x S`` input frame).
+        boxes: ``[N, 4]`` ``x0, y0, x1, y1``.
+        points: ``[N, K, 2]`` ``x, y``; ``point_labels``: ``[N, K]`` (1 foreground, 0 background).
+        mask_inputs: ``[N, 1, 4g, 4g]`` low-resolution logits (e.g. a previous ``low_res_logits``).
+        multimask_output: 3 candidate masks per prompt instead of 1.
+
+    Gradients flow to the decoder's parameters (no ``no_grad`` here): callers that
+    only infer wrap the call in ``torch.inference_mode()``.
+    """
+    img_size = sam.prompt_encoder.input_image_size[0]
+    if isinstance(embedding, Embedding):
+        emb, original, resized = embedding.tensor, tuple(embedding.original_size), tuple(embedding.input_size)
+    else:
+        emb, original, resized = embedding, (img_size, img_size), (img_size, img_size)
+    if emb.ndim == 3:
+        emb = emb[None]
+    grid = sam.prompt_encoder.image_embedding_size
+    if emb.ndim != 4 or emb.shape[0] != 1 or tuple(emb.shape[1:]) != (256, *grid):
+        raise ValueError(f"predict_masks: embedding must be [256, {grid[0]}, {grid[1]}] for this model, got {tuple(emb.shape)}")
+    param = next(sam.mask_decoder.parameters())
+    device, dtype = param.device, param.dtype
+    emb = emb.to(device=device, dtype=dtype)
+    scale = torch.tensor([resized[1] / original[1], resized[0] / original[0]], device=device)
+
+    n = None
+    if boxes is not None:
+        boxes = _as_float("boxes", boxes, (4,), device, "[N, 4] (x0, y0, x1, y1)")
+        boxes = (boxes.view(-1, 2, 2) * scale).view(-1, 4)
+        n = boxes.shape[0]
+    point_pair = None
+    if points is not None or point_labels is not None:
+        if points is None or point_labels is None:
+            raise ValueError("predict_masks: points and point_labels go together")
+        points = _as_float("points", points, (None, 2), device, "[N, K, 2] (x, y)") * scale
+        labels = torch.as_tensor(point_labels, device=device)
+        if labels.shape != points.shape[:2]:
+            raise ValueError(f"predict_masks: point_labels must be [N, K] = {tuple(points.shape[:2])}, got {tuple(labels.shape)}")
+        if n is not None and points.shape[0] != n:
+            raise ValueError(f"predict_masks: {points.shape[0]} point sets for {n} boxes")
+        point_pair, n = (points, labels.to(torch.int64)), points.shape[0]
+    if mask_inputs is not None:
+        mask_inputs = torch.as_tensor(mask_inputs, device=device, dtype=dtype)
+        low = tuple(4 * g for g in grid)
+        if mask_inputs.ndim != 4 or tuple(mask_inputs.shape[1:]) != (1, *low) or (n is not None and mask_inputs.shape[0] != n):
+            raise ValueError(f"predict_masks: mask_inputs must be [N, 1, {low[0]}, {low[1]}], got {tuple(mask_inputs.shape)}")
+        n = mask_inputs.shape[0]
+    if n is None:
+        raise ValueError("predict_masks: give boxes, points (with point_labels) or mask_inputs")
+
+    sparse, dense = sam.prompt_encoder(points=point_pair, boxes=boxes, masks=mask_inputs)
+    low_res, scores = sam.mask_decoder(
+        image_embeddings=emb,
+        image_pe=sam.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=multimask_output,
+    )
+    logits = sam.postprocess_masks(low_res, input_size=resized, original_size=original)
+    return MaskPrediction(logits=logits, scores=scores, low_res_logits=low_res)
