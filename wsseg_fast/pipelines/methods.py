@@ -156,6 +156,18 @@ def sam_point(ctx: MethodInput) -> Instances:
     return instances_from_prediction(ctx, prediction)
 
 
+@register_method("sbr", needs_sam=True, options={"clip_to_box": True, "box_margin": 2.0, "fallback": True})
+def sbr(ctx: MethodInput) -> Instances:
+    """SAM fine-tuned under the weak-label constraints (--finetuned from wsseg-fast finetune), box prompts."""
+    instances = instances_from_prediction(ctx, ctx.engine.predict(ctx.embedding, boxes=ctx.boxes))
+    # The fine-tuning trains the masks, not SAM's IoU head: where confident masks overlap
+    # (a cup inside its disc) the smaller object wins, as in the box baseline.
+    h, w = ctx.image.shape[:2]
+    area = instances.masks.reshape(len(instances.masks), -1).sum(1).astype(np.float64)
+    instances.scores = 1.0 - area / (h * w)
+    return instances
+
+
 def resolve(instances: Instances, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """One class-index map from overlapping instances, and the winning instance of each
     pixel (-1 = background). Each pixel goes to the covering instance with the highest
