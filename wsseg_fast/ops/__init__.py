@@ -34,3 +34,13 @@ __all__ = [
     "dilated_offsets",
     "neighbor_offsets",
 ]
+
+# ---- fuzzy-logic constraint losses (issue 3); specs keyed by the public names
+from wsseg_fast.ops.box_constraint import SPEC as _BOX_SPEC  # noqa: E402
+from wsseg_fast.ops.box_constraint import box_constraint_loss  # noqa: E402
+from wsseg_fast.ops.pairwise_constraint import SPEC as _PAIRWISE_SPEC  # noqa: E402
+from wsseg_fast.ops.pairwise_constraint import pairwise_constraint_loss  # noqa: E402
+
+OP_SPECS["box_constraint_loss"] = _BOX_SPEC
+OP_SPECS["pairwise_constraint_loss"] = _PAIRWISE_SPEC
+__all__ += ["box_constraint_loss", "pairwise_constraint_loss"]

@@ -72,41 +72,44 @@ class FinetuneConfig:
     points and colours alike): 0.5 costs a quarter of full resolution."""
 
 
+PRIOR_KEYS = ("contains", "excludes", "one_class_per_pixel", "pairwise", "box_size")
+
+
 def load_priors(path: str | os.PathLike | None, class_names: list[str]) -> dict:
-    """The priors file: YAML (or JSON) naming classes by name::
+    """The priors file, YAML (or JSON), classes by name::
 
-        containment: [[cup, disc]]      # every cup pixel is a disc pixel (a -> b)
-        exclusion: [[rod, ring]]        # never both
+        contains: [[cup, disc]]        # every cup pixel is a disc pixel (a -> b)
+        excludes: [[rod, ring]]        # never both at one pixel
         one_class_per_pixel: true
-        pairwise: true                  # neighbouring pixels of similar colour share a label
+        pairwise: true                 # neighbours of similar colour share a label (default on)
+        box_size: [0.2, 0.95]          # rho_lo |box| <= sum of p in the box <= rho_hi |box|
 
-    Returns the same with class indices. ``None``: no priors."""
+    ``None``: no priors but the pairwise colour prior."""
     if path is None:
         return {}
     try:
         text = Path(path).read_text()
     except OSError as exc:
         raise FinetuneError(f"--priors: cannot read {path}: {exc}") from None
-    try:
-        import yaml
+    import yaml
 
+    try:
         priors = yaml.safe_load(text) or {}
-    except Exception as exc:  # yaml.YAMLError, or no yaml: JSON is YAML too
+    except yaml.YAMLError as exc:
         raise FinetuneError(f"--priors: {path} is not valid YAML: {exc}") from None
     if not isinstance(priors, dict):
         raise FinetuneError(f"--priors: {path} must hold a mapping, got {type(priors).__name__}")
-    known = {"containment", "exclusion", "one_class_per_pixel", "pairwise"}
-    if set(priors) - known:
-        raise FinetuneError(f"--priors: unknown keys {sorted(set(priors) - known)} in {path}; known: {sorted(known)}")
-    index = {name: i for i, name in enumerate(class_names)}
-    out = dict(priors)
-    for key in ("containment", "exclusion"):
+    unknown = sorted(set(priors) - set(PRIOR_KEYS))
+    if unknown:
+        raise FinetuneError(f"--priors: unknown keys {unknown} in {path}; known: {', '.join(PRIOR_KEYS)}")
+    for key in ("contains", "excludes"):
         pairs = priors.get(key) or []
-        try:
-            out[key] = [(index[a], index[b]) for a, b in pairs]
-        except (KeyError, TypeError, ValueError):
-            raise FinetuneError(f"--priors: {key} must be a list of [class, class] pairs of {class_names[1:]}, got {pairs!r}") from None
-    return out
+        if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 and all(c in class_names[1:] for c in p)
+                                                   for p in pairs):
+            raise FinetuneError(f"--priors: {key} must be a list of [class, class] pairs of {class_names[1:]}, got {pairs!r}")
+    if priors.get("pairwise") is True:
+        priors["pairwise"] = {}
+    return priors
 
 
 def class_truths(instance_logits: torch.Tensor, classes: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -143,28 +146,8 @@ class _Item:
     boxes: torch.Tensor       # [N, 4] x0, y0, x1, y1 pixels
     classes: torch.Tensor     # [N] class indices 1..C-1
     annotations: list[dict]   # COCO annotations (points, scribbles), same order as boxes
-    tags: list[int]           # class indices present in the image
+    tags: list[int]           # COCO category ids the image is tagged with
     embedding: object = None  # the cached Embedding when the encoder is frozen
-
-    def scaled(self, factor: float) -> "_Item":
-        """The same weak labels on the image resized by ``factor`` (what the loss sees)."""
-        if factor == 1.0:
-            return self
-        from PIL import Image
-
-        h, w = self.image.shape[:2]
-        size = (max(1, round(w * factor)), max(1, round(h * factor)))
-        image = np.asarray(Image.fromarray(self.image).resize(size, Image.BILINEAR))
-        fx, fy = size[0] / w, size[1] / h
-
-        def pts(points):
-            return [[p[0] * fx, p[1] * fy] for p in points]
-
-        anns = [{**a, "bbox": [a["bbox"][0] * fx, a["bbox"][1] * fy, a["bbox"][2] * fx, a["bbox"][3] * fy],
-                 "points": pts(a.get("points") or []), "scribbles": [pts(s) for s in a.get("scribbles") or []]}
-                for a in self.annotations]
-        boxes = self.boxes * torch.tensor([fx, fy, fx, fy], dtype=self.boxes.dtype)
-        return _Item(self.stem, image, boxes, self.classes, anns, self.tags)
 
 
 def _load_items(dataset, log) -> list[_Item]:
@@ -182,8 +165,7 @@ def _load_items(dataset, log) -> list[_Item]:
             log(f"skipped: {record.file_name} has no box to prompt SAM with")
             continue
         anns = [a for a in record.annotations if "bbox" in a]
-        tags = sorted({dataset.class_index[t] for t in record.tags if t in dataset.class_index} | set(classes.tolist()))
-        items.append(_Item(record.stem, image, torch.from_numpy(boxes), torch.from_numpy(classes), anns, tags))
+        items.append(_Item(record.stem, image, torch.from_numpy(boxes), torch.from_numpy(classes), anns, record.tags))
     return items
 
 
@@ -235,8 +217,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> Path:
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     start = _resume(cfg, out, sam, optimizer, modules)
-    views = [item.scaled(cfg.loss_scale) for item in items]
-    kbs: dict[int, object] = {}  # each image's compiled knowledge base, built on first use
+    kbs = [_knowledge_base(item, dataset, priors, cfg.weights, _loss_size(item, cfg.loss_scale)) for item in items]
     for epoch in range(start, cfg.epochs):
         sam.train()
         began = time.perf_counter()
@@ -244,8 +225,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> Path:
         loss_sum, sat_sums = 0.0, {}
         bar = tqdm(order.tolist(), desc=f"finetune epoch {epoch + 1}/{cfg.epochs}", unit="img", disable=not progress, leave=False)
         for i in bar:
-            loss, satisfaction = image_loss(sam, items[i], dataset.num_classes, priors, cfg.weights, device,
-                                            views[i], kbs)
+            loss, satisfaction = image_loss(sam, items[i], kbs[i], dataset.num_classes, device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -298,34 +278,37 @@ def _resume(cfg: FinetuneConfig, out: Path, sam, optimizer, modules) -> int:
     return int(state["epoch"])
 
 
-def image_loss(sam, item: _Item, num_classes: int, priors: dict, weights: dict, device,
-               view: _Item | None = None, kbs: dict | None = None) -> tuple[torch.Tensor, dict]:
-    """``1 - SatAgg`` of one image's knowledge base on SAM's masks for its boxes, and
-    each constraint's satisfaction. ``view``: the weak labels at the loss's scale
-    (default: the item itself); ``kbs``: a memo of compiled knowledge bases."""
+def _loss_size(item: _Item, scale: float) -> tuple[int, int]:
+    h, w = item.image.shape[:2]
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def image_loss(sam, item: _Item, kb, num_classes: int, device) -> tuple[torch.Tensor, dict]:
+    """``1 - SatAgg`` of the image's knowledge base ``kb`` on SAM's masks for its boxes
+    (at the knowledge base's resolution), and each constraint's satisfaction."""
     from wsseg_fast.sam.prompting import Embedding, predict_masks, preprocess
 
     embedding = item.embedding
     if embedding is None:  # the encoder trains: embed with autograd
         x, resized = preprocess(item.image, sam.image_encoder.img_size)
         embedding = Embedding(sam.image_encoder(x[None].to(device))[0], tuple(item.image.shape[:2]), resized)
-    view = item if view is None else view
     prediction = predict_masks(sam, embedding, boxes=item.boxes)
-    logits = sam.postprocess_masks(prediction.low_res_logits, input_size=embedding.input_size,
-                                   original_size=tuple(view.image.shape[:2]))
+    logits = sam.postprocess_masks(prediction.low_res_logits, input_size=embedding.input_size, original_size=kb.image_size)
     truths = class_truths(logits[:, 0].float(), item.classes.to(device), num_classes)
-    key = id(item)
-    kb = kbs.get(key) if kbs is not None else None
-    if kb is None:
-        kb = _knowledge_base(view, num_classes, priors, weights, device)
-        if kbs is not None:
-            kbs[key] = kb
     return kb(truths[None])
 
 
-def _knowledge_base(item: _Item, num_classes: int, priors: dict, weights: dict, device):
-    import sys
-    sys.path.insert(0, "/tmp/proto")
-    from kb import make_kb  # TEMPORARY prototype until wsseg_fast.logic lands
+def _knowledge_base(item: _Item, dataset, priors: dict, weights: dict, size: tuple[int, int]):
+    """One image's knowledge base at the loss resolution ``size``: its boxes, points,
+    scribbles and tags (COCO boxes are exhaustive: unmentioned classes are absent), the
+    priors, and the pairwise colour prior on the resized image."""
+    from PIL import Image
 
-    return make_kb(item, num_classes, priors, weights, device)
+    from wsseg_fast.logic import compile_knowledge_base
+
+    image = np.asarray(Image.fromarray(item.image).resize(size[::-1], Image.BILINEAR))
+    return compile_knowledge_base(
+        {"annotations": item.annotations, "tags": item.tags}, dataset.num_classes, size, priors=priors,
+        images=torch.from_numpy(image.copy()).permute(2, 0, 1)[None], class_names=dataset.class_names,
+        weights=weights, category_map=dataset.class_index, annotation_size=tuple(item.image.shape[:2]),
+        exhaustive=True, background=0)

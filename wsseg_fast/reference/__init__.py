@@ -7,3 +7,9 @@ benchmarks use them as the baseline. They favour clarity over speed.
 from wsseg_fast.reference.linear_assignment import batch_linear_assignment
 
 __all__ = ["batch_linear_assignment"]
+
+# ---- fuzzy-logic constraint losses (issue 3)
+from wsseg_fast.reference import logic  # noqa: E402
+from wsseg_fast.reference.logic import box_constraint_loss, pairwise_constraint_loss  # noqa: E402
+
+__all__ += ["box_constraint_loss", "logic", "pairwise_constraint_loss"]

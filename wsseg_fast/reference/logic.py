@@ -1,0 +1,105 @@
+"""Pure-PyTorch references of the fused fuzzy-logic losses, composed from the
+operators of :mod:`wsseg_fast.logic.operators` (plain autograd). They define
+what the fused kernels compute; see ``wsseg_fast.ops.box_constraint`` and
+``wsseg_fast.ops.pairwise_constraint`` for the exact semantics."""
+
+from __future__ import annotations
+
+import torch
+
+from wsseg_fast.logic.operators import negation, pmean, pmean_error
+from wsseg_fast.ops.neighbors import shifted
+
+
+def box_pixel_bounds(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``[..., 4]`` (x0, y0, x1, y1) -> int64 (x_lo, y_lo, x_hi, y_hi) with pixel (y, x)
+    inside when x_lo <= x < x_hi and y_lo <= y < y_hi, clipped to the image."""
+    lo = boxes[..., :2].floor()
+    hi = boxes[..., 2:].ceil()
+    limit = torch.tensor([width, height], dtype=boxes.dtype, device=boxes.device)
+    lo = torch.minimum(lo.clamp_min(0), limit)
+    hi = torch.minimum(hi.clamp_min(0), limit)
+    return torch.cat([lo, hi], dim=-1).long()
+
+
+def check_box_values(boxes: torch.Tensor, labels: torch.Tensor, num_classes: int, name: str) -> None:
+    """ValueError for a NaN box or a label outside [-1, C) (padding rows, label -1, are not checked)."""
+    valid = labels >= 0
+    if bool((labels < -1).any()) or bool((labels >= num_classes).any()):
+        raise ValueError(f"{name}: `labels` must be class ids in [0, {num_classes}) or -1 for padding")
+    if bool(torch.isnan(boxes[valid]).any()):
+        raise ValueError(f"{name}: `boxes` contain NaN")
+
+
+def box_constraint_truths(probs: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, *,
+                          p_forall: float = 2.0, p_exists: float = 2.0, stable: bool = True) -> torch.Tensor:
+    """The OUT(b, c) and TIGHT(b, k) truths of the box constraint, one vector (OUT first per image)."""
+    batch, _, height, width = probs.shape
+    check_box_values(boxes, labels, probs.shape[1], "box_constraint_loss")
+    bounds = box_pixel_bounds(boxes, height, width)
+    truths = []
+    for b in range(batch):
+        valid = [k for k in range(boxes.shape[1]) if labels[b, k] >= 0]
+        valid = [k for k in valid if bounds[b, k, 2] > bounds[b, k, 0] and bounds[b, k, 3] > bounds[b, k, 1]]
+        for c in sorted({int(labels[b, k]) for k in valid}):
+            inside = torch.zeros(height, width, dtype=torch.bool, device=probs.device)
+            for k in valid:
+                if labels[b, k] == c:
+                    x0, y0, x1, y1 = bounds[b, k].tolist()
+                    inside[y0:y1, x0:x1] = True
+            truths.append(pmean_error(negation(probs[b, c]), p=p_forall, mask=~inside, stable=stable))
+        for k in valid:
+            x0, y0, x1, y1 = bounds[b, k].tolist()
+            region = probs[b, int(labels[b, k]), y0:y1, x0:x1]
+            lines = torch.cat([pmean(region, dim=1, p=p_exists, stable=stable),   # rows
+                               pmean(region, dim=0, p=p_exists, stable=stable)])  # columns
+            truths.append(pmean_error(lines, p=p_forall, stable=stable))
+    if not truths:
+        return probs.new_zeros(0)
+    return torch.stack(truths)
+
+
+def box_constraint_loss(probs: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, *,
+                        p_forall: float = 2.0, p_exists: float = 2.0, stable: bool = True) -> torch.Tensor:
+    """1 - pMeanError(p=2) over every OUT and TIGHT truth of the batch; 0 without a valid box."""
+    truths = box_constraint_truths(probs, boxes, labels, p_forall=p_forall, p_exists=p_exists, stable=stable)
+    if truths.numel() == 0:
+        return (probs * 0).sum()  # zero, with a zero gradient
+    return 1.0 - pmean_error(truths, p=2.0, stable=stable)
+
+
+def pairwise_edges(lab: torch.Tensor, offsets: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``[B, K, H, W]`` bool: the edge from (y, x) to (y + dy, x + dx) exists (neighbour inside the
+    image) and its colour similarity exp(-||Lab difference|| / 2) is at least ``threshold``."""
+    edges = [torch.zeros(lab.shape[0], 0, *lab.shape[2:], dtype=torch.bool, device=lab.device)]
+    for dy, dx in offsets.tolist():
+        other, inside = shifted(lab, dy, dx)
+        similarity = torch.exp(-torch.linalg.vector_norm(lab - other, dim=1) * 0.5)
+        edges.append(((similarity >= threshold) & inside).unsqueeze(1))
+    return torch.cat(edges, dim=1)
+
+
+def pairwise_constraint_truths(probs: torch.Tensor, lab: torch.Tensor, offsets: torch.Tensor, *,
+                               threshold: float = 0.3, p_forall: float = 2.0, stable: bool = True) -> torch.Tensor:
+    """``[B, C]``: for each image and class, ∀ similar neighbours (x, y): p_x p_y + (1 - p_x)(1 - p_y)."""
+    edges = pairwise_edges(lab, offsets, threshold)
+    same = [probs.unsqueeze(2)[:, :, :0]]  # (an empty slice of probs keeps the graph without offsets)
+    for dy, dx in offsets.tolist():
+        other, _ = shifted(probs, dy, dx)
+        same.append((probs * other + (1 - probs) * (1 - other)).unsqueeze(2))
+    same = torch.cat(same, dim=2)  # [B, C, K, H, W]
+    mask = edges.unsqueeze(1).expand_as(same)
+    return pmean_error(same, dim=(2, 3, 4), p=p_forall, mask=mask, stable=stable)
+
+
+def pairwise_constraint_loss(probs: torch.Tensor, lab: torch.Tensor, offsets: torch.Tensor, *,
+                             threshold: float = 0.3, p_forall: float = 2.0, stable: bool = True) -> torch.Tensor:
+    """1 - pMeanError(p=2) over the B x C pairwise truths; 0 for an empty batch."""
+    if probs.shape[0] * probs.shape[1] == 0:
+        return (probs * 0).sum()
+    truths = pairwise_constraint_truths(probs, lab, offsets, threshold=threshold, p_forall=p_forall, stable=stable)
+    return 1.0 - pmean_error(truths.flatten(), p=2.0, stable=stable)
+
+
+__all__ = ["box_constraint_loss", "box_constraint_truths", "box_pixel_bounds", "pairwise_constraint_loss",
+           "pairwise_constraint_truths", "pairwise_edges"]
