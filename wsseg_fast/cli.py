@@ -8,6 +8,7 @@ with status 2 and one clear line, not a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
@@ -350,6 +351,36 @@ def run_finetune(args) -> int:
     return 0
 
 
+def add_experiment(sub) -> None:
+    p = sub.add_parser("experiment", help="run both stages on the built-in demo and write a comparison table")
+    p.add_argument("name", choices=("demo",), help="the experiment (demo: tiny SAM on the built-in demo dataset)")
+    p.add_argument("--out", default="experiment-demo", help="output directory (default experiment-demo); re-running resumes")
+    p.add_argument("--train-images", type=int, default=24)
+    p.add_argument("--test-images", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--finetune-epochs", type=int, default=6)
+    p.add_argument("--student-epochs", type=int, default=30)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run_experiment)
+
+
+def run_experiment(args) -> int:
+    from wsseg_fast.pipelines.experiment import DemoExperimentConfig, run_demo_experiment
+
+    for name in ("train_images", "test_images", "finetune_epochs", "student_epochs"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
+    cfg = DemoExperimentConfig(out=args.out, train_images=args.train_images, test_images=args.test_images, seed=args.seed,
+                               finetune_epochs=args.finetune_epochs, student_epochs=args.student_epochs,
+                               threads=args.threads)
+    report = run_demo_experiment(cfg, progress=not args.quiet)
+    if args.quiet:
+        print(json.dumps({r["name"]: round(r["miou"], 4) for r in report["rows"]}))
+    print(f"wrote {args.out}/report.json, report.md, report.png")
+    return 0
+
+
 def add_train_student(sub) -> None:
     p = sub.add_parser("train-student", help="train the prompt-free U-Net student on label maps (torchrun for DDP)")
     p.add_argument("--images", required=True, help="directory of training images")
@@ -459,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wsseg-fast", description="Weakly-supervised segmentation with SAM, fast.")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (add_info, add_ops_demo, add_make_demo, add_pseudo_label, add_cache, add_export_encoder,
-                add_finetune, add_train_student, add_predict, add_evaluate):
+                add_finetune, add_experiment, add_train_student, add_predict, add_evaluate):
         add(sub)
     return parser
 
