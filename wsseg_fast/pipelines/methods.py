@@ -3,9 +3,9 @@
 A method is a function registered with :func:`register_method`; the job resolves
 the instances it returns into one class-index map. To add one::
 
-    @register_method("sbr", needs_sam=True, options={"multimask": False})
-    def sbr(ctx: MethodInput) -> Instances:
-        prediction = ctx.engine.predict(ctx.embedding, boxes=ctx.boxes)  # fine-tuned decoder: --finetuned
+    @register_method("sam-box-multi", needs_sam=True, options={"clip_to_box": True})
+    def sam_box_multi(ctx: MethodInput) -> Instances:
+        prediction = ctx.engine.predict(ctx.embedding, boxes=ctx.boxes, multimask_output=True)
         return instances_from_prediction(ctx, prediction)
 
 ``options`` declares the method's ``--method-option key=value`` settings and their
