@@ -8,6 +8,7 @@ with status 2 and one clear line, not a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
@@ -303,6 +304,82 @@ def _name_value(text: str, option: str) -> tuple[str, str]:
     return name, value
 
 
+def add_finetune(sub) -> None:
+    from wsseg_fast.pipelines.finetune import TRAINABLE
+    from wsseg_fast.sam.model import MODEL_CONFIGS
+
+    p = sub.add_parser("finetune", help="stage 1: fine-tune SAM under fuzzy-logic constraints from the weak labels")
+    p.add_argument("--coco", required=True, help="COCO JSON with the weak annotations")
+    p.add_argument("--images", help="image directory (default: images/ beside the JSON)")
+    p.add_argument("--model", default="tiny", choices=sorted(MODEL_CONFIGS))
+    p.add_argument("--checkpoint", help="SAM checkpoint to start from (none: seeded random weights)")
+    p.add_argument("--priors", help="YAML priors: containment, exclusion, one_class_per_pixel, pairwise")
+    p.add_argument("--train", default="decoder", choices=sorted(TRAINABLE),
+                   help="what trains: the mask decoder (default), + the prompt encoder, or all (tiny)")
+    p.add_argument("--out", required=True, help="output directory (finetuned.pth, last.pt, log.jsonl); re-running resumes")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weight", action="append", default=[], metavar="KIND=W", help="a constraint kind's weight in SatAgg")
+    p.add_argument("--loss-scale", type=float, default=0.5, help="evaluate the constraints on the image scaled by this (default 0.5)")
+    p.add_argument("--cache", help="embedding cache directory (frozen encoder)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run_finetune)
+
+
+def run_finetune(args) -> int:
+    from wsseg_fast.data import DataError
+    from wsseg_fast.pipelines.finetune import FinetuneConfig, FinetuneError, finetune
+    from wsseg_fast.sam import CheckpointError
+
+    try:
+        weights = {name: float(w) for name, w in (_name_value(t, "--weight") for t in args.weight)}
+    except ValueError as exc:
+        raise UsageError(f"--weight: {exc}") from None
+    cfg = FinetuneConfig(coco=args.coco, images=args.images, out=args.out, model=args.model, checkpoint=args.checkpoint,
+                         priors=args.priors, train=args.train, epochs=args.epochs, lr=args.lr, seed=args.seed,
+                         weights=weights, cache=args.cache, device=args.device, threads=args.threads,
+                         loss_scale=args.loss_scale)
+    try:
+        path = finetune(cfg, progress=not args.quiet)
+    except (DataError, FinetuneError, CheckpointError) as exc:
+        raise UsageError(str(exc)) from None
+    print(f"fine-tuned weights: {path} (use: wsseg-fast pseudo-label --method sbr --finetuned {path} ...)")
+    return 0
+
+
+def add_experiment(sub) -> None:
+    p = sub.add_parser("experiment", help="run both stages on the built-in demo and write a comparison table")
+    p.add_argument("name", choices=("demo",), help="the experiment (demo: tiny SAM on the built-in demo dataset)")
+    p.add_argument("--out", default="experiment-demo", help="output directory (default experiment-demo); re-running resumes")
+    p.add_argument("--train-images", type=int, default=24)
+    p.add_argument("--test-images", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--finetune-epochs", type=int, default=6)
+    p.add_argument("--student-epochs", type=int, default=30)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run_experiment)
+
+
+def run_experiment(args) -> int:
+    from wsseg_fast.pipelines.experiment import DemoExperimentConfig, run_demo_experiment
+
+    for name in ("train_images", "test_images", "finetune_epochs", "student_epochs"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
+    cfg = DemoExperimentConfig(out=args.out, train_images=args.train_images, test_images=args.test_images, seed=args.seed,
+                               finetune_epochs=args.finetune_epochs, student_epochs=args.student_epochs,
+                               threads=args.threads)
+    report = run_demo_experiment(cfg, progress=not args.quiet)
+    if args.quiet:
+        print(json.dumps({r["name"]: round(r["miou"], 4) for r in report["rows"]}))
+    print(f"wrote {args.out}/report.json, report.md, report.png")
+    return 0
+
+
 def add_train_student(sub) -> None:
     p = sub.add_parser("train-student", help="train the prompt-free U-Net student on label maps (torchrun for DDP)")
     p.add_argument("--images", required=True, help="directory of training images")
@@ -414,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wsseg-fast", description="Weakly-supervised segmentation with SAM, fast.")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (add_info, add_ops_demo, add_make_demo, add_pseudo_label, add_cache, add_export_encoder,
-                add_train_student, add_predict, add_evaluate):
+                add_finetune, add_experiment, add_train_student, add_predict, add_evaluate):
         add(sub)
     return parser
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from wsseg_fast.sam import CheckpointError, build_image_encoder, build_sam, load_mask_decoder
+from wsseg_fast.sam import CheckpointError, build_image_encoder, build_sam, load_finetuned
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +81,11 @@ def test_load_finetuned_decoder(tiny_checkpoint, tmp_path):
     path, original = tiny_checkpoint
     sam = build_sam("tiny")
     torch.save(original.mask_decoder.state_dict(), tmp_path / "decoder.pth")
-    load_mask_decoder(sam, tmp_path / "decoder.pth")
+    load_finetuned(sam, tmp_path / "decoder.pth")
     assert _same(sam.mask_decoder, original.mask_decoder)
     sam = build_sam("tiny")
-    load_mask_decoder(sam, path)  # a whole-model file: its mask_decoder.* keys
+    load_finetuned(sam, path)  # a whole-model file: its mask_decoder.* keys
     assert _same(sam.mask_decoder, original.mask_decoder)
     torch.save(original.prompt_encoder.state_dict(), tmp_path / "wrong.pth")
     with pytest.raises(CheckpointError, match="mask decoder"):
-        load_mask_decoder(sam, tmp_path / "wrong.pth")
+        load_finetuned(sam, tmp_path / "wrong.pth")

@@ -3,9 +3,9 @@
 A method is a function registered with :func:`register_method`; the job resolves
 the instances it returns into one class-index map. To add one::
 
-    @register_method("sbr", needs_sam=True, options={"multimask": False})
-    def sbr(ctx: MethodInput) -> Instances:
-        prediction = ctx.engine.predict(ctx.embedding, boxes=ctx.boxes)  # fine-tuned decoder: --finetuned
+    @register_method("sam-box-multi", needs_sam=True, options={"clip_to_box": True})
+    def sam_box_multi(ctx: MethodInput) -> Instances:
+        prediction = ctx.engine.predict(ctx.embedding, boxes=ctx.boxes, multimask_output=True)
         return instances_from_prediction(ctx, prediction)
 
 ``options`` declares the method's ``--method-option key=value`` settings and their
@@ -154,6 +154,18 @@ def sam_point(ctx: MethodInput) -> Instances:
                                     boxes=ctx.boxes if ctx.options["with_box"] else None,
                                     multimask_output=ctx.options["multimask"])
     return instances_from_prediction(ctx, prediction)
+
+
+@register_method("sbr", needs_sam=True, options={"clip_to_box": True, "box_margin": 2.0, "fallback": True})
+def sbr(ctx: MethodInput) -> Instances:
+    """SAM fine-tuned under the weak-label constraints (--finetuned from wsseg-fast finetune), box prompts."""
+    instances = instances_from_prediction(ctx, ctx.engine.predict(ctx.embedding, boxes=ctx.boxes))
+    # The fine-tuning trains the masks, not SAM's IoU head: where confident masks overlap
+    # (a cup inside its disc) the smaller object wins, as in the box baseline.
+    h, w = ctx.image.shape[:2]
+    area = instances.masks.reshape(len(instances.masks), -1).sum(1).astype(np.float64)
+    instances.scores = 1.0 - area / (h * w)
+    return instances
 
 
 def resolve(instances: Instances, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:

@@ -9,12 +9,12 @@ from wsseg_fast.sam.model import (
     CheckpointError,
     build_image_encoder,
     build_sam,
-    load_mask_decoder,
+    load_finetuned,
 )
 from wsseg_fast.sam.prompting import Embedding, MaskPrediction, predict_masks, preprocess
 
 __all__ = [
     "BACKENDS", "MODEL_CONFIGS", "CheckpointError", "Embedding", "EncoderBackendError", "ImageEncoderRunner",
     "MaskPrediction", "SamEngine", "build_image_encoder", "build_sam", "export_onnx", "export_tensorrt",
-    "load_mask_decoder", "predict_masks", "preprocess",
+    "load_finetuned", "predict_masks", "preprocess",
 ]

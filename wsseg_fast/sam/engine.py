@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from wsseg_fast.sam.encoder import BACKENDS, EncoderBackendError, ImageEncoderRunner
-from wsseg_fast.sam.model import MODEL_CONFIGS, build_image_encoder, build_sam, load_mask_decoder, weights_id
+from wsseg_fast.sam.model import (MODEL_CONFIGS, build_image_encoder, build_sam, finetuned_has_encoder, load_finetuned,
+                                  weights_id)
 from wsseg_fast.sam.prompting import PREPROCESSING_ID, Embedding, MaskPrediction, predict_masks, preprocess
 
 
@@ -34,7 +35,8 @@ class SamEngine:
         backend: image-encoder backend (:data:`wsseg_fast.sam.encoder.BACKENDS`).
         encoder_file: an exported ONNX file / TensorRT engine for those backends.
         cache: an :class:`~wsseg_fast.cache.EmbeddingCache`, or ``None`` to always encode.
-        finetuned: a fine-tuned mask-decoder state dict file, loaded over the checkpoint's decoder.
+        finetuned: weights from ``wsseg-fast finetune``: a mask decoder (and prompt encoder)
+            loaded over the checkpoint's, or a whole fine-tuned SAM used instead of it.
         precision: encoder compute precision (``fp32`` | ``bf16`` | ``fp16``).
         device: where the models run.
     """
@@ -46,6 +48,8 @@ class SamEngine:
             raise ValueError(f"model must be one of {', '.join(MODEL_CONFIGS)}, got {model!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if finetuned is not None and finetuned_has_encoder(finetuned):
+            checkpoint, finetuned = finetuned, None  # the encoder was fine-tuned too: a whole model
         self.model, self.checkpoint, self.backend = model, checkpoint, backend
         self.encoder_file, self.cache, self.precision = encoder_file, cache, precision
         self.device = torch.device(device)
@@ -63,7 +67,7 @@ class SamEngine:
             self.identity["encoder_file"] = cache.file_digest(encoder_file) if cache is not None else encoder_file
         self.sam = build_sam(model, checkpoint, with_encoder=False).to(self.device)
         if finetuned is not None:
-            load_mask_decoder(self.sam, finetuned)
+            load_finetuned(self.sam, finetuned)
         self._runner: ImageEncoderRunner | None = None
         self.stats = EngineStats()
 

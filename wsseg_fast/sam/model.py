@@ -211,13 +211,24 @@ def build_image_encoder(model: str, checkpoint: str | os.PathLike | None = None)
     return _instantiate(lambda: _build_encoder(cfg), state, f"the SAM {model} image encoder", os.fspath(checkpoint) if checkpoint else None)
 
 
-def load_mask_decoder(sam: nn.Module, checkpoint: str | os.PathLike) -> None:
-    """Replace the mask decoder's weights by a fine-tuned one: a file holding either the
-    decoder's own state dict or a whole SAM state dict (``mask_decoder.*`` keys are taken)."""
+def load_finetuned(sam: nn.Module, checkpoint: str | os.PathLike) -> None:
+    """Load fine-tuned weights over ``sam``: a file holding the mask decoder's own state
+    dict, or ``mask_decoder.*`` / ``prompt_encoder.*`` entries (what ``wsseg-fast finetune``
+    writes). Weights with ``image_encoder.*`` entries are a whole model: pass them as the
+    checkpoint instead (see :func:`finetuned_has_encoder`)."""
     state = load_state_dict_file(checkpoint)
-    if any(k.startswith("mask_decoder.") for k in state):
-        state = {k[len("mask_decoder."):]: v for k, v in state.items() if k.startswith("mask_decoder.")}
-    load_into(sam.mask_decoder, state, "the SAM mask decoder", os.fspath(checkpoint))
+    parts = {name: {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+             for name in ("mask_decoder", "prompt_encoder")}
+    if not any(parts.values()):
+        parts = {"mask_decoder": state}
+    for name, part in parts.items():
+        if part:
+            load_into(getattr(sam, name), part, f"the SAM {name.replace('_', ' ')}", os.fspath(checkpoint))
+
+
+def finetuned_has_encoder(checkpoint: str | os.PathLike) -> bool:
+    """Whether fine-tuned weights include the image encoder (then they are a whole SAM)."""
+    return any(k.startswith("image_encoder.") for k in load_state_dict_file(checkpoint))
 
 
 def file_digest(path: str | os.PathLike) -> str:

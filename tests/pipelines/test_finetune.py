@@ -1,0 +1,103 @@
+"""Stage 1: fine-tuning SAM (tiny, random weights) under the weak-label constraints."""
+
+import json
+
+import pytest
+import torch
+
+from wsseg_fast.cli import main
+from wsseg_fast.data import make_demo
+from wsseg_fast.pipelines.finetune import FinetuneConfig, FinetuneError, class_truths, finetune, load_priors
+from wsseg_fast.sam.engine import SamEngine
+from wsseg_fast.sam.model import load_state_dict_file
+
+NAMES = ["background", "disc", "cup", "crescent", "rod", "ring", "ell"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ftdemo")
+    make_demo(out, images=2, seed=3)
+    (out / "priors.yaml").write_text("contains: [[cup, disc]]\none_class_per_pixel: true\n")
+    return out
+
+
+def config(demo, out, **kw) -> FinetuneConfig:
+    base = dict(coco=str(demo / "annotations.json"), out=str(out), model="tiny", priors=str(demo / "priors.yaml"),
+                epochs=1, lr=1e-3, loss_scale=0.25, threads=1)
+    return FinetuneConfig(**{**base, **kw})
+
+
+def test_class_truths_is_the_fuzzy_or_of_instances():
+    logits = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+    classes = torch.tensor([1, 1, 2])
+    t = class_truths(logits, classes, num_classes=4)
+    p = logits.sigmoid()
+    torch.testing.assert_close(t[1], 1 - (1 - p[0]) * (1 - p[1]))
+    torch.testing.assert_close(t[2], p[2])
+    torch.testing.assert_close(t[3], torch.zeros_like(t[3]))  # no instance of class 3
+    torch.testing.assert_close(t[0], (1 - p).prod(0))  # background: no instance covers the pixel
+    t.sum().backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_priors_file(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("contains: [[cup, disc]]\npairwise: true\n")
+    assert load_priors(path, NAMES) == {"contains": [["cup", "disc"]], "pairwise": {}}
+    assert load_priors(None, NAMES) == {}
+    for text, match in [("containz: []", "unknown keys"), ("contains: [[cup, lid]]", "pairs of"),
+                        ("contains: [cup", "not valid YAML"), ("- 1", "mapping")]:
+        path.write_text(text)
+        with pytest.raises(FinetuneError, match=match):
+            load_priors(path, NAMES)
+    with pytest.raises(FinetuneError, match="cannot read"):
+        load_priors(tmp_path / "missing.yaml", NAMES)
+
+
+def test_bad_settings(demo, tmp_path):
+    with pytest.raises(FinetuneError, match="train must be one of"):
+        finetune(config(demo, tmp_path, train="encoder"), progress=False)
+    with pytest.raises(FinetuneError, match="epochs"):
+        finetune(config(demo, tmp_path, epochs=0), progress=False)
+
+
+def test_decoder_training_logs_constraints_resumes_exactly_and_is_deterministic(demo, tmp_path):
+    whole = finetune(config(demo, tmp_path / "whole", epochs=2), progress=False)
+    log = [json.loads(line) for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    sat = log[-1]["satisfaction"]
+    assert {"boxes", "points", "scribbles", "tags_present", "tags_absent", "pairwise", "one_class_per_pixel",
+            "contains[cup->disc]"} <= set(sat)
+    assert all(0.0 <= v <= 1.0 for v in sat.values())
+    weights = load_state_dict_file(whole)
+    assert weights and all(k.startswith("mask_decoder.") for k in weights)
+    # The decoder moved away from the random initialisation.
+    engine = SamEngine("tiny")
+    assert any(not torch.equal(v, engine.sam.state_dict()[k]) for k, v in weights.items())
+
+    # One epoch, then a second run to two epochs, resumes to the same weights bit for bit.
+    finetune(config(demo, tmp_path / "split", epochs=1), progress=False)
+    split = finetune(config(demo, tmp_path / "split", epochs=2), progress=False)
+    again = load_state_dict_file(split)
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+    # Other settings in the same directory are refused rather than mixed.
+    with pytest.raises(FinetuneError, match="other settings"):
+        finetune(config(demo, tmp_path / "split", epochs=3, lr=5e-4), progress=False)
+
+
+def test_whole_model_training_feeds_sbr_pseudo_labels(demo, tmp_path, capsys):
+    out = tmp_path / "ft"
+    assert main(["finetune", "--coco", str(demo / "annotations.json"), "--model", "tiny", "--train", "all",
+                 "--priors", str(demo / "priors.yaml"), "--epochs", "1", "--loss-scale", "0.25", "--out", str(out),
+                 "--quiet"]) == 0
+    weights = load_state_dict_file(out / "finetuned.pth")
+    assert any(k.startswith("image_encoder.") for k in weights)
+    # A fine-tuned encoder makes the weights a whole model: new embeddings, not the base ones.
+    engine = SamEngine("tiny", finetuned=str(out / "finetuned.pth"))
+    assert engine.checkpoint == str(out / "finetuned.pth")
+    assert main(["pseudo-label", "--coco", str(demo / "annotations.json"), "--method", "sbr", "--model", "tiny",
+                 "--finetuned", str(out / "finetuned.pth"), "--cache", str(tmp_path / "cache"),
+                 "--out", str(tmp_path / "pl"), "--quiet"]) == 0
+    assert len(list((tmp_path / "pl" / "labels").glob("*.png"))) == 2
+    assert "mIoU" in capsys.readouterr().out

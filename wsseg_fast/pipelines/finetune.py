@@ -1,0 +1,314 @@
+"""Stage 1: fine-tune SAM under fuzzy-logic constraints compiled from weak labels.
+
+Every image's weak labels (boxes, points, scribbles, image tags) and the priors
+of a small file (containment, exclusion, one class per pixel, the pairwise
+colour prior) become one knowledge base (:mod:`wsseg_fast.logic`). SAM is
+prompted with every box of the image in one decoder call; the instance masks
+become per-class truth values (a pixel is of class c when any of its class-c
+instances covers it: the product t-conorm; background when none does), and the
+loss is the knowledge base's ``1 - SatAgg``. The fine-tuned weights then make
+the ``sbr`` pseudo-labels (``wsseg-fast pseudo-label --method sbr --finetuned``).
+
+What trains: ``decoder`` (SAM's mask decoder, on cached embeddings),
+``decoder+prompt`` (and the prompt encoder), or ``all`` (the image encoder too,
+so embeddings are recomputed every step: meant for the ``tiny`` config).
+
+Checkpoints after every epoch (atomic), resumes where it stopped, is
+deterministic for a seed, and logs every constraint's satisfaction per epoch to
+``OUT/log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CHECKPOINT_NAME = "last.pt"
+FINETUNED_NAME = "finetuned.pth"
+CHECKPOINT_FORMAT = "wsseg_fast.finetune/1"
+TRAINABLE = {
+    "decoder": ("mask_decoder",),
+    "decoder+prompt": ("mask_decoder", "prompt_encoder"),
+    "all": ("mask_decoder", "prompt_encoder", "image_encoder"),
+}
+
+
+class FinetuneError(ValueError):
+    """A setting or input file the fine-tuning cannot use; the message says which."""
+
+
+@dataclass
+class FinetuneConfig:
+    coco: str
+    """COCO JSON with the weak annotations."""
+    out: str
+    """Output directory: ``last.pt`` (resumable state), ``finetuned.pth`` (SAM weights), ``log.jsonl``."""
+    images: str | None = None
+    model: str = "tiny"
+    checkpoint: str | None = None
+    priors: str | None = None
+    """YAML/JSON priors file (see :func:`load_priors`)."""
+    train: str = "decoder"
+    epochs: int = 10
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    seed: int = 0
+    cache: str | None = None
+    """Embedding cache directory (frozen-encoder modes); ``None``: embeddings kept in memory."""
+    device: str = "cpu"
+    threads: int | None = None
+    weights: dict[str, float] = field(default_factory=dict)
+    """Weight of each constraint kind in SatAgg (see :func:`wsseg_fast.logic.compile_knowledge_base`)."""
+    loss_scale: float = 0.5
+    """The constraints are evaluated on the image scaled by this factor (masks, boxes,
+    points and colours alike): 0.5 costs a quarter of full resolution."""
+
+
+PRIOR_KEYS = ("contains", "excludes", "one_class_per_pixel", "pairwise", "box_size")
+
+
+def load_priors(path: str | os.PathLike | None, class_names: list[str]) -> dict:
+    """The priors file, YAML (or JSON), classes by name::
+
+        contains: [[cup, disc]]        # every cup pixel is a disc pixel (a -> b)
+        excludes: [[rod, ring]]        # never both at one pixel
+        one_class_per_pixel: true
+        pairwise: true                 # neighbours of similar colour share a label (default on)
+        box_size: [0.2, 0.95]          # rho_lo |box| <= sum of p in the box <= rho_hi |box|
+
+    ``None``: no priors but the pairwise colour prior."""
+    if path is None:
+        return {}
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise FinetuneError(f"--priors: cannot read {path}: {exc}") from None
+    import yaml
+
+    try:
+        priors = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise FinetuneError(f"--priors: {path} is not valid YAML: {exc}") from None
+    if not isinstance(priors, dict):
+        raise FinetuneError(f"--priors: {path} must hold a mapping, got {type(priors).__name__}")
+    unknown = sorted(set(priors) - set(PRIOR_KEYS))
+    if unknown:
+        raise FinetuneError(f"--priors: unknown keys {unknown} in {path}; known: {', '.join(PRIOR_KEYS)}")
+    for key in ("contains", "excludes"):
+        pairs = priors.get(key) or []
+        if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 and all(c in class_names[1:] for c in p)
+                                                   for p in pairs):
+            raise FinetuneError(f"--priors: {key} must be a list of [class, class] pairs of {class_names[1:]}, got {pairs!r}")
+    if priors.get("pairwise") is True:
+        priors["pairwise"] = {}
+    return priors
+
+
+def class_truths(instance_logits: torch.Tensor, classes: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``[N, H, W]`` instance mask logits of one image, their ``[N]`` class indices (1..C-1)
+    -> ``[C, H, W]`` truth values: class c = any of its instances (product t-conorm,
+    ``1 - prod(1 - p)``), background (0) = no instance."""
+    miss = torch.nn.functional.logsigmoid(-instance_logits)  # log(1 - p), stable
+    miss_by_class = instance_logits.new_zeros((num_classes, *instance_logits.shape[1:]))
+    miss_by_class = miss_by_class.index_add(0, classes, miss)
+    truths = 1 - miss_by_class.exp()
+    truths[0] = miss.sum(0).exp()
+    return truths
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _plain_config(cfg: FinetuneConfig) -> dict:
+    d = dataclasses.asdict(cfg)
+    return {k: v for k, v in d.items() if k not in ("out", "cache", "threads", "device", "epochs")}
+
+
+@dataclass
+class _Item:
+    """One training image and its weak labels."""
+
+    stem: str
+    image: np.ndarray
+    boxes: torch.Tensor       # [N, 4] x0, y0, x1, y1 pixels
+    classes: torch.Tensor     # [N] class indices 1..C-1
+    annotations: list[dict]   # COCO annotations (points, scribbles), same order as boxes
+    tags: list[int]           # COCO category ids the image is tagged with
+    embedding: object = None  # the cached Embedding when the encoder is frozen
+
+
+def _load_items(dataset, log) -> list[_Item]:
+    from wsseg_fast.data import ImageLoadError
+
+    items = []
+    for record in dataset.images:
+        try:
+            image = dataset.load_image(record)
+        except ImageLoadError as exc:
+            log(f"skipped: {exc}")
+            continue
+        boxes, classes = dataset.boxes(record)
+        if len(boxes) == 0:
+            log(f"skipped: {record.file_name} has no box to prompt SAM with")
+            continue
+        anns = [a for a in record.annotations if "bbox" in a]
+        items.append(_Item(record.stem, image, torch.from_numpy(boxes), torch.from_numpy(classes), anns, record.tags))
+    return items
+
+
+def _validate(cfg: FinetuneConfig) -> None:
+    from wsseg_fast.sam.model import MODEL_CONFIGS
+
+    if cfg.train not in TRAINABLE:
+        raise FinetuneError(f"train must be one of {', '.join(TRAINABLE)}, got {cfg.train!r}")
+    if cfg.model not in MODEL_CONFIGS:
+        raise FinetuneError(f"model must be one of {', '.join(MODEL_CONFIGS)}, got {cfg.model!r}")
+    if cfg.epochs < 1:
+        raise FinetuneError(f"epochs must be >= 1, got {cfg.epochs}")
+    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise FinetuneError(f"lr must be a positive number, got {cfg.lr}")
+
+
+def finetune(cfg: FinetuneConfig, progress: bool = True) -> Path:
+    """Run stage 1; returns the path of ``finetuned.pth`` (SAM weights: the trained
+    modules' ``mask_decoder.*`` / ``prompt_encoder.*`` / ``image_encoder.*`` entries)."""
+    from tqdm.auto import tqdm
+
+    from wsseg_fast.data import CocoWeakDataset
+    from wsseg_fast.sam.model import build_sam
+
+    _validate(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = lambda message: print(message, flush=True) if progress else None  # noqa: E731
+    dataset = CocoWeakDataset(cfg.coco, cfg.images)
+    priors = load_priors(cfg.priors, dataset.class_names)
+    items = _load_items(dataset, log)
+    if not items:
+        raise FinetuneError(f"{cfg.coco}: no readable image with a box to train on")
+
+    train_encoder = cfg.train == "all"
+    if not train_encoder:
+        _embed_frozen(cfg, items)
+    device = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    sam = build_sam(cfg.model, cfg.checkpoint, with_encoder=train_encoder).to(device)
+    modules = TRAINABLE[cfg.train]
+    sam.requires_grad_(False)
+    params = []
+    for name in modules:
+        getattr(sam, name).requires_grad_(True)
+        params += list(getattr(sam, name).parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    start = _resume(cfg, out, sam, optimizer, modules)
+    kbs = [_knowledge_base(item, dataset, priors, cfg.weights, _loss_size(item, cfg.loss_scale)) for item in items]
+    for epoch in range(start, cfg.epochs):
+        sam.train()
+        began = time.perf_counter()
+        order = torch.randperm(len(items), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        loss_sum, sat_sums = 0.0, {}
+        bar = tqdm(order.tolist(), desc=f"finetune epoch {epoch + 1}/{cfg.epochs}", unit="img", disable=not progress, leave=False)
+        for i in bar:
+            loss, satisfaction = image_loss(sam, items[i], kbs[i], dataset.num_classes, device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item()
+            for key, value in satisfaction.items():
+                sat_sums[key] = sat_sums.get(key, 0.0) + float(value)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        record = {"epoch": epoch + 1, "loss": loss_sum / len(items), "seconds": round(time.perf_counter() - began, 3),
+                  "satisfaction": {k: v / len(items) for k, v in sorted(sat_sums.items())}}
+        with open(out / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        log(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f} "
+            + " ".join(f"{k}={v:.3f}" for k, v in record["satisfaction"].items()))
+        _atomic_save({"format": CHECKPOINT_FORMAT, "config": _plain_config(cfg), "epoch": epoch + 1,
+                      "modules": {name: getattr(sam, name).state_dict() for name in modules},
+                      "optimizer": optimizer.state_dict()}, out / CHECKPOINT_NAME)
+    weights = {f"{name}.{k}": v for name in modules for k, v in getattr(sam, name).state_dict().items()}
+    _atomic_save(weights, out / FINETUNED_NAME)
+    return out / FINETUNED_NAME
+
+
+def _embed_frozen(cfg: FinetuneConfig, items: list[_Item]) -> None:
+    """Embeddings of the frozen encoder, through the cache when one is given."""
+    from wsseg_fast.sam.engine import SamEngine
+
+    cache = None
+    if cfg.cache is not None:
+        from wsseg_fast.cache import EmbeddingCache
+
+        cache = EmbeddingCache(cfg.cache)
+    engine = SamEngine(cfg.model, cfg.checkpoint, cache=cache, device=cfg.device)
+    for item, embedding in zip(items, engine.embed([item.image for item in items])):
+        item.embedding = embedding
+
+
+def _resume(cfg: FinetuneConfig, out: Path, sam, optimizer, modules) -> int:
+    """The epoch to start from: 0, or where ``out/last.pt`` stopped (same settings only)."""
+    path = out / CHECKPOINT_NAME
+    if not path.exists():
+        return 0
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise FinetuneError(f"{path} cannot be read ({exc}); delete it to start over") from None
+    if state.get("format") != CHECKPOINT_FORMAT or state.get("config") != _plain_config(cfg):
+        raise FinetuneError(f"{out} holds a fine-tuning run with other settings; use another --out or delete {path}")
+    for name in modules:
+        getattr(sam, name).load_state_dict(state["modules"][name])
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["epoch"])
+
+
+def _loss_size(item: _Item, scale: float) -> tuple[int, int]:
+    h, w = item.image.shape[:2]
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def image_loss(sam, item: _Item, kb, num_classes: int, device) -> tuple[torch.Tensor, dict]:
+    """``1 - SatAgg`` of the image's knowledge base ``kb`` on SAM's masks for its boxes
+    (at the knowledge base's resolution), and each constraint's satisfaction."""
+    from wsseg_fast.sam.prompting import Embedding, predict_masks, preprocess
+
+    embedding = item.embedding
+    if embedding is None:  # the encoder trains: embed with autograd
+        x, resized = preprocess(item.image, sam.image_encoder.img_size)
+        embedding = Embedding(sam.image_encoder(x[None].to(device))[0], tuple(item.image.shape[:2]), resized)
+    prediction = predict_masks(sam, embedding, boxes=item.boxes)
+    logits = sam.postprocess_masks(prediction.low_res_logits, input_size=embedding.input_size, original_size=kb.image_size)
+    truths = class_truths(logits[:, 0].float(), item.classes.to(device), num_classes)
+    return kb(truths[None])
+
+
+def _knowledge_base(item: _Item, dataset, priors: dict, weights: dict, size: tuple[int, int]):
+    """One image's knowledge base at the loss resolution ``size``: its boxes, points,
+    scribbles and tags (COCO boxes are exhaustive: unmentioned classes are absent), the
+    priors, and the pairwise colour prior on the resized image."""
+    from PIL import Image
+
+    from wsseg_fast.logic import compile_knowledge_base
+
+    image = np.asarray(Image.fromarray(item.image).resize(size[::-1], Image.BILINEAR))
+    return compile_knowledge_base(
+        {"annotations": item.annotations, "tags": item.tags}, dataset.num_classes, size, priors=priors,
+        images=torch.from_numpy(image.copy()).permute(2, 0, 1)[None], class_names=dataset.class_names,
+        weights=weights, category_map=dataset.class_index, annotation_size=tuple(item.image.shape[:2]),
+        exhaustive=True, background=0)
