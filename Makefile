@@ -5,7 +5,7 @@ PIP := $(PYTHON) -m pip
 # Re-install only when what the build reads has changed.
 BUILD_INPUTS := requirements-dev.txt pyproject.toml setup.py $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: setup demo ops-demo test bench clean
+.PHONY: setup demo ops-demo experiment test bench clean
 
 setup: build/.setup-stamp
 
@@ -28,6 +28,10 @@ demo: setup
 
 ops-demo: setup
 	$(PYTHON) -m wsseg_fast ops-demo
+
+# Both stages on the demo (tiny SAM): box vs SBR pseudo-labels, students; report.json/md/png.
+experiment: setup
+	$(PYTHON) -m wsseg_fast experiment demo --out build/experiment
 
 test: setup
 	$(PYTHON) -m pytest
