@@ -47,7 +47,8 @@ def test_priors_file(tmp_path):
     assert load_priors(path, NAMES) == {"contains": [["cup", "disc"]], "pairwise": {}}
     assert load_priors(None, NAMES) == {}
     for text, match in [("containz: []", "unknown keys"), ("contains: [[cup, lid]]", "pairs of"),
-                        ("contains: [cup", "not valid YAML"), ("- 1", "mapping")]:
+                        ("contains: [cup", "not valid YAML"), ("- 1", "mapping"),
+                        ("box_size: [0.9, 0.2]", "box_size")]:
         path.write_text(text)
         with pytest.raises(FinetuneError, match=match):
             load_priors(path, NAMES)

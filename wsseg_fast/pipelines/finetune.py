@@ -107,6 +107,10 @@ def load_priors(path: str | os.PathLike | None, class_names: list[str]) -> dict:
         if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 and all(c in class_names[1:] for c in p)
                                                    for p in pairs):
             raise FinetuneError(f"--priors: {key} must be a list of [class, class] pairs of {class_names[1:]}, got {pairs!r}")
+    size = priors.get("box_size")
+    if size is not None and not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, (int, float)) for v in size)
+                                 and 0 <= size[0] <= size[1] <= 1):
+        raise FinetuneError(f"--priors: box_size must be [rho_lo, rho_hi] with 0 <= rho_lo <= rho_hi <= 1, got {size!r}")
     if priors.get("pairwise") is True:
         priors["pairwise"] = {}
     return priors
