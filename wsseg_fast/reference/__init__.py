@@ -7,3 +7,9 @@ benchmarks use them as the baseline. They favour clarity over speed.
 from wsseg_fast.reference.linear_assignment import batch_linear_assignment
 
 __all__ = ["batch_linear_assignment"]
+
+# --- SLIC superpixels and superpixel modulation (issue 5) ---
+from wsseg_fast.reference.slic import slic, slic_energy  # noqa: E402
+from wsseg_fast.reference.superpixel import activation_modulation, ssc_alignment_loss, superpixel_pool  # noqa: E402
+
+__all__ += ["activation_modulation", "slic", "slic_energy", "ssc_alignment_loss", "superpixel_pool"]
