@@ -184,11 +184,10 @@ def test_bad_input(kwargs, error, match):
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b.values[0] == "cpu"])
 def test_opcheck(backend):
-    images = synthetic("real", 24)
-    mask = torch.ones(3, 24, 24, dtype=torch.bool)
+    images = synthetic("real", 16)[:2]
+    mask = torch.ones(2, 16, 16, dtype=torch.bool)
     mask[0, :3] = False
-    for args in [(images, None, 12, 10.0, 10, True, 0.5, 3.0), (images.float() / 255, mask, 12, 5.0, 3, False, 0.5, 3.0)]:
-        torch.library.opcheck(torch.ops.wsseg_fast.slic.default, args)
+    torch.library.opcheck(torch.ops.wsseg_fast.slic.default, (images.float() / 255, mask, 8, 5.0, 3, True, 0.5, 3.0))
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b.values[0] == "cpu"])

@@ -144,7 +144,7 @@ def activation_modulation(
     if backend == "torch":
         return reference.activation_modulation(cams, labels, present, threshold, erode)
     with torch.no_grad():
-        cam = reference.superpixel.normalise_by_max(cams.float())
+        cam = reference.superpixel.normalise_by_max(reference.superpixel.working_precision(cams))
         pooled = reference.superpixel.normalise_by_max(superpixel_pool(cam, labels, backend=backend))
         target = torch.maximum(pooled, cam * _erode(cam > threshold, erode))
         if present is not None:

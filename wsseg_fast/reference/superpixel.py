@@ -36,6 +36,11 @@ def erode(mask: torch.Tensor, radius: int) -> torch.Tensor:
     return F.max_pool2d(pad, 2 * radius + 1, stride=1) == 0
 
 
+def working_precision(cams: torch.Tensor) -> torch.Tensor:
+    """Half precision computes in float32; float32 and float64 stay."""
+    return cams.float() if cams.dtype in (torch.float16, torch.bfloat16) else cams
+
+
 def normalise_by_max(cams: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """ReLU, then divide each ``[H, W]`` map by its max (+eps)."""
     cams = F.relu(cams)
@@ -48,7 +53,7 @@ def activation_modulation(
     """SSC's self-modulation target, detached: ``max(norm(superpixel mean of norm(cams)),
     norm(cams) inside the eroded reliable region norm(cams) > threshold)``; zero for absent classes."""
     with torch.no_grad():
-        cam = normalise_by_max(cams.float())
+        cam = normalise_by_max(working_precision(cams))
         pooled = normalise_by_max(superpixel_pool(cam, labels, "mean"))
         reliable = erode(cam > threshold, erode_radius)
         target = torch.maximum(pooled, cam * reliable)
