@@ -1,8 +1,8 @@
 // CPU kernel of wsseg_fast::slic. Follows wsseg_fast/reference/slic.py step by
 // step: Lab conversion, grid init, assignment over the 3x3 neighbouring cells,
 // centre update (float64 sums), connectivity by one breadth-first pass in raster
-// order (linear time). Rows are spread over the threads of at::parallel_for;
-// images run one after the other (each one already fills the threads).
+// order (linear time). Images, or the rows of a single image, are spread over
+// the threads of at::parallel_for.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -19,26 +19,51 @@ namespace {
 
 using slic::Grid;
 
+// Linear RGB of 256 pixels -> Lab. Separate from the gather of the inputs so this loop
+// vectorises; compiled for AVX2 too (picked at load time where the CPU has it).
+__attribute__((target_clones("avx2", "default"))) void lab_block(const float* __restrict r, const float* __restrict g,
+                                                                 const float* __restrict b, int n, float* __restrict L,
+                                                                 float* __restrict A, float* __restrict B) {
+  for (int i = 0; i < n; ++i) slic::linear_rgb_to_lab(r[i], g[i], b[i], L + i, A + i, B + i);
+}
+
 // [3, H, W] planar Lab of one image (uint8 0..255 or float32 in [0, 1]).
 void to_lab(const at::Tensor& image, float* lab, int64_t hw) {
-  float* L = lab;
-  float* A = lab + hw;
-  float* B = lab + 2 * hw;
-  if (image.scalar_type() == at::kByte) {
-    float lut[256];
-    for (int v = 0; v < 256; ++v) lut[v] = slic::srgb_to_linear(float(v) / 255.0f);
-    const uint8_t* src = image.data_ptr<uint8_t>();
-    at::parallel_for(0, hw, 4096, [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end; ++p)
-        slic::linear_rgb_to_lab(lut[src[p]], lut[src[hw + p]], lut[src[2 * hw + p]], L + p, A + p, B + p);
-    });
-  } else {
-    const float* src = image.data_ptr<float>();
-    at::parallel_for(0, hw, 4096, [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end; ++p)
-        slic::linear_rgb_to_lab(slic::srgb_to_linear(src[p]), slic::srgb_to_linear(src[hw + p]),
-                                slic::srgb_to_linear(src[2 * hw + p]), L + p, A + p, B + p);
-    });
+  float lut[256];
+  for (int v = 0; v < 256; ++v) lut[v] = slic::srgb_to_linear(float(v) / 255.0f);
+  const bool bytes = image.scalar_type() == at::kByte;
+  const uint8_t* u8 = bytes ? image.data_ptr<uint8_t>() : nullptr;
+  const float* f32 = bytes ? nullptr : image.data_ptr<float>();
+  constexpr int64_t kBlock = 256;
+  at::parallel_for(0, (hw + kBlock - 1) / kBlock, 16, [&](int64_t begin, int64_t end) {
+    float rgb[3][kBlock];
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t p0 = blk * kBlock;
+      const int n = int(std::min(kBlock, hw - p0));
+      for (int c = 0; c < 3; ++c) {
+        for (int i = 0; i < n; ++i) {
+          const int64_t p = c * hw + p0 + i;
+          rgb[c][i] = bytes ? lut[u8[p]] : slic::srgb_to_linear(f32[p]);
+        }
+      }
+      lab_block(rgb[0], rgb[1], rgb[2], n, lab + p0, lab + hw + p0, lab + 2 * hw + p0);
+    }
+  });
+}
+
+// One row span of pixels against one centre: keep the nearer (strict <, so
+// earlier centres win ties). The body of slic::distance, written so it vectorises.
+__attribute__((target_clones("avx2", "default"))) void nearer_span(
+    const float* __restrict L, const float* __restrict A, const float* __restrict B, int x0, int x1,
+    const float* centre, float dyy, float weight, int32_t k, float* __restrict best, int32_t* __restrict arg) {
+  const float cl = centre[0], ca = centre[1], cb = centre[2], cx = centre[4];
+  for (int x = x0; x < x1; ++x) {
+    const float dl = L[x] - cl, da = A[x] - ca, db = B[x] - cb, dx = float(x) - cx;
+    const float d = (dl * dl + da * da + db * db) + weight * (dyy + dx * dx);
+    const float old = best[x];
+    const int32_t nearer = -int32_t(d < old);  // all ones where the centre is nearer
+    best[x] = d < old ? d : old;
+    arg[x] = (k & nearer) | (arg[x] & ~nearer);
   }
 }
 
@@ -77,17 +102,28 @@ struct Slic {
       for (int64_t c = c0; c < c1; ++c) {
         double* s = sums.data() + c * cells * 6;
         for (int64_t y = height * c / chunks; y < height * (c + 1) / chunks; ++y) {
-          for (int64_t x = 0; x < width; ++x) {
-            const int64_t p = y * width + x;
-            const int32_t k = labels[p];
+          // Runs of one label along the row are summed in registers, then added once.
+          const int32_t* row = labels.data() + y * width;
+          for (int64_t x = 0; x < width;) {
+            const int32_t k = row[x];
+            double l = 0, a = 0, b = 0, xs = 0;
+            const int64_t x0 = x;
+            for (; x < width && row[x] == k; ++x) {
+              const int64_t p = y * width + x;
+              l += lab[p];
+              a += lab[hw + p];
+              b += lab[2 * hw + p];
+              xs += double(x);
+            }
             if (k < 0) continue;
+            const double n = double(x - x0);
             double* t = s + k * 6;
-            t[0] += lab[p];
-            t[1] += lab[hw + p];
-            t[2] += lab[2 * hw + p];
-            t[3] += double(y);
-            t[4] += double(x);
-            t[5] += 1.0;
+            t[0] += l;
+            t[1] += a;
+            t[2] += b;
+            t[3] += double(y) * n;
+            t[4] += xs;
+            t[5] += n;
           }
         }
       }
@@ -128,17 +164,7 @@ struct Slic {
               const int k = ny * grid.nx + nx;
               if (!alive[k]) continue;
               const float* c = centre.data() + 5 * k;
-              const float cl = c[0], ca = c[1], cb = c[2];
-              const float dyy = (fy - c[3]) * (fy - c[3]);
-              const float cxx = c[4];
-              // The body of slic::distance, unrolled over a row span so it vectorises.
-              for (int64_t x = x0; x < x1; ++x) {
-                const float dl = L[x] - cl, da = A[x] - ca, db = B[x] - cb, ddx = float(x) - cxx;
-                const float d = (dl * dl + da * da + db * db) + weight * (dyy + ddx * ddx);
-                const bool better = d < best[x];
-                best[x] = better ? d : best[x];
-                arg[x] = better ? k : arg[x];
-              }
+              nearer_span(L, A, B, int(x0), int(x1), c, (fy - c[3]) * (fy - c[3]), weight, k, best.data(), arg.data());
             }
           }
         }
@@ -168,7 +194,10 @@ struct Slic {
   // neighbour whose centre is nearest to its mean (ties: the lowest label).
   void connect(int64_t min_size, int64_t max_size, int32_t* out) const {
     std::fill(out, out + hw, -1);
-    std::vector<int64_t> component;  // doubles as the queue
+    struct Pixel {
+      int32_t y, x;  // kept apart: no division per visited pixel
+    };
+    std::vector<Pixel> component;  // doubles as the queue
     std::vector<int32_t> adjacent;
     std::vector<int32_t> source;     // centre index of each final label
     component.reserve(std::min<int64_t>(hw, max_size + 1));
@@ -179,32 +208,34 @@ struct Slic {
       component.clear();
       adjacent.clear();
       out[start] = next;
-      component.push_back(start);
+      component.push_back({int32_t(start / width), int32_t(start % width)});
       for (size_t head = 0; head < component.size() && int64_t(component.size()) < max_size; ++head) {
-        const int64_t p = component[head];
-        const int64_t y = p / width, x = p % width;
+        const Pixel px = component[head];
+        const int64_t p = int64_t(px.y) * width + px.x;
         const int64_t nbr[4] = {p - width, p - 1, p + 1, p + width};
-        const bool ok[4] = {y > 0, x > 0, x < width - 1, y < height - 1};
+        const Pixel at[4] = {{px.y - 1, px.x}, {px.y, px.x - 1}, {px.y, px.x + 1}, {px.y + 1, px.x}};
+        const bool ok[4] = {px.y > 0, px.x > 0, px.x < width - 1, px.y < height - 1};
         for (int i = 0; i < 4; ++i) {
           if (!ok[i]) continue;
           const int64_t q = nbr[i];
           if (labels[q] == label && out[q] < 0) {
             out[q] = next;
-            component.push_back(q);
+            component.push_back(at[i]);
             if (int64_t(component.size()) >= max_size) break;
-          } else if (out[q] >= 0 && out[q] != next) {
+          } else if (out[q] >= 0 && out[q] != next && (adjacent.empty() || adjacent.back() != out[q])) {
             adjacent.push_back(out[q]);
           }
         }
       }
       if (int64_t(component.size()) < min_size && !adjacent.empty()) {
         double mean[5] = {0, 0, 0, 0, 0};
-        for (int64_t p : component) {
+        for (const Pixel& px : component) {
+          const int64_t p = int64_t(px.y) * width + px.x;
           mean[0] += lab[p];
           mean[1] += lab[hw + p];
           mean[2] += lab[2 * hw + p];
-          mean[3] += double(float(p / width));
-          mean[4] += double(float(p % width));
+          mean[3] += double(px.y);
+          mean[4] += double(px.x);
         }
         for (double& m : mean) m /= double(component.size());
         std::sort(adjacent.begin(), adjacent.end());
@@ -221,7 +252,7 @@ struct Slic {
             best = adjacent[i];
           }
         }
-        for (int64_t p : component) out[p] = best;
+        for (const Pixel& px : component) out[int64_t(px.y) * width + px.x] = best;
       } else {
         source.push_back(label);
         ++next;
@@ -267,24 +298,28 @@ at::Tensor slic_cpu(const at::Tensor& images_in, const c10::optional<at::Tensor>
   if (batch == 0 || hw == 0) return out;
   const at::Tensor images = images_in.contiguous();
   const Grid grid(height, width, n_segments, compactness);
-  std::vector<float> lab(3 * hw);
-  for (int64_t b = 0; b < batch; ++b) {
-    to_lab(images[b], lab.data(), hw);
-    const bool* m = mask.defined() ? mask.data_ptr<bool>() + b * hw : nullptr;
-    Slic s(height, width, grid, lab.data(), m);
-    s.run(max_iter);
-    int32_t* dst = out.data_ptr<int32_t>() + b * hw;
-    if (enforce_connectivity) {
-      const int64_t valid = m == nullptr ? hw : std::count(m, m + hw, true);
-      // size_limits() of the reference: factors of the mean segment size.
-      const double size = double(valid) / double(grid.cells());
-      const int64_t min_size = int64_t(min_size_factor * size);
-      const int64_t max_size = std::max<int64_t>(1, int64_t(max_size_factor * size));
-      s.connect(min_size, max_size, dst);
-    } else {
-      s.relabel(dst);
+  // Images in parallel when there are several (the rows of each then run serially); one image
+  // spreads its rows over the threads instead.
+  at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<float> lab(3 * hw);
+    for (int64_t b = b0; b < b1; ++b) {
+      to_lab(images[b], lab.data(), hw);
+      const bool* m = mask.defined() ? mask.data_ptr<bool>() + b * hw : nullptr;
+      Slic s(height, width, grid, lab.data(), m);
+      s.run(max_iter);
+      int32_t* dst = out.data_ptr<int32_t>() + b * hw;
+      if (enforce_connectivity) {
+        const int64_t valid = m == nullptr ? hw : std::count(m, m + hw, true);
+        // size_limits() of the reference: factors of the mean segment size.
+        const double size = double(valid) / double(grid.cells());
+        const int64_t min_size = int64_t(min_size_factor * size);
+        const int64_t max_size = std::max<int64_t>(1, int64_t(max_size_factor * size));
+        s.connect(min_size, max_size, dst);
+      } else {
+        s.relabel(dst);
+      }
     }
-  }
+  });
   return out;
 }
 
