@@ -82,12 +82,14 @@ struct Slic {
   bool valid(int64_t p) const { return mask == nullptr || mask[p]; }
 
   void init_labels() {
+    std::vector<int32_t> column(width);  // cell column of every x, once (no division per pixel)
+    for (int64_t x = 0; x < width; ++x) column[x] = slic::cell_of(x, width, grid.nx);
     at::parallel_for(0, height, 16, [&](int64_t begin, int64_t end) {
       for (int64_t y = begin; y < end; ++y) {
-        const int cy = slic::cell_of(y, height, grid.ny);
+        const int32_t first = slic::cell_of(y, height, grid.ny) * grid.nx;
         for (int64_t x = 0; x < width; ++x) {
           const int64_t p = y * width + x;
-          labels[p] = valid(p) ? cy * grid.nx + slic::cell_of(x, width, grid.nx) : -1;
+          labels[p] = valid(p) ? first + column[x] : -1;
         }
       }
     });

@@ -11,6 +11,10 @@
 #include <limits>
 #include <vector>
 
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
+
 #include "wsseg/superpixel_pool.h"
 
 namespace wsseg {
@@ -25,6 +29,21 @@ void check_inputs(const at::Tensor& x, const at::Tensor& labels) {
   TORCH_CHECK(labels.dim() == 3 && labels.size(0) == x.size(0) && labels.size(1) == x.size(2) &&
                   labels.size(2) == x.size(3),
               "superpixel_pool: labels must be [B, H, W] like x, got ", labels.sizes(), " for x ", x.sizes());
+}
+
+// An uninitialised tensor like `like` whose pages are advised huge before the
+// first write. The op is memory bound and a [8, 21, 256, 256] output faults in
+// 11k 4 KiB pages: with 2 MiB pages its first write is several times faster.
+at::Tensor empty_output(const at::Tensor& like) {
+  at::Tensor out = at::empty_like(like, at::MemoryFormat::Contiguous);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(out.data_ptr());
+  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t last = (begin + out.nbytes()) & ~(kHuge - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);  // advice only
+#endif
+  return out;
 }
 
 // Number of superpixels: max label + 1 (at least 1).
@@ -96,7 +115,7 @@ std::tuple<at::Tensor, at::Tensor> superpixel_pool_cpu(const at::Tensor& x_in, c
   const bool is_max = reduce == "max";
   TORCH_CHECK(is_max || reduce == "mean", "superpixel_pool: reduce must be 'mean' or 'max', got '", reduce, "'");
   const at::Tensor x = x_in.contiguous(), labels = labels_in.contiguous();
-  at::Tensor out = at::empty_like(x);
+  at::Tensor out = empty_output(x);
   int64_t k = 1;
   if (labels.numel()) {
     k = AT_DISPATCH_INDEX_TYPES(labels.scalar_type(), "superpixel_pool", [&] { return num_segments<index_t>(labels); });
@@ -127,7 +146,7 @@ at::Tensor superpixel_pool_max_backward_cpu(const at::Tensor& grad_in, const at:
   TORCH_CHECK(argmax_in.dim() == 3 && argmax_in.size(0) == grad_in.size(0) && argmax_in.size(1) == grad_in.size(1),
               "superpixel_pool_max_backward: argmax must be [B, C, K], got ", argmax_in.sizes());
   const at::Tensor grad = grad_in.contiguous(), labels = labels_in.contiguous(), argmax = argmax_in.contiguous();
-  at::Tensor out = at::zeros_like(grad);
+  at::Tensor out = empty_output(grad);
   const int64_t channels = grad.size(1), hw = grad.size(2) * grad.size(3), k = argmax.size(2);
   if (grad.numel() == 0) return out;
   const int64_t labels_k =
@@ -147,6 +166,7 @@ at::Tensor superpixel_pool_max_backward_cpu(const at::Tensor& grad_in, const at:
           const index_t* l = ld + (plane / channels) * hw;
           std::fill(sums.begin(), sums.end(), scalar(0));
           superpixel::plane_sums(gd + plane * hw, l, hw, k, sums.data());
+          std::fill(od + plane * hw, od + (plane + 1) * hw, scalar(0));
           for (int64_t i = 0; i < k; ++i) {
             const int64_t p = ad[plane * k + i];
             if (p >= 0 && p < hw) od[plane * hw + p] = sums[i];

@@ -31,16 +31,19 @@ inline void plane_sums(const scalar_t* x, const label_t* labels, int64_t n, int6
   for (int64_t i = 0; i < k; ++i) s0[i] = (s0[i] + s1[i]) + (s2[i] + s3[i]);
 }
 
-// Max of x per label and its first position (strict >, so the lowest index wins ties).
+// Max of x per label and its first position (strict >, so the lowest index wins
+// ties); argmax[] starts at -1. Branch-free: random activations would make the
+// comparison a coin toss for the branch predictor.
 template <typename scalar_t, typename label_t>
 inline void plane_max(const scalar_t* x, const label_t* labels, int64_t n, scalar_t* maxes, int64_t* argmax) {
   for (int64_t p = 0; p < n; ++p) {
     const label_t l = labels[p];
     if (l < 0) continue;
-    if (argmax[l] < 0 || x[p] > maxes[l]) {
-      maxes[l] = x[p];
-      argmax[l] = p;
-    }
+    const scalar_t m = maxes[l];
+    const int64_t a = argmax[l];
+    const bool take = (x[p] > m) | (a < 0);
+    maxes[l] = take ? x[p] : m;
+    argmax[l] = take ? p : a;
   }
 }
 
