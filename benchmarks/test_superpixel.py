@@ -39,7 +39,7 @@ def inputs():
 @pytest.mark.parametrize("impl", impl_params("superpixel_pool"))
 def test_superpixel_pool(benchmark, inputs, reduce, impl):
     cams, labels = inputs
-    record(benchmark, f"superpixel_pool_{reduce}", SHAPE, impl)
+    record(benchmark, f"superpixel_pool_{reduce}", SHAPE, impl, kind="reference" if impl == "torch" else "backend")
     out = benchmark(superpixel_pool, cams, labels, reduce=reduce, backend=impl)
     torch.testing.assert_close(out, reference.superpixel_pool(cams, labels, reduce), atol=1e-5, rtol=1e-5)
 
@@ -47,7 +47,7 @@ def test_superpixel_pool(benchmark, inputs, reduce, impl):
 @pytest.mark.parametrize("impl", impl_params("superpixel_pool"))
 def test_ssc_alignment_loss_forward_backward(benchmark, inputs, impl):
     cams, labels = inputs
-    record(benchmark, "ssc_alignment_loss", SHAPE, impl)
+    record(benchmark, "ssc_alignment_loss", SHAPE, impl, kind="reference" if impl == "torch" else "backend")
     present = torch.rand(SHAPE[:2], generator=torch.Generator().manual_seed(1)) < 0.2
 
     def step():

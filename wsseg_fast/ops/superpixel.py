@@ -102,14 +102,16 @@ def superpixel_pool(x: torch.Tensor, labels: torch.Tensor, *, reduce: str = "mea
 
 
 def _erode(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """Square binary erosion as two 1-D passes (the square is separable): O(r) per pixel, not O(r^2)."""
+    """Square binary erosion in O(1) per pixel: a pixel survives when its (2r+1)^2 window
+    holds no hole, the window counts taken from running sums along W, then H."""
     if radius <= 0:
         return mask
-    hole = (~mask).float()
     size = 2 * radius + 1
-    hole = F.max_pool2d(F.pad(hole, (radius, radius, 0, 0)), (1, size), stride=1)
-    hole = F.max_pool2d(F.pad(hole, (0, 0, radius, radius)), (size, 1), stride=1)
-    return hole == 0
+    holes = (~mask).to(torch.int32)
+    rows = F.pad(holes, (radius + 1, radius)).cumsum(-1, dtype=torch.int32)
+    holes = rows[..., size:] - rows[..., :-size]
+    cols = F.pad(holes, (0, 0, radius + 1, radius)).cumsum(-2, dtype=torch.int32)
+    return (cols[..., size:, :] - cols[..., :-size, :]) == 0
 
 
 def _check_modulation(cams, labels, present, threshold, erode, name):
