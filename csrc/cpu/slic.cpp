@@ -195,7 +195,9 @@ struct Slic {
   // reaching max_size is cut there; one smaller than min_size joins the labelled
   // neighbour whose centre is nearest to its mean (ties: the lowest label).
   void connect(int64_t min_size, int64_t max_size, int32_t* out) const {
-    std::fill(out, out + hw, -1);
+    // out[] starts as -(centre + 2) for a pixel still to visit (-1 outside the mask), so one
+    // load tells both "same label" and "not visited yet".
+    for (int64_t p = 0; p < hw; ++p) out[p] = labels[p] < 0 ? -1 : -(labels[p] + 2);
     struct Pixel {
       int32_t y, x;  // kept apart: no division per visited pixel
     };
@@ -205,8 +207,9 @@ struct Slic {
     component.reserve(std::min<int64_t>(hw, max_size + 1));
     int32_t next = 0;
     for (int64_t start = 0; start < hw; ++start) {
-      if (labels[start] < 0 || out[start] >= 0) continue;
+      if (out[start] >= -1) continue;  // visited, or outside the mask
       const int32_t label = labels[start];
+      const int32_t todo = out[start];
       component.clear();
       adjacent.clear();
       out[start] = next;
@@ -220,12 +223,13 @@ struct Slic {
         for (int i = 0; i < 4; ++i) {
           if (!ok[i]) continue;
           const int64_t q = nbr[i];
-          if (labels[q] == label && out[q] < 0) {
+          const int32_t o = out[q];
+          if (o == todo) {
             out[q] = next;
             component.push_back(at[i]);
             if (int64_t(component.size()) >= max_size) break;
-          } else if (out[q] >= 0 && out[q] != next && (adjacent.empty() || adjacent.back() != out[q])) {
-            adjacent.push_back(out[q]);
+          } else if (o >= 0 && o != next && (adjacent.empty() || adjacent.back() != o)) {
+            adjacent.push_back(o);
           }
         }
       }
