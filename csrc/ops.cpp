@@ -41,3 +41,18 @@ TORCH_LIBRARY_FRAGMENT(wsseg_fast, m) {
   m.def("pairwise_constraint_grad(Tensor grad_sums, Tensor probs, Tensor lab, Tensor offsets, float threshold, "
         "float p_forall, bool stable) -> Tensor");
 }
+
+// --- SLIC superpixels and superpixel pooling (issue 5) ---
+TORCH_LIBRARY_FRAGMENT(wsseg_fast, m) {
+  // images [B, 3, H, W] uint8 or float32 RGB in [0, 1], mask [B, H, W] bool or None
+  // -> [B, H, W] int32 labels 0..K_b-1 in raster order of first pixel, -1 outside the mask.
+  m.def(
+      "slic(Tensor images, Tensor? mask, int n_segments, float compactness, int max_iter, "
+      "bool enforce_connectivity, float min_size_factor, float max_size_factor) -> Tensor");
+  // x [B, C, H, W] float32/float64, labels [B, H, W] int32/int64 (-1: none), reduce 'mean'|'max'
+  // -> (pooled [B, C, H, W], argmax [B, C, K] int64 for 'max' (first arg-max pixel, -1 for an empty
+  // superpixel), [0] for 'mean'). K = max label + 1.
+  m.def("superpixel_pool(Tensor x, Tensor labels, str reduce) -> (Tensor, Tensor)");
+  // grad [B, C, H, W], labels, argmax of the forward -> grad_x: each superpixel's summed grad at its arg-max.
+  m.def("superpixel_pool_max_backward(Tensor grad, Tensor labels, Tensor argmax) -> Tensor");
+}

@@ -16,6 +16,14 @@ from wsseg_fast.ops.neighbors import dilated_offsets, neighbor_offsets
 
 OP_SPECS = {spec.name: spec for spec in (_LSAP_SPEC,)}
 
+# --- SLIC superpixels and superpixel modulation (issue 5) ---
+from wsseg_fast.ops.slic_superpixels import SPEC as _SLIC_SPEC  # noqa: E402
+from wsseg_fast.ops.slic_superpixels import slic  # noqa: E402
+from wsseg_fast.ops.superpixel import SPEC as _SUPERPIXEL_POOL_SPEC  # noqa: E402
+from wsseg_fast.ops.superpixel import activation_modulation, ssc_alignment_loss, superpixel_pool  # noqa: E402
+
+OP_SPECS.update({spec.name: spec for spec in (_SLIC_SPEC, _SUPERPIXEL_POOL_SPEC)})
+
 
 def available_backends(op: str, device: torch.device | str = "cpu") -> dict[str, str]:
     """For each backend of ``op``: ``"available"`` or the reason it cannot run on ``device``."""
@@ -33,6 +41,11 @@ __all__ = [
     "batch_linear_assignment",
     "dilated_offsets",
     "neighbor_offsets",
+    # issue 5
+    "activation_modulation",
+    "slic",
+    "ssc_alignment_loss",
+    "superpixel_pool",
 ]
 
 # ---- fuzzy-logic constraint losses (issue 3); specs keyed by the public names

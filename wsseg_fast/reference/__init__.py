@@ -13,3 +13,8 @@ from wsseg_fast.reference import logic  # noqa: E402
 from wsseg_fast.reference.logic import box_constraint_loss, pairwise_constraint_loss  # noqa: E402
 
 __all__ += ["box_constraint_loss", "logic", "pairwise_constraint_loss"]
+# --- SLIC superpixels and superpixel modulation (issue 5) ---
+from wsseg_fast.reference.slic import slic, slic_energy  # noqa: E402
+from wsseg_fast.reference.superpixel import activation_modulation, ssc_alignment_loss, superpixel_pool  # noqa: E402
+
+__all__ += ["activation_modulation", "slic", "slic_energy", "ssc_alignment_loss", "superpixel_pool"]

@@ -1,0 +1,338 @@
+// CPU kernel of wsseg_fast::slic. Follows wsseg_fast/reference/slic.py step by
+// step: Lab conversion, grid init, assignment over the 3x3 neighbouring cells,
+// centre update (float64 sums), connectivity by one breadth-first pass in raster
+// order (linear time). Images, or the rows of a single image, are spread over
+// the threads of at::parallel_for.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <limits>
+#include <vector>
+
+#include "wsseg/slic.h"
+
+namespace wsseg {
+namespace {
+
+using slic::Grid;
+
+// Linear RGB of 256 pixels -> Lab. Separate from the gather of the inputs so this loop
+// vectorises; compiled for AVX2 too (picked at load time where the CPU has it).
+__attribute__((target_clones("avx2", "default"))) void lab_block(const float* __restrict r, const float* __restrict g,
+                                                                 const float* __restrict b, int n, float* __restrict L,
+                                                                 float* __restrict A, float* __restrict B) {
+  for (int i = 0; i < n; ++i) slic::linear_rgb_to_lab(r[i], g[i], b[i], L + i, A + i, B + i);
+}
+
+// [3, H, W] planar Lab of one image (uint8 0..255 or float32 in [0, 1]).
+void to_lab(const at::Tensor& image, float* lab, int64_t hw) {
+  float lut[256];
+  for (int v = 0; v < 256; ++v) lut[v] = slic::srgb_to_linear(float(v) / 255.0f);
+  const bool bytes = image.scalar_type() == at::kByte;
+  const uint8_t* u8 = bytes ? image.data_ptr<uint8_t>() : nullptr;
+  const float* f32 = bytes ? nullptr : image.data_ptr<float>();
+  constexpr int64_t kBlock = 256;
+  at::parallel_for(0, (hw + kBlock - 1) / kBlock, 16, [&](int64_t begin, int64_t end) {
+    float rgb[3][kBlock];
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t p0 = blk * kBlock;
+      const int n = int(std::min(kBlock, hw - p0));
+      for (int c = 0; c < 3; ++c) {
+        for (int i = 0; i < n; ++i) {
+          const int64_t p = c * hw + p0 + i;
+          rgb[c][i] = bytes ? lut[u8[p]] : slic::srgb_to_linear(f32[p]);
+        }
+      }
+      lab_block(rgb[0], rgb[1], rgb[2], n, lab + p0, lab + hw + p0, lab + 2 * hw + p0);
+    }
+  });
+}
+
+// One row span of pixels against one centre: keep the nearer (strict <, so
+// earlier centres win ties). The body of slic::distance, written so it vectorises.
+__attribute__((target_clones("avx2", "default"))) void nearer_span(
+    const float* __restrict L, const float* __restrict A, const float* __restrict B, int x0, int x1,
+    const float* centre, float dyy, float weight, int32_t k, float* __restrict best, int32_t* __restrict arg) {
+  const float cl = centre[0], ca = centre[1], cb = centre[2], cx = centre[4];
+  for (int x = x0; x < x1; ++x) {
+    const float dl = L[x] - cl, da = A[x] - ca, db = B[x] - cb, dx = float(x) - cx;
+    const float d = (dl * dl + da * da + db * db) + weight * (dyy + dx * dx);
+    const float old = best[x];
+    const int32_t nearer = -int32_t(d < old);  // all ones where the centre is nearer
+    best[x] = d < old ? d : old;
+    arg[x] = (k & nearer) | (arg[x] & ~nearer);
+  }
+}
+
+struct Slic {
+  int64_t height, width, hw;
+  Grid grid;
+  const float* lab;   // [3, HW]
+  const bool* mask;   // [HW] or null
+  std::vector<int32_t> labels;  // centre index per pixel, -1 outside the mask
+  std::vector<float> centre;    // [cells, 5]: L, a, b, y, x
+  std::vector<uint8_t> alive;   // the centre has pixels
+
+  Slic(int64_t h, int64_t w, const Grid& g, const float* lab_, const bool* mask_)
+      : height(h), width(w), hw(h * w), grid(g), lab(lab_), mask(mask_), labels(hw), centre(5 * g.cells()), alive(g.cells()) {}
+
+  bool valid(int64_t p) const { return mask == nullptr || mask[p]; }
+
+  void init_labels() {
+    std::vector<int32_t> column(width);  // cell column of every x, once (no division per pixel)
+    for (int64_t x = 0; x < width; ++x) column[x] = slic::cell_of(x, width, grid.nx);
+    at::parallel_for(0, height, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t y = begin; y < end; ++y) {
+        const int32_t first = slic::cell_of(y, height, grid.ny) * grid.nx;
+        for (int64_t x = 0; x < width; ++x) {
+          const int64_t p = y * width + x;
+          labels[p] = valid(p) ? first + column[x] : -1;
+        }
+      }
+    });
+  }
+
+  // Centres = mean (L, a, b, y, x) of their pixels: per-chunk float64 sums, then one reduction.
+  void update() {
+    const int cells = grid.cells();
+    const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), height));
+    std::vector<double> sums(chunks * cells * 6, 0.0);
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        double* s = sums.data() + c * cells * 6;
+        for (int64_t y = height * c / chunks; y < height * (c + 1) / chunks; ++y) {
+          // Runs of one label along the row are summed in registers, then added once.
+          const int32_t* row = labels.data() + y * width;
+          for (int64_t x = 0; x < width;) {
+            const int32_t k = row[x];
+            double l = 0, a = 0, b = 0, xs = 0;
+            const int64_t x0 = x;
+            for (; x < width && row[x] == k; ++x) {
+              const int64_t p = y * width + x;
+              l += lab[p];
+              a += lab[hw + p];
+              b += lab[2 * hw + p];
+              xs += double(x);
+            }
+            if (k < 0) continue;
+            const double n = double(x - x0);
+            double* t = s + k * 6;
+            t[0] += l;
+            t[1] += a;
+            t[2] += b;
+            t[3] += double(y) * n;
+            t[4] += xs;
+            t[5] += n;
+          }
+        }
+      }
+    });
+    for (int k = 0; k < cells; ++k) {
+      double total[6] = {0, 0, 0, 0, 0, 0};
+      for (int64_t c = 0; c < chunks; ++c)
+        for (int i = 0; i < 6; ++i) total[i] += sums[(c * cells + k) * 6 + i];
+      alive[k] = total[5] > 0;
+      for (int i = 0; i < 5; ++i) centre[k * 5 + i] = float(total[i] / std::max(total[5], 1.0));
+    }
+  }
+
+  // Every valid pixel joins the nearest live centre of the 3x3 cells around its own.
+  // Candidates are visited in (dy, dx) order with a strict <, so ties go to the
+  // first, as in the reference. Returns how many labels changed.
+  int64_t assign() {
+    const float weight = float(grid.weight);
+    std::atomic<int64_t> changed{0};
+    at::parallel_for(0, height, 8, [&](int64_t begin, int64_t end) {
+      std::vector<float> best(width);
+      std::vector<int32_t> arg(width);
+      int64_t local_changed = 0;
+      for (int64_t y = begin; y < end; ++y) {
+        const int cy = slic::cell_of(y, height, grid.ny);
+        const float fy = float(y);
+        const float* L = lab + y * width;
+        const float* A = lab + hw + y * width;
+        const float* B = lab + 2 * hw + y * width;
+        std::fill(best.begin(), best.end(), std::numeric_limits<float>::infinity());
+        std::fill(arg.begin(), arg.end(), -1);
+        for (int cx = 0; cx < grid.nx; ++cx) {
+          const int64_t x0 = slic::cell_start(cx, width, grid.nx), x1 = slic::cell_start(cx + 1, width, grid.nx);
+          for (int dy = -1; dy <= 1; ++dy) {
+            for (int dx = -1; dx <= 1; ++dx) {
+              const int ny = cy + dy, nx = cx + dx;
+              if (ny < 0 || ny >= grid.ny || nx < 0 || nx >= grid.nx) continue;
+              const int k = ny * grid.nx + nx;
+              if (!alive[k]) continue;
+              const float* c = centre.data() + 5 * k;
+              nearer_span(L, A, B, int(x0), int(x1), c, (fy - c[3]) * (fy - c[3]), weight, k, best.data(), arg.data());
+            }
+          }
+        }
+        int32_t* row = labels.data() + y * width;
+        for (int64_t x = 0; x < width; ++x) {
+          const int32_t k = valid(y * width + x) ? arg[x] : -1;
+          local_changed += row[x] != k;
+          row[x] = k;
+        }
+      }
+      changed += local_changed;
+    });
+    return changed.load();
+  }
+
+  void run(int64_t max_iter) {
+    init_labels();
+    update();
+    for (int64_t it = 0; it < max_iter; ++it) {
+      if (assign() == 0) break;
+      update();
+    }
+  }
+
+  // Breadth-first components in raster order (up, left, right, down); a component
+  // reaching max_size is cut there; one smaller than min_size joins the labelled
+  // neighbour whose centre is nearest to its mean (ties: the lowest label).
+  void connect(int64_t min_size, int64_t max_size, int32_t* out) const {
+    // out[] starts as -(centre + 2) for a pixel still to visit (-1 outside the mask), so one
+    // load tells both "same label" and "not visited yet".
+    for (int64_t p = 0; p < hw; ++p) out[p] = labels[p] < 0 ? -1 : -(labels[p] + 2);
+    struct Pixel {
+      int32_t y, x;  // kept apart: no division per visited pixel
+    };
+    std::vector<Pixel> component;  // doubles as the queue
+    std::vector<int32_t> adjacent;
+    std::vector<int32_t> source;     // centre index of each final label
+    component.reserve(std::min<int64_t>(hw, max_size + 1));
+    int32_t next = 0;
+    for (int64_t start = 0; start < hw; ++start) {
+      if (out[start] >= -1) continue;  // visited, or outside the mask
+      const int32_t label = labels[start];
+      const int32_t todo = out[start];
+      component.clear();
+      adjacent.clear();
+      out[start] = next;
+      component.push_back({int32_t(start / width), int32_t(start % width)});
+      for (size_t head = 0; head < component.size() && int64_t(component.size()) < max_size; ++head) {
+        const Pixel px = component[head];
+        const int64_t p = int64_t(px.y) * width + px.x;
+        const int64_t nbr[4] = {p - width, p - 1, p + 1, p + width};
+        const Pixel at[4] = {{px.y - 1, px.x}, {px.y, px.x - 1}, {px.y, px.x + 1}, {px.y + 1, px.x}};
+        const bool ok[4] = {px.y > 0, px.x > 0, px.x < width - 1, px.y < height - 1};
+        for (int i = 0; i < 4; ++i) {
+          if (!ok[i]) continue;
+          const int64_t q = nbr[i];
+          const int32_t o = out[q];
+          if (o == todo) {
+            out[q] = next;
+            component.push_back(at[i]);
+            if (int64_t(component.size()) >= max_size) break;
+          } else if (o >= 0 && o != next && (adjacent.empty() || adjacent.back() != o)) {
+            adjacent.push_back(o);
+          }
+        }
+      }
+      if (int64_t(component.size()) < min_size && !adjacent.empty()) {
+        double mean[5] = {0, 0, 0, 0, 0};
+        for (const Pixel& px : component) {
+          const int64_t p = int64_t(px.y) * width + px.x;
+          mean[0] += lab[p];
+          mean[1] += lab[hw + p];
+          mean[2] += lab[2 * hw + p];
+          mean[3] += double(px.y);
+          mean[4] += double(px.x);
+        }
+        for (double& m : mean) m /= double(component.size());
+        std::sort(adjacent.begin(), adjacent.end());
+        int32_t best = -1;
+        double best_d = std::numeric_limits<double>::infinity();
+        for (size_t i = 0; i < adjacent.size(); ++i) {
+          if (i > 0 && adjacent[i] == adjacent[i - 1]) continue;
+          const float* c = centre.data() + 5 * source[adjacent[i]];
+          double d2[5];
+          for (int j = 0; j < 5; ++j) d2[j] = (double(c[j]) - mean[j]) * (double(c[j]) - mean[j]);
+          const double d = (d2[0] + d2[1] + d2[2]) + grid.weight * (d2[3] + d2[4]);
+          if (d < best_d) {
+            best_d = d;
+            best = adjacent[i];
+          }
+        }
+        for (const Pixel& px : component) out[int64_t(px.y) * width + px.x] = best;
+      } else {
+        source.push_back(label);
+        ++next;
+      }
+    }
+  }
+
+  // Without connectivity: centre indices renumbered by the raster order of their first pixel.
+  void relabel(int32_t* out) const {
+    std::vector<int32_t> id(grid.cells(), -1);
+    int32_t next = 0;
+    for (int64_t p = 0; p < hw; ++p) {
+      const int32_t k = labels[p];
+      if (k < 0) {
+        out[p] = -1;
+        continue;
+      }
+      if (id[k] < 0) id[k] = next++;
+      out[p] = id[k];
+    }
+  }
+};
+
+at::Tensor slic_cpu(const at::Tensor& images_in, const c10::optional<at::Tensor>& mask_in, int64_t n_segments,
+                    double compactness, int64_t max_iter, bool enforce_connectivity, double min_size_factor,
+                    double max_size_factor) {
+  TORCH_CHECK(images_in.dim() == 4 && images_in.size(1) == 3, "slic: images must be [B, 3, H, W], got ",
+              images_in.sizes());
+  TORCH_CHECK_TYPE(images_in.scalar_type() == at::kByte || images_in.scalar_type() == at::kFloat,
+                   "slic: images must be uint8 or float32, got ", images_in.scalar_type());
+  TORCH_CHECK(n_segments >= 1, "slic: n_segments must be >= 1, got ", n_segments);
+  TORCH_CHECK(compactness > 0, "slic: compactness must be > 0, got ", compactness);
+  TORCH_CHECK(max_iter >= 0, "slic: max_iter must be >= 0, got ", max_iter);
+  const int64_t batch = images_in.size(0), height = images_in.size(2), width = images_in.size(3), hw = height * width;
+  at::Tensor mask;
+  if (mask_in.has_value()) {
+    mask = mask_in->contiguous();
+    TORCH_CHECK_TYPE(mask.scalar_type() == at::kBool, "slic: mask must be bool, got ", mask.scalar_type());
+    TORCH_CHECK(mask.dim() == 3 && mask.size(0) == batch && mask.size(1) == height && mask.size(2) == width,
+                "slic: mask must be [B, H, W] like images, got ", mask.sizes());
+  }
+  at::Tensor out = at::empty({batch, height, width}, images_in.options().dtype(at::kInt));
+  if (batch == 0 || hw == 0) return out;
+  const at::Tensor images = images_in.contiguous();
+  const Grid grid(height, width, n_segments, compactness);
+  // Images in parallel when there are several (the rows of each then run serially); one image
+  // spreads its rows over the threads instead.
+  at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<float> lab(3 * hw);
+    for (int64_t b = b0; b < b1; ++b) {
+      to_lab(images[b], lab.data(), hw);
+      const bool* m = mask.defined() ? mask.data_ptr<bool>() + b * hw : nullptr;
+      Slic s(height, width, grid, lab.data(), m);
+      s.run(max_iter);
+      int32_t* dst = out.data_ptr<int32_t>() + b * hw;
+      if (enforce_connectivity) {
+        const int64_t valid = m == nullptr ? hw : std::count(m, m + hw, true);
+        // size_limits() of the reference: factors of the mean segment size.
+        const double size = double(valid) / double(grid.cells());
+        const int64_t min_size = int64_t(min_size_factor * size);
+        const int64_t max_size = std::max<int64_t>(1, int64_t(max_size_factor * size));
+        s.connect(min_size, max_size, dst);
+      } else {
+        s.relabel(dst);
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(wsseg_fast, CPU, m) {
+  m.impl("slic", &slic_cpu);
+}
+
+}  // namespace wsseg

@@ -1,0 +1,192 @@
+"""superpixel_pool, activation_modulation, ssc_alignment_loss: every backend against the
+float64 reference, with gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.helpers import backends_here, device_of
+from wsseg_fast import reference
+from wsseg_fast.ops import activation_modulation, ssc_alignment_loss, superpixel_pool
+
+BACKENDS = backends_here("superpixel_pool")
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3}
+
+
+def make(batch=2, channels=3, height=13, width=17, segments=9, seed=0, dtype=torch.float64, holes=True):
+    """Random CAM-like input and labels with some -1 pixels; distinct values (no arg-max ties)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randperm(batch * channels * height * width, generator=g).reshape(batch, channels, height, width)
+    x = (x.to(torch.float64) / x.numel()).to(dtype)
+    labels = torch.randint(0, segments, (batch, height, width), generator=g)
+    if holes:
+        labels[torch.rand(labels.shape, generator=g) < 0.1] = -1
+    return x, labels
+
+
+def run(fn, backend, *tensors, **kwargs):
+    device = device_of(backend)
+    return fn(*[t.to(device) for t in tensors], backend=backend, **kwargs)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduce", ["mean", "max"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+def test_pool_matches_reference(backend, reduce, dtype):
+    x, labels = make(dtype=dtype)
+    for lbl in (labels, labels.int()):
+        out = run(superpixel_pool, backend, x, lbl, reduce=reduce).cpu()
+        expected = reference.superpixel_pool(x.double(), labels, reduce).to(dtype)
+        assert out.dtype == dtype and out.shape == x.shape
+        torch.testing.assert_close(out, expected, atol=TOL[dtype], rtol=TOL[dtype])
+        assert (out.permute(1, 0, 2, 3)[:, labels == -1] == 0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduce", ["mean", "max"])
+def test_pool_gradient_matches_reference(backend, reduce):
+    x, labels = make()
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    mine = x.clone().to(device_of(backend)).requires_grad_()
+    (g_mine,) = torch.autograd.grad(superpixel_pool(mine, labels.to(mine.device), reduce=reduce, backend=backend), mine, grad.to(mine.device))
+    ref = x.clone().requires_grad_()
+    (g_ref,) = torch.autograd.grad(reference.superpixel_pool(ref, labels, reduce), ref, grad)
+    torch.testing.assert_close(g_mine.cpu(), g_ref, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduce", ["mean", "max"])
+def test_gradcheck(backend, reduce):
+    small = backend == "triton"  # the interpreter runs every launch in Python
+    x, labels = make(batch=1, channels=1 if small else 2, height=3 if small else 5, width=4 if small else 6, segments=4)
+    x = x.to(device_of(backend)).requires_grad_()
+    labels = labels.to(x.device)
+    assert torch.autograd.gradcheck(lambda t: superpixel_pool(t, labels, reduce=reduce, backend=backend), (x,))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_max_gradient_goes_to_first_argmax(backend):
+    x = torch.tensor([[[[1.0, 3.0, 3.0, 0.0]]]], dtype=torch.float64, device=device_of(backend), requires_grad=True)
+    labels = torch.tensor([[[0, 0, 0, 1]]], device=x.device)
+    out = superpixel_pool(x, labels, reduce="max", backend=backend)
+    assert out.tolist() == [[[[3.0, 3.0, 3.0, 0.0]]]]
+    out.sum().backward()
+    if backend == "torch":  # torch's own rule: tied maxima share the gradient
+        assert x.grad.tolist() == [[[[0.0, 1.5, 1.5, 1.0]]]]
+    else:
+        assert x.grad.tolist() == [[[[0.0, 3.0, 0.0, 1.0]]]]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(0, 2, 3, 3), (2, 0, 3, 3), (1, 2, 0, 4), (1, 1, 1, 1)])
+@pytest.mark.parametrize("reduce", ["mean", "max"])
+def test_empty_and_single_pixel(backend, shape, reduce):
+    x = torch.rand(shape, device=device_of(backend))
+    labels = torch.zeros(shape[0], shape[2], shape[3], dtype=torch.long, device=x.device)
+    out = superpixel_pool(x, labels, reduce=reduce, backend=backend)
+    assert out.shape == x.shape
+    torch.testing.assert_close(out, x)  # one superpixel of one pixel, or nothing
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_all_pixels_unlabelled(backend):
+    x = torch.rand(1, 2, 3, 3, device=device_of(backend))
+    labels = torch.full((1, 3, 3), -1, device=x.device)
+    for reduce in ("mean", "max"):
+        assert (superpixel_pool(x, labels, reduce=reduce, backend=backend) == 0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous(backend):
+    x, labels = make(channels=4, dtype=torch.float32)
+    xv, lv = x.transpose(2, 3), labels.transpose(1, 2)
+    out = run(superpixel_pool, backend, xv, lv).cpu()
+    torch.testing.assert_close(out, reference.superpixel_pool(xv, lv), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, error, match",
+    [
+        ((torch.rand(1, 2, 3), torch.zeros(1, 2, 3, dtype=torch.long)), {}, ValueError, "x"),
+        ((torch.rand(1, 2, 3, 3), torch.zeros(1, 3, 4, dtype=torch.long)), {}, ValueError, "labels"),
+        ((torch.rand(1, 2, 3, 3), torch.zeros(1, 3, 3)), {}, TypeError, "labels"),
+        ((torch.zeros(1, 2, 3, 3, dtype=torch.long), torch.zeros(1, 3, 3, dtype=torch.long)), {}, TypeError, "x"),
+        ((torch.rand(1, 2, 3, 3), torch.zeros(1, 3, 3, dtype=torch.long)), {"reduce": "sum"}, ValueError, "reduce"),
+    ],
+)
+def test_pool_bad_input(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        superpixel_pool(*args, **kwargs)
+
+
+def test_modulation_bad_input():
+    x, labels = make()
+    with pytest.raises(ValueError, match="present"):
+        activation_modulation(x, labels, present=torch.ones(2))
+    with pytest.raises(ValueError, match="threshold"):
+        ssc_alignment_loss(x, labels, threshold=1.5)
+    with pytest.raises(ValueError, match="erode"):
+        ssc_alignment_loss(x, labels, erode=-1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck(backend):
+    if backend != "cpu":
+        pytest.skip("the compiled op of the cpu backend")
+    x, labels = make(dtype=torch.float32)
+    for reduce in ("mean", "max"):
+        lbl = labels if reduce == "mean" else labels.int()
+        torch.library.opcheck(torch.ops.wsseg_fast.superpixel_pool.default, (x.requires_grad_(), lbl, reduce))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_compile_fullgraph(backend):
+    if backend != "cpu":
+        pytest.skip("the compiled op of the cpu backend")
+    x, labels = make(dtype=torch.float32)
+
+    def fn(t):
+        return superpixel_pool(t, labels, reduce="mean", backend="cpu").sum() + superpixel_pool(t, labels, reduce="max", backend="cpu").sum()
+
+    compiled = torch.compile(fn, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x), fn(x))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("with_present", [False, True])
+def test_modulation_and_loss_match_reference(backend, with_present):
+    g = torch.Generator().manual_seed(3)
+    cams = torch.randn(2, 4, 24, 20, generator=g, dtype=torch.float64) + torch.linspace(0, 2, 20, dtype=torch.float64)
+    labels = torch.randint(0, 12, (2, 24, 20), generator=g)
+    present = torch.tensor([[1, 0, 1, 1], [0, 1, 1, 0]]) if with_present else None
+    kwargs = dict(present=present, threshold=0.3, erode=2)
+    target = run(activation_modulation, backend, cams, labels, **kwargs).cpu()
+    expected = reference.activation_modulation(cams, labels, present, 0.3, 2)
+    torch.testing.assert_close(target, expected, atol=1e-10, rtol=1e-10)
+    assert not target.requires_grad and (target >= 0).all() and (target <= 1).all()
+
+    mine = cams.clone().to(device_of(backend)).requires_grad_()
+    loss = ssc_alignment_loss(mine, labels.to(mine.device), backend=backend, **kwargs)
+    ref = cams.clone().requires_grad_()
+    ref_loss = reference.ssc_alignment_loss(ref, labels, present, 0.3, 2)
+    torch.testing.assert_close(loss.cpu(), ref_loss, atol=1e-12, rtol=1e-10)
+    (g_mine,) = torch.autograd.grad(loss, mine)
+    (g_ref,) = torch.autograd.grad(ref_loss, ref)
+    torch.testing.assert_close(g_mine.cpu(), g_ref, atol=1e-12, rtol=1e-8)
+
+
+def test_erosion():
+    """The reliable region shrinks by `erode` pixels; the image border does not erode; the
+    separable fast path equals the reference's square max-pool."""
+    from wsseg_fast.ops.superpixel import _erode
+
+    mask = torch.zeros(1, 1, 20, 20, dtype=torch.bool)
+    mask[..., 5:15, 0:12] = True
+    expected = torch.zeros_like(mask)
+    expected[..., 7:13, 0:10] = True
+    assert torch.equal(reference.superpixel.erode(mask, 2), expected)
+    assert torch.equal(_erode(mask, 2), expected)
+    random = torch.rand(2, 3, 17, 23, generator=torch.Generator().manual_seed(0)) < 0.8
+    for radius in range(4):
+        assert torch.equal(_erode(random, radius), reference.superpixel.erode(random, radius))
