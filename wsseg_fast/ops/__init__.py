@@ -16,6 +16,15 @@ from wsseg_fast.ops.neighbors import dilated_offsets, neighbor_offsets
 
 OP_SPECS = {spec.name: spec for spec in (_LSAP_SPEC,)}
 
+# --- sparse affinity random walk (issue 4) ---
+from wsseg_fast.ops.affinity import SPEC as _AFFINITY_SPEC  # noqa: E402
+from wsseg_fast.ops.affinity import local_affinity, mask_affinity  # noqa: E402
+from wsseg_fast.ops.random_walk import SPEC as _RANDOM_WALK_SPEC  # noqa: E402
+from wsseg_fast.ops.random_walk import random_walk  # noqa: E402
+
+OP_SPECS.update({spec.name: spec for spec in (_AFFINITY_SPEC, _RANDOM_WALK_SPEC)})
+# --- end of issue 4 ---
+
 
 def available_backends(op: str, device: torch.device | str = "cpu") -> dict[str, str]:
     """For each backend of ``op``: ``"available"`` or the reason it cannot run on ``device``."""
@@ -33,4 +42,8 @@ __all__ = [
     "batch_linear_assignment",
     "dilated_offsets",
     "neighbor_offsets",
+    # issue 4: sparse affinity random walk
+    "local_affinity",
+    "mask_affinity",
+    "random_walk",
 ]
