@@ -12,7 +12,7 @@ import torch
 
 from wsseg_fast import reference
 from wsseg_fast.ops._backend import TRITON_PROBLEM, OpSpec, choose
-from wsseg_fast.ops.neighbors import neighbor_offsets, shifted
+from wsseg_fast.ops.neighbors import disc_offsets, shifted
 
 if TRITON_PROBLEM is None:
     from wsseg_fast.kernels import affinity as _triton
@@ -34,7 +34,7 @@ def _backward(ctx, grad):
     features, affinity = ctx.saved_tensors
     grad_features = torch.zeros_like(features)
     depth = features.shape[1]
-    for k, (dy, dx) in enumerate(neighbor_offsets(ctx.radius).tolist()):
+    for k, (dy, dx) in enumerate(disc_offsets(ctx.radius)):
         diff = features - shifted(features, dy, dx)[0]
         slope = 2 * diff if ctx.squared else torch.sign(diff)
         push = (-(grad[:, k] * affinity[:, k]) / depth).unsqueeze(1) * slope  # zero outside: affinity is 0 there
@@ -53,7 +53,7 @@ if SPEC.compiled["cpu"] or SPEC.compiled["cuda"]:
     @torch.library.register_fake("wsseg_fast::local_affinity")
     def _(features, radius, squared):
         b, _, h, w = features.shape
-        return features.new_empty(b, len(neighbor_offsets(radius)), h, w)
+        return features.new_empty(b, len(disc_offsets(radius)), h, w)
 
     torch.library.register_autograd("wsseg_fast::local_affinity", _backward, setup_context=_setup_context)
 
@@ -92,7 +92,7 @@ def local_affinity(features: torch.Tensor, radius: int = 5, *, metric: str = "l1
     features = _float("features", op, features)
     if features.shape[1] == 0:
         raise ValueError(f"{op}: `features` needs at least one channel, got shape {tuple(features.shape)}")
-    neighbor_offsets(radius)  # validates radius
+    disc_offsets(radius)  # validates radius
     if metric not in METRICS:
         raise ValueError(f"{op}: `metric` must be one of {METRICS}, got {metric!r}")
     dtype = features.dtype

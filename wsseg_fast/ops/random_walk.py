@@ -22,7 +22,7 @@ import torch
 
 from wsseg_fast import reference
 from wsseg_fast.ops._backend import TRITON_PROBLEM, OpSpec, choose
-from wsseg_fast.ops.neighbors import neighbor_offsets
+from wsseg_fast.ops.neighbors import disc_offsets
 from wsseg_fast.reference.affinity import transition
 
 if TRITON_PROBLEM is None:
@@ -39,7 +39,7 @@ SPEC = OpSpec(
 
 def checkpoint_interval(steps: int) -> int:
     """States between the checkpoints of the backward: ``ceil(sqrt(steps))``."""
-    return max(1, math.isqrt(max(steps - 1, 0)) + 1) if steps > 1 else 1
+    return math.isqrt(steps - 1) + 1 if steps > 0 else 1
 
 
 def _setup_context(ctx, inputs, output):
@@ -83,7 +83,7 @@ def _check_inputs(x, affinity, radius, beta, steps):
             raise TypeError(f"{op}: `{name}` must be a torch.Tensor, got {type(t).__name__}")
         if not t.is_floating_point():
             raise TypeError(f"{op}: `{name}` must be floating point, got {t.dtype}")
-    k = len(neighbor_offsets(radius))
+    k = len(disc_offsets(radius))
     if x.dim() != 4:
         raise ValueError(f"{op}: `x` must have shape [B, C, H, W], got {tuple(x.shape)}")
     b, _, h, w = x.shape

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import torch
 
-from wsseg_fast.ops.neighbors import neighbor_offsets, shifted
+from wsseg_fast.ops.neighbors import disc_offsets, neighbor_offsets, shifted
 
 
 def local_affinity(features: torch.Tensor, radius: int = 5, metric: str = "l1") -> torch.Tensor:
     """``[B, D, H, W]`` -> ``[B, K, H, W]``: ``exp(-mean_d dist(f_i, f_{i+off_k}))``,
     0 where the neighbour is outside the image."""
     out = []
-    for dy, dx in neighbor_offsets(radius).tolist():
+    for dy, dx in disc_offsets(radius):
         other, valid = shifted(features, dy, dx)
         diff = features - other
         dist = diff.abs() if metric == "l1" else diff * diff
@@ -50,7 +50,7 @@ def transition(affinity: torch.Tensor, radius: int, beta: float) -> torch.Tensor
 
 def walk(x: torch.Tensor, weights: torch.Tensor, radius: int, steps: int) -> torch.Tensor:
     """``steps`` times ``x(i) <- sum_k W[k, i] x(i + off_k)`` with the normalised ``weights``."""
-    offsets = neighbor_offsets(radius).tolist()
+    offsets = disc_offsets(radius)
     for _ in range(steps):
         out = torch.zeros_like(x)
         for k, (dy, dx) in enumerate(offsets):
