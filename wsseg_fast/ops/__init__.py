@@ -23,6 +23,14 @@ from wsseg_fast.ops.superpixel import SPEC as _SUPERPIXEL_POOL_SPEC  # noqa: E40
 from wsseg_fast.ops.superpixel import activation_modulation, ssc_alignment_loss, superpixel_pool  # noqa: E402
 
 OP_SPECS.update({spec.name: spec for spec in (_SLIC_SPEC, _SUPERPIXEL_POOL_SPEC)})
+# --- sparse affinity random walk (issue 4) ---
+from wsseg_fast.ops.affinity import SPEC as _AFFINITY_SPEC  # noqa: E402
+from wsseg_fast.ops.affinity import local_affinity, mask_affinity  # noqa: E402
+from wsseg_fast.ops.random_walk import SPEC as _RANDOM_WALK_SPEC  # noqa: E402
+from wsseg_fast.ops.random_walk import random_walk  # noqa: E402
+
+OP_SPECS.update({spec.name: spec for spec in (_AFFINITY_SPEC, _RANDOM_WALK_SPEC)})
+# --- end of issue 4 ---
 
 
 def available_backends(op: str, device: torch.device | str = "cpu") -> dict[str, str]:
@@ -46,6 +54,10 @@ __all__ = [
     "slic",
     "ssc_alignment_loss",
     "superpixel_pool",
+    # issue 4: sparse affinity random walk
+    "local_affinity",
+    "mask_affinity",
+    "random_walk",
 ]
 
 # ---- fuzzy-logic constraint losses (issue 3); specs keyed by the public names

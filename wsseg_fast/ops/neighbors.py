@@ -7,7 +7,20 @@ The C++/CUDA cores read the same table from ``csrc/include/wsseg/neighbors.h``
 
 from __future__ import annotations
 
+import functools
+
 import torch
+
+
+@functools.lru_cache(maxsize=None)
+def disc_offsets(radius: int) -> tuple[tuple[int, int], ...]:
+    """:func:`neighbor_offsets` as a tuple of ``(dy, dx)`` Python ints: what
+    loops over the stencil use, so that tracing (``torch.compile``, fake
+    tensors) never sees a data-dependent ``.tolist()``."""
+    if isinstance(radius, bool) or not isinstance(radius, int) or radius < 1:
+        raise ValueError(f"neighbor_offsets: `radius` must be an int >= 1, got {radius!r}")
+    span = range(-radius + 1, radius)
+    return tuple((dy, dx) for dy in span for dx in span if dy * dy + dx * dx < radius * radius)
 
 
 def neighbor_offsets(radius: int) -> torch.Tensor:
@@ -17,11 +30,7 @@ def neighbor_offsets(radius: int) -> torch.Tensor:
     ``radius=1`` gives just ``(0, 0)``; ``radius=5`` gives 69 offsets (PSA/IRN's
     neighbourhood). Returns ``LongTensor [K, 2]``.
     """
-    if isinstance(radius, bool) or not isinstance(radius, int) or radius < 1:
-        raise ValueError(f"neighbor_offsets: `radius` must be an int >= 1, got {radius!r}")
-    span = range(-radius + 1, radius)
-    return torch.tensor([(dy, dx) for dy in span for dx in span if dy * dy + dx * dx < radius * radius],
-                        dtype=torch.long)
+    return torch.tensor(disc_offsets(radius), dtype=torch.long)
 
 
 def dilated_offsets(kernel_size: int = 3, dilation: int = 2, *, include_center: bool = False) -> torch.Tensor:

@@ -18,3 +18,7 @@ from wsseg_fast.reference.slic import slic, slic_energy  # noqa: E402
 from wsseg_fast.reference.superpixel import activation_modulation, ssc_alignment_loss, superpixel_pool  # noqa: E402
 
 __all__ += ["activation_modulation", "slic", "slic_energy", "ssc_alignment_loss", "superpixel_pool"]
+# --- sparse affinity random walk (issue 4) ---
+from wsseg_fast.reference.affinity import dense_random_walk, local_affinity, random_walk  # noqa: E402
+
+__all__ += ["dense_random_walk", "local_affinity", "random_walk"]
