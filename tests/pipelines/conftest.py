@@ -29,6 +29,8 @@ def tiny_sam():
         ),
     )
     return sam.eval()
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
     """These tests run prompt-sized tensors that gain nothing from threads; on a shared
