@@ -75,3 +75,14 @@ def compile_triton_for_gpu(module: str, kernel: str, signature: dict, variants: 
     if proc.returncode != 0:
         raise AssertionError(f"Triton compilation of {module}.{kernel} failed:\n{proc.stderr.decode()[-4000:]}")
     return eval(proc.stdout.decode().strip().splitlines()[-1])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Autouse wherever a conftest imports it: prompt-sized tensors gain nothing from
+    threads, and on a shared 2-core machine OpenMP's spinning threads made them up to
+    10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -7,6 +7,8 @@ from functools import partial
 import pytest
 import torch
 
+from tests.helpers import one_torch_thread  # noqa: F401  (autouse: one thread here)
+
 
 @pytest.fixture(scope="session")
 def tiny_sam():
@@ -29,13 +31,3 @@ def tiny_sam():
         ),
     )
     return sam.eval()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tests run prompt-sized tensors that gain nothing from threads; on a shared
-    2-core machine OpenMP's spinning threads made them up to 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

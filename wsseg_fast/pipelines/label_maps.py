@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from wsseg_fast.metrics import IGNORE_INDEX
+from wsseg_fast.data.labels import write_label_png
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -55,34 +55,10 @@ def read_label(path: str | os.PathLike) -> torch.Tensor:
         return torch.from_numpy(np.array(im).astype(np.int64))
 
 
-def palette() -> list[int]:
-    """The PASCAL VOC colour map (class c's colour spreads c's bits over the
-    high bits of R, G, B), 255 = ignore in light grey, flat for PIL."""
-    colours = []
-    for c in range(256):
-        r = g = b = 0
-        for shift in range(8):
-            r |= ((c >> 0) & 1) << (7 - shift)
-            g |= ((c >> 1) & 1) << (7 - shift)
-            b |= ((c >> 2) & 1) << (7 - shift)
-            c >>= 3
-        colours += [r, g, b]
-    colours[3 * IGNORE_INDEX : 3 * IGNORE_INDEX + 3] = [224, 224, 192]
-    return colours
-
-
-_PALETTE = palette()
-
-
 def write_label(path: str | os.PathLike, labels: torch.Tensor) -> None:
-    """Write ``[H, W]`` class indices in [0, 255] as a palette PNG, atomically."""
+    """Write ``[H, W]`` class indices in [0, 255] as the project's palette PNG, atomically."""
     if labels.dim() != 2:
         raise ValueError(f"write_label: `labels` must be [H, W], got {tuple(labels.shape)}")
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > 255):
         raise ValueError("write_label: `labels` must lie in [0, 255] to fit a palette PNG")
-    im = Image.fromarray(labels.to(torch.uint8).cpu().numpy())
-    im.putpalette(_PALETTE)  # an "L" image becomes "P": the indices stay as they are
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    im.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    write_label_png(path, labels.to(torch.uint8).cpu().numpy())
