@@ -112,15 +112,13 @@ def _build_modules(cfg: SamConfig, with_encoder: bool) -> nn.Module:
 
 
 def _instantiate(make, state: dict | None, what: str, source: str | None) -> nn.Module:
-    """``make()`` with seeded random weights, or on the meta device then filled from ``state``
-    (skips the slow random init of weights that get overwritten anyway)."""
+    """``make()`` with its seeded random weights, then ``state`` loaded over them.
+    (Building on the meta device would skip the init, but its first use imports
+    torch's meta kernels: slower than initialising even vit_b's encoder.)"""
     with torch.random.fork_rng(devices=[]):
-        if state is None:
-            return make().eval()
-        with torch.device("meta"):
-            module = make()
-    module = module.to_empty(device="cpu")
-    load_into(module, state, what, source)
+        module = make()
+    if state is not None:
+        load_into(module, state, what, source)
     return module.eval()
 
 
@@ -194,9 +192,6 @@ def build_sam(model: str, checkpoint: str | os.PathLike | None = None, *, with_e
             state = {k: v for k, v in state.items() if not k.startswith("image_encoder.")}
     what = f"SAM {model}" + ("" if with_encoder else " (prompt encoder and mask decoder)")
     sam = _instantiate(lambda: _build_modules(cfg, with_encoder), state, what, os.fspath(checkpoint) if checkpoint else None)
-    if state is not None:  # non-persistent buffers are not in the file: to_empty left them uninitialised
-        sam.pixel_mean.copy_(torch.tensor(PIXEL_MEAN).view(-1, 1, 1))
-        sam.pixel_std.copy_(torch.tensor(PIXEL_STD).view(-1, 1, 1))
     return sam
 
 
