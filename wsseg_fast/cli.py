@@ -322,6 +322,7 @@ def add_finetune(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weight", action="append", default=[], metavar="KIND=W", help="a constraint kind's weight in SatAgg")
     p.add_argument("--loss-scale", type=float, default=0.5, help="evaluate the constraints on the image scaled by this (default 0.5)")
+    p.add_argument("--p-exists", type=float, default=8.0, help="exponent of the existential quantifier (default 8: close to max)")
     p.add_argument("--cache", help="embedding cache directory (frozen encoder)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="torch CPU threads")
@@ -341,7 +342,7 @@ def run_finetune(args) -> int:
     cfg = FinetuneConfig(coco=args.coco, images=args.images, out=args.out, model=args.model, checkpoint=args.checkpoint,
                          priors=args.priors, train=args.train, epochs=args.epochs, lr=args.lr, seed=args.seed,
                          weights=weights, cache=args.cache, device=args.device, threads=args.threads,
-                         loss_scale=args.loss_scale)
+                         loss_scale=args.loss_scale, p_exists=args.p_exists)
     try:
         path = finetune(cfg, progress=not args.quiet)
     except (DataError, FinetuneError, CheckpointError) as exc:
@@ -357,8 +358,8 @@ def add_experiment(sub) -> None:
     p.add_argument("--train-images", type=int, default=24)
     p.add_argument("--test-images", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--finetune-epochs", type=int, default=6)
-    p.add_argument("--student-epochs", type=int, default=30)
+    p.add_argument("--finetune-epochs", type=int, default=20)
+    p.add_argument("--student-epochs", type=int, default=60)
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run_experiment)

@@ -33,10 +33,10 @@ class DemoExperimentConfig:
     train_images: int = 24
     test_images: int = 12
     seed: int = 0
-    finetune_epochs: int = 6
+    finetune_epochs: int = 20
     finetune_lr: float = 1e-3
     loss_scale: float = 0.5
-    student_epochs: int = 30
+    student_epochs: int = 60
     student_size: int = 96
     student_widths: tuple[int, ...] = (16, 32, 64)
     gt_fraction: float = 0.05

@@ -67,6 +67,10 @@ class FinetuneConfig:
     threads: int | None = None
     weights: dict[str, float] = field(default_factory=dict)
     """Weight of each constraint kind in SatAgg (see :func:`wsseg_fast.logic.compile_knowledge_base`)."""
+    p_exists: float = 8.0
+    """Exponent of the existential quantifier (pMean): large makes ∃ close to max, so a
+    box row or column is satisfied by one confident pixel rather than by filling it
+    (with p = 2, ∃ is a root-mean-square and rewards masks that fill their box)."""
     loss_scale: float = 0.5
     """The constraints are evaluated on the image scaled by this factor (masks, boxes,
     points and colours alike): 0.5 costs a quarter of full resolution."""
@@ -221,7 +225,8 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> Path:
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     start = _resume(cfg, out, sam, optimizer, modules)
-    kbs = [_knowledge_base(item, dataset, priors, cfg.weights, _loss_size(item, cfg.loss_scale)) for item in items]
+    kbs = [_knowledge_base(item, dataset, priors, cfg.weights, _loss_size(item, cfg.loss_scale), cfg.p_exists)
+           for item in items]
     for epoch in range(start, cfg.epochs):
         sam.train()
         began = time.perf_counter()
@@ -302,7 +307,7 @@ def image_loss(sam, item: _Item, kb, num_classes: int, device) -> tuple[torch.Te
     return kb(truths[None])
 
 
-def _knowledge_base(item: _Item, dataset, priors: dict, weights: dict, size: tuple[int, int]):
+def _knowledge_base(item: _Item, dataset, priors: dict, weights: dict, size: tuple[int, int], p_exists: float):
     """One image's knowledge base at the loss resolution ``size``: its boxes, points,
     scribbles and tags (COCO boxes are exhaustive: unmentioned classes are absent), the
     priors, and the pairwise colour prior on the resized image."""
@@ -315,4 +320,4 @@ def _knowledge_base(item: _Item, dataset, priors: dict, weights: dict, size: tup
         {"annotations": item.annotations, "tags": item.tags}, dataset.num_classes, size, priors=priors,
         images=torch.from_numpy(image.copy()).permute(2, 0, 1)[None], class_names=dataset.class_names,
         weights=weights, category_map=dataset.class_index, annotation_size=tuple(item.image.shape[:2]),
-        exhaustive=True, background=0)
+        exhaustive=True, background=0, p_exists=p_exists)
