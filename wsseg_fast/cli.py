@@ -294,6 +294,9 @@ def run_export_encoder(args) -> int:
     except (CheckpointError, EncoderBackendError) as exc:
         raise UsageError(str(exc)) from None
     print(f"wrote {args.out} ({os.path.getsize(args.out) / 2**20:.1f} MiB)")
+    return 0
+
+
 # --- Stage 2: the prompt-free student (train-student, predict, evaluate) ---------------
 
 
