@@ -17,6 +17,7 @@ encoder identity (model type, weights digest, backend, precision, storage dtype)
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -82,6 +83,13 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(directory)
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` with :func:`atomic_write_bytes`' guarantee (checkpoints of every stage)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(os.fspath(path), buffer.getvalue())
 
 
 @dataclass

@@ -14,12 +14,14 @@ interrupted experiment re-run continues where it stopped.
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from wsseg_fast.cache import atomic_write_bytes
 
 ROW_NAMES = ("box", "sbr", "student_sbr", "student_box", "student_gt", "multihead_5pct")
 # The demo's domain knowledge: the cup lies inside the disc; one class per pixel; its
@@ -176,7 +178,7 @@ def _plot(rows: list[dict], path: Path) -> None:
     ax.set_ylim(0, 100)
     ax.set_title("wsseg-fast experiment demo")
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic_write_bytes(str(path), buffer.getvalue())

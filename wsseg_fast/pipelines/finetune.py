@@ -132,14 +132,6 @@ def class_truths(instance_logits: torch.Tensor, classes: torch.Tensor, num_class
     return truths
 
 
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _plain_config(cfg: FinetuneConfig) -> dict:
     d = dataclasses.asdict(cfg)
     return {k: v for k, v in d.items() if k not in ("out", "cache", "threads", "device", "epochs")}
@@ -195,6 +187,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> Path:
     modules' ``mask_decoder.*`` / ``prompt_encoder.*`` / ``image_encoder.*`` entries)."""
     from tqdm.auto import tqdm
 
+    from wsseg_fast.cache import atomic_torch_save
     from wsseg_fast.data import CocoWeakDataset
     from wsseg_fast.sam.model import build_sam
 
@@ -248,11 +241,11 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> Path:
             f.write(json.dumps(record) + "\n")
         log(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f} "
             + " ".join(f"{k}={v:.3f}" for k, v in record["satisfaction"].items()))
-        _atomic_save({"format": CHECKPOINT_FORMAT, "config": _plain_config(cfg), "epoch": epoch + 1,
+        atomic_torch_save({"format": CHECKPOINT_FORMAT, "config": _plain_config(cfg), "epoch": epoch + 1,
                       "modules": {name: getattr(sam, name).state_dict() for name in modules},
                       "optimizer": optimizer.state_dict()}, out / CHECKPOINT_NAME)
     weights = {f"{name}.{k}": v for name in modules for k, v in getattr(sam, name).state_dict().items()}
-    _atomic_save(weights, out / FINETUNED_NAME)
+    atomic_torch_save(weights, out / FINETUNED_NAME)
     return out / FINETUNED_NAME
 
 

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from wsseg_fast.cache import atomic_torch_save
 from wsseg_fast.metrics import IGNORE_INDEX, SegmentationMeter
 from wsseg_fast.models.student import MultiHeadUNet, build_student
 from wsseg_fast.pipelines.label_maps import label_path, list_images, read_image, read_label, write_label
@@ -270,12 +271,6 @@ def _forward(model: nn.Module, x: torch.Tensor, heads: list[str]) -> dict[str, t
     return out if isinstance(out, dict) else {heads[0]: out}
 
 
-def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _lr_at(config: StudentConfig, epoch: int) -> float:
     """Cosine decay per epoch: a function of the epoch, so resuming needs no scheduler state."""
     return config.lr * 0.5 * (1 + math.cos(math.pi * epoch / config.epochs))
@@ -427,7 +422,7 @@ def _train(config: StudentConfig, ctx: _Dist, on_epoch_end) -> Path:
             record["val"] = _validate_epoch(model, meta, config.val_images, config.val_labels)
         history.append(record)
         if ctx.rank == 0:
-            _save_atomic({**meta, "epoch": epoch + 1, "history": history, "config": _plain(config),
+            atomic_torch_save({**meta, "epoch": epoch + 1, "history": history, "config": _plain(config),
                           "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scaler": scaler.state_dict()}, checkpoint)
             heads_text = " ".join(f"{h} {v:.4f}" for h, v in record["losses"].items()) if len(heads) > 1 else ""
