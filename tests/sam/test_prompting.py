@@ -41,6 +41,17 @@ def test_prompts_are_mapped_to_the_input_frame(sam, embedding):
     assert b.logits.shape[-2:] == (256, 256)
 
 
+def test_output_size_upsamples_the_low_res_masks_once(sam, embedding):
+    box = np.array([[20.0, 10, 120, 90]])
+    with torch.inference_mode():
+        full = predict_masks(sam, embedding, boxes=box)
+        half = predict_masks(sam, embedding, boxes=box, output_size=(60, 100))
+    torch.testing.assert_close(half.low_res_logits, full.low_res_logits)
+    expected = sam.postprocess_masks(full.low_res_logits, input_size=(154, 256), original_size=(60, 100))
+    torch.testing.assert_close(half.logits, expected)
+    assert half.logits.shape[-2:] == (60, 100)
+
+
 def test_points_masks_and_gradients(sam, embedding):
     points = torch.tensor([[[30.0, 30], [60, 50]], [[100, 80], [0, 0]]])
     labels = torch.tensor([[1, 0], [1, -1]])

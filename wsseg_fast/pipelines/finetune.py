@@ -294,8 +294,7 @@ def image_loss(sam, item: _Item, kb, num_classes: int, device) -> tuple[torch.Te
     if embedding is None:  # the encoder trains: embed with autograd
         x, resized = preprocess(item.image, sam.image_encoder.img_size)
         embedding = Embedding(sam.image_encoder(x[None].to(device))[0], tuple(item.image.shape[:2]), resized)
-    prediction = predict_masks(sam, embedding, boxes=item.boxes)
-    logits = sam.postprocess_masks(prediction.low_res_logits, input_size=embedding.input_size, original_size=kb.image_size)
+    logits = predict_masks(sam, embedding, boxes=item.boxes, output_size=kb.image_size).logits
     truths = class_truths(logits[:, 0].float(), item.classes.to(device), num_classes)
     return kb(truths[None])
 

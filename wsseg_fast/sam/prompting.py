@@ -75,6 +75,7 @@ def predict_masks(
     point_labels=None,
     mask_inputs=None,
     multimask_output: bool = False,
+    output_size: tuple[int, int] | None = None,
 ) -> MaskPrediction:
     """N prompts of one image through SAM's prompt encoder and mask decoder in ONE call.
 
@@ -87,6 +88,8 @@ def predict_masks(
         points: ``[N, K, 2]`` ``x, y``; ``point_labels``: ``[N, K]`` (1 foreground, 0 background).
         mask_inputs: ``[N, 1, 4g, 4g]`` low-resolution logits (e.g. a previous ``low_res_logits``).
         multimask_output: 3 candidate masks per prompt instead of 1.
+        output_size: ``(H, W)`` of ``logits`` (default: the original size); e.g. a loss at
+            a lower resolution, without upsampling to full size first.
 
     Gradients flow to the decoder's parameters (no ``no_grad`` here): callers that
     only infer wrap the call in ``torch.inference_mode()``.
@@ -139,5 +142,6 @@ def predict_masks(
         dense_prompt_embeddings=dense,
         multimask_output=multimask_output,
     )
-    logits = sam.postprocess_masks(low_res, input_size=resized, original_size=original)
+    out_size = original if output_size is None else tuple(int(v) for v in output_size)
+    logits = sam.postprocess_masks(low_res, input_size=resized, original_size=out_size)
     return MaskPrediction(logits=logits, scores=scores, low_res_logits=low_res)
