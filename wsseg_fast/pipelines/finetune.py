@@ -242,8 +242,8 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> Path:
         log(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f} "
             + " ".join(f"{k}={v:.3f}" for k, v in record["satisfaction"].items()))
         atomic_torch_save({"format": CHECKPOINT_FORMAT, "config": _plain_config(cfg), "epoch": epoch + 1,
-                      "modules": {name: getattr(sam, name).state_dict() for name in modules},
-                      "optimizer": optimizer.state_dict()}, out / CHECKPOINT_NAME)
+                           "modules": {name: getattr(sam, name).state_dict() for name in modules},
+                           "optimizer": optimizer.state_dict()}, out / CHECKPOINT_NAME)
     weights = {f"{name}.{k}": v for name in modules for k, v in getattr(sam, name).state_dict().items()}
     atomic_torch_save(weights, out / FINETUNED_NAME)
     return out / FINETUNED_NAME
