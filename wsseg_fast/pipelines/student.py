@@ -423,8 +423,8 @@ def _train(config: StudentConfig, ctx: _Dist, on_epoch_end) -> Path:
         history.append(record)
         if ctx.rank == 0:
             atomic_torch_save({**meta, "epoch": epoch + 1, "history": history, "config": _plain(config),
-                          "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "scaler": scaler.state_dict()}, checkpoint)
+                               "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "scaler": scaler.state_dict()}, checkpoint)
             heads_text = " ".join(f"{h} {v:.4f}" for h, v in record["losses"].items()) if len(heads) > 1 else ""
             val_text = f" val mIoU {record['val']['miou']:.4f}" if "val" in record else ""
             print(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f} {heads_text}{val_text}"
