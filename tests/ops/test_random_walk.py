@@ -48,9 +48,12 @@ def test_matches_dense_psa(backend, case):
         torch.testing.assert_close(walk(x, a, radius, backend, steps=steps), x)
 
 
+# float32 takes the cpu backend's AVX2 tiles: channel blocks of 7 plus a
+# remainder, tiles of 16 pixels plus a ragged last tile.
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_float32_within_1e4_of_dense(backend):
-    x, a = inputs(1, 5, 12, 12, 5, seed=1)
+@pytest.mark.parametrize("shape", [(1, 5, 12, 12), (2, 10, 9, 37), (1, 21, 17, 16)], ids=lambda s: "x".join(map(str, s)))
+def test_float32_within_1e4_of_dense(backend, shape):
+    x, a = inputs(*shape, 5, seed=1)
     steps = 8 if backend == "triton" and device_of(backend) == "cpu" else 64
     expected = reference.dense_random_walk(x, a, 5, 8.0, steps)
     out = walk(x.float(), a.float(), 5, backend, steps=steps)
@@ -113,6 +116,22 @@ def test_gradients_match_reference(backend):
         grads.append((xx.grad.cpu(), aa.grad.cpu()))
     torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+def test_float32_gradients_match_reference(backend):
+    """The vectorised float32 forward and transposed steps (several channel blocks, a ragged tile)
+    against the float64 reference, to float32 accuracy relative to each tensor's scale."""
+    x, a = inputs(2, 10, 9, 37, 5, seed=6)
+    results = []
+    for b, dtype in (("torch", torch.float64), (backend, torch.float32)):
+        xx = x.to(device_of(b), dtype, copy=True).requires_grad_()
+        aa = a.to(device_of(b), dtype, copy=True).requires_grad_()
+        out = random_walk(xx, aa, 5, steps=20, backend=b)
+        (out * torch.linspace(0, 1, out.numel(), device=out.device, dtype=dtype).view_as(out)).sum().backward()
+        results.append((out.detach().cpu(), xx.grad.cpu(), aa.grad.cpu()))
+    for got, expected in zip(results[1], results[0]):
+        torch.testing.assert_close(got.double(), expected, rtol=0, atol=1e-4 * expected.abs().max().item())
 
 
 def test_checkpoint_interval():
