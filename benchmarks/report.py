@@ -3,7 +3,8 @@
     python benchmarks/report.py benchmarks/results/latest.json [--out-dir benchmarks/results]
 
 For every group (one op at one shape) each implementation is compared with the
-op's `torch` reference of the same run: `speedup` = reference median time /
+op's `torch` reference of the same run (or another implementation of the run,
+`--reference dense-psa`): `speedup` = reference median time /
 implementation median time (> 1 is faster). Extra numeric fields recorded by a
 suite whose name starts with `peak_` (memory) are compared the same way
 (`<field> ratio` = reference / implementation, > 1 is leaner).
@@ -41,14 +42,14 @@ def load_rows(path: Path) -> list[dict]:
     return rows
 
 
-def add_ratios(rows: list[dict]) -> list[str]:
+def add_ratios(rows: list[dict], reference: str = REFERENCE) -> list[str]:
     """Fill speedup (and peak_* ratios) against the group's reference; returns the peak_* field names."""
     by_group = defaultdict(list)
     for row in rows:
         by_group[row["group"]].append(row)
     peaks = sorted({k for row in rows for k in row if k.startswith("peak_")})
     for group_rows in by_group.values():
-        ref = next((r for r in group_rows if r["impl"] == REFERENCE), None)
+        ref = next((r for r in group_rows if r["impl"] == reference), None)
         for row in group_rows:
             row["speedup"] = ref["median_s"] / row["median_s"] if ref else float("nan")
             for key in peaks:
@@ -57,12 +58,20 @@ def add_ratios(rows: list[dict]) -> list[str]:
     return peaks
 
 
-def markdown(rows: list[dict], peaks: list[str]) -> str:
-    head = ["group", "impl", "kind", "median ms", f"speedup vs {REFERENCE}"] + [f"{p} ratio" for p in peaks]
+def _ratio_cell(row: dict, key: str) -> str:
+    """The ratio, or the raw value where the reference did not record one."""
+    ratio = row[f"{key}_ratio"]
+    if ratio == ratio:
+        return f"{ratio:.2f}x"
+    return f"({row[key]:g})" if row.get(key) is not None else "—"
+
+
+def markdown(rows: list[dict], peaks: list[str], reference: str = REFERENCE) -> str:
+    head = ["group", "impl", "kind", "median ms", f"speedup vs {reference}"] + [f"{p} ratio" for p in peaks]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in sorted(rows, key=lambda r: (r["group"], -r["speedup"] if r["speedup"] == r["speedup"] else 0)):
         cells = [row["group"], row["impl"], row["kind"], f"{row['median_s'] * 1e3:.3f}", f"{row['speedup']:.2f}x"]
-        cells += [f"{row[f'{p}_ratio']:.2f}x" for p in peaks]
+        cells += [_ratio_cell(row, p) for p in peaks]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -75,7 +84,7 @@ def write_csv(rows: list[dict], peaks: list[str], path: Path) -> None:
         writer.writerows(rows)
 
 
-def write_png(rows: list[dict], path: Path) -> bool:
+def write_png(rows: list[dict], path: Path, reference: str = REFERENCE) -> bool:
     try:
         import matplotlib
 
@@ -84,7 +93,7 @@ def write_png(rows: list[dict], path: Path) -> bool:
     except ImportError:
         return False
     groups = sorted({r["group"] for r in rows})
-    impls = sorted({r["impl"] for r in rows}, key=lambda i: (i != REFERENCE, i))
+    impls = sorted({r["impl"] for r in rows}, key=lambda i: (i != reference, i))
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4.5))
     width = 0.8 / max(len(impls), 1)
     for k, impl in enumerate(impls):
@@ -97,7 +106,7 @@ def write_png(rows: list[dict], path: Path) -> bool:
     ax.set_xticklabels(groups, rotation=20, ha="right", fontsize=8)
     ax.set_yscale("log")
     ax.axhline(1.0, color="k", lw=0.8)
-    ax.set_ylabel(f"speedup vs {REFERENCE} (log)")
+    ax.set_ylabel(f"speedup vs {reference} (log)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -108,6 +117,7 @@ def write_png(rows: list[dict], path: Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("json", type=Path, help="pytest-benchmark JSON (--benchmark-json=...)")
+    parser.add_argument("--reference", default=REFERENCE, help="the implementation ratios are against (default: torch)")
     parser.add_argument("--out-dir", type=Path, default=None, help="where the .md/.csv/.png go (default: beside the JSON)")
     args = parser.parse_args(argv)
     if not args.json.is_file():
@@ -117,15 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         print(f"report: {args.json} holds no wsseg_fast benchmarks", file=sys.stderr)
         return 1
-    peaks = add_ratios(rows)
+    peaks = add_ratios(rows, args.reference)
     out_dir = args.out_dir or args.json.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = args.json.stem
-    table = markdown(rows, peaks)
+    table = markdown(rows, peaks, args.reference)
     print(table)
     (out_dir / f"{stem}.md").write_text(table + "\n")
     write_csv(rows, peaks, out_dir / f"{stem}.csv")
-    if write_png(rows, out_dir / f"{stem}.png"):
+    if write_png(rows, out_dir / f"{stem}.png", args.reference):
         print(f"\nwrote {out_dir / (stem + '.md')}, .csv and .png")
     return 0
 

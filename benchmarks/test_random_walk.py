@@ -5,21 +5,20 @@ Goal (CPU, this machine): `cpu` >= 100x the dense PSA walk at 64x64 (same
 result within 1e-4 relative); 256x256 (a 16 GiB dense matrix) in a few
 seconds with memory linear in H*W*K. `dense-psa` rows are the baseline to read
 the ratio against (the report's `speedup` column is against `torch`, the
-sparse shifted-view reference). `peak_rss_mib` is the peak resident memory of
-one call in a fresh process (the inputs included).
+sparse shifted-view reference). `peak_mib` is the most tensor memory one cpu
+call holds at once (benchmarks/peak_memory.py), `peak_over_inputs` the same
+over the bytes of x and the affinities.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from benchmarks.conftest import impl_params, record
+from benchmarks.peak_memory import peak_allocated_bytes
 from wsseg_fast.ops import local_affinity, random_walk
 from wsseg_fast.reference.affinity import dense_random_walk
 
@@ -45,29 +44,6 @@ def dense_result(shape):
     return dense_random_walk(*make_inputs(shape), RADIUS, BETA, STEPS)
 
 
-_PEAK = r"""
-import json, resource, sys, time, torch
-from wsseg_fast.ops import local_affinity, random_walk
-shape, backend = json.loads(sys.argv[1]), sys.argv[2]
-g = torch.Generator().manual_seed(0)
-cams = torch.rand(*shape, generator=g)
-aff = local_affinity(torch.rand(shape[0], 3, *shape[2:], generator=g), 5, backend="torch")
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-start = time.perf_counter()
-random_walk(cams, aff, 5, beta=8.0, steps=256, backend=backend)
-seconds = time.perf_counter() - start
-print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "call_rss_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024,
-                  "seconds": seconds}))
-"""
-
-
-def peak_memory(shape, backend):
-    out = subprocess.run([sys.executable, "-c", _PEAK, json.dumps(list(shape)), backend], capture_output=True,
-                         text=True, check=True, timeout=1800)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("impl", impl_params("random_walk", peers=("dense-psa",)))
 def test_random_walk(benchmark, shape, impl):
@@ -82,7 +58,9 @@ def test_random_walk(benchmark, shape, impl):
         fn = lambda: random_walk(cams, affinity, RADIUS, beta=BETA, steps=STEPS, backend=impl)  # noqa: E731
     rounds = 3 if impl in ("cpu", "cuda", "triton") else 1
     out = benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0)
-    if impl == "cpu":
-        benchmark.extra_info.update(peak_memory(shape, impl))
+    if impl == "cpu":  # tensor bytes the call holds at its peak, inputs excluded, against the inputs' bytes
+        peak = peak_allocated_bytes(fn)
+        inputs = cams.numel() * cams.element_size() + affinity.numel() * affinity.element_size()
+        benchmark.extra_info.update(peak_mib=round(peak / 2**20, 1), peak_over_inputs=round(peak / inputs, 2))
     if impl != "dense-psa" and shape not in SLOW["dense-psa"][0]:  # the same result as PSA, within 1e-4 relative
         torch.testing.assert_close(out, dense_result(shape), rtol=1e-4, atol=1e-6)
