@@ -16,6 +16,16 @@ BLOCK = 128
 
 
 @triton.jit
+def neighbor(off_ptr, k, y, x, inside, height, width):
+    """Flat index of the k-th neighbour (offsets_table order) of pixels (y, x), and
+    whether it lies inside the image (for pixels that are ``inside`` themselves)."""
+    ny = y + tl.load(off_ptr + 2 * k)
+    nx = x + tl.load(off_ptr + 2 * k + 1)
+    valid = inside & (ny >= 0) & (ny < height) & (nx >= 0) & (nx < width)
+    return ny * width + nx, valid
+
+
+@triton.jit
 def _local_affinity_kernel(f_ptr, off_ptr, out_ptr, depth, height, width, n_offsets,
                            SQUARED: tl.constexpr, BLOCK: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
@@ -27,10 +37,7 @@ def _local_affinity_kernel(f_ptr, off_ptr, out_ptr, depth, height, width, n_offs
     f_base = f_ptr + b * depth * hw
     out_base = out_ptr + b * n_offsets * hw
     for k in range(n_offsets):
-        ny = y + tl.load(off_ptr + 2 * k)
-        nx = x + tl.load(off_ptr + 2 * k + 1)
-        valid = inside & (ny >= 0) & (ny < height) & (nx >= 0) & (nx < width)
-        q = ny * width + nx
+        q, valid = neighbor(off_ptr, k, y, x, inside, height, width)
         acc = tl.zeros([BLOCK], dtype=f_ptr.dtype.element_ty)
         for d in range(depth):
             a = tl.load(f_base + d * hw + p, mask=inside, other=0)

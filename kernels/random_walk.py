@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from wsseg_fast.kernels.affinity import offsets_table
+from wsseg_fast.kernels.affinity import neighbor, offsets_table
 
 BLOCK_C = 8
 BLOCK_P = 128
@@ -41,10 +41,7 @@ def _step_kernel(x_ptr, w_ptr, off_ptr, out_ptr, channels, height, width, n_offs
     w_base = w_ptr + b * n_offsets * hw
     acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=x_ptr.dtype.element_ty)
     for k in range(n_offsets):
-        ny = y + tl.load(off_ptr + 2 * k)
-        nx = x + tl.load(off_ptr + 2 * k + 1)
-        valid = inside & (ny >= 0) & (ny < height) & (nx >= 0) & (nx < width)
-        q = ny * width + nx
+        q, valid = neighbor(off_ptr, k, y, x, inside, height, width)
         if TRANSPOSE:
             w = tl.load(w_base + (n_offsets - 1 - k) * hw + q, mask=valid, other=0)
         else:
@@ -67,10 +64,7 @@ def _grad_weights_kernel(g_ptr, y_ptr, off_ptr, gw_ptr, channels, height, width,
     y_base = y_ptr + b * channels * hw
     gw_base = gw_ptr + b * n_offsets * hw
     for k in range(n_offsets):
-        ny = y + tl.load(off_ptr + 2 * k)
-        nx = x + tl.load(off_ptr + 2 * k + 1)
-        valid = inside & (ny >= 0) & (ny < height) & (nx >= 0) & (nx < width)
-        q = ny * width + nx
+        q, valid = neighbor(off_ptr, k, y, x, inside, height, width)
         total = tl.zeros([BLOCK_P], dtype=gw_ptr.dtype.element_ty)
         for c0 in range(0, channels, BLOCK_C):
             c = c0 + tl.arange(0, BLOCK_C)
