@@ -38,7 +38,7 @@ def test_colour_evidence_separates_object_from_surroundings():
     assert evidence.shape == (1, 48, 48)
     inside = np.zeros((48, 48), bool)
     inside[11:38, 11:38] = True
-    assert (evidence[0][~inside] == 0).all()  # only inside the box
+    assert (evidence[0][~inside] == -8.0).all()  # boxes are tight: outside is background
     assert ((evidence[0] > 0) == ring)[inside].mean() > 0.95  # the hole and the corners are background
     assert np.abs(evidence).max() <= 8.0
 
@@ -49,8 +49,15 @@ def test_colour_evidence_falls_back_to_the_mask_without_seeds():
     evidence = colour_evidence(image, box, [bare], ring[None], ring=5)
     # the mask's edge pixels (blended by the smoothing) widen the colour model a little
     assert ((evidence[0] > 0) == ring)[11:38, 11:38].mean() > 0.85
-    # no seeds and an empty mask: no colour model, no evidence
-    assert not colour_evidence(image, box, [bare], np.zeros((1, 48, 48), bool)).any()
+    # no seeds and an empty mask: no colour model, no evidence in the box
+    assert not colour_evidence(image, box, [bare], np.zeros((1, 48, 48), bool))[0, 11:38, 11:38].any()
+
+
+def test_a_few_seeds_still_give_a_wide_enough_colour_model():
+    image, ring, box, ann = ring_image(2)
+    one_point = {"category_id": 1, "bbox": ann["bbox"], "points": [[33, 24], [15, 24], [24, 33]]}
+    evidence = colour_evidence(image, box, [one_point], np.zeros((1, 48, 48), bool), ring=5)
+    assert ((evidence[0] > 0) == ring)[11:38, 11:38].mean() > 0.9
 
 
 def test_keep_seeded_components_drops_unseeded_patches():

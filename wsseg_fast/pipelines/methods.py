@@ -161,13 +161,15 @@ def sam_point(ctx: MethodInput) -> Instances:
 
 
 @register_method("sbr", needs_sam=True, options={"clip_to_box": True, "box_margin": 2.0, "fallback": True,
-                                                 "colour_refine": True, "colour_ring": 6, "colour_weight": 1.0})
+                                                 "colour_refine": True, "colour_ring": 6, "colour_weight": 1.0,
+                                                 "sam_clip": 2.0})
 def sbr(ctx: MethodInput) -> Instances:
     """SAM fine-tuned under the weak-label constraints (--finetuned from wsseg-fast finetune), box prompts, colour-refined."""
     prediction = ctx.engine.predict(ctx.embedding, boxes=ctx.boxes)
     logits = prediction.logits[:, 0].float().cpu().numpy()
     if ctx.options["colour_refine"] and len(ctx.boxes):
-        logits = logits + ctx.options["colour_weight"] * colour_evidence(
+        sam_clip = ctx.options["sam_clip"]
+        logits = np.clip(logits, -sam_clip, sam_clip) + ctx.options["colour_weight"] * colour_evidence(
             ctx.image, ctx.boxes, ctx.annotations, logits > 0, ring=int(ctx.options["colour_ring"]))
         logits = keep_seeded_components(logits, ctx.boxes, ctx.annotations)
     instances = instances_from_logits(ctx, logits, np.ones(len(logits)))
@@ -182,6 +184,7 @@ def sbr(ctx: MethodInput) -> Instances:
 # --- colour refinement of box pseudo-labels (CRF-free, from the weak labels only) --------------
 
 COLOUR_CLIP = 8.0  # log-likelihood ratios beyond this say nothing more: caps one texture outlier's vote
+SHRINK_SAMPLES = 20.0  # the object's colour spread starts as its surroundings' (same kind of texture)
 
 
 def _box_pixels(box, height: int, width: int, grow: int = 0) -> tuple[int, int, int, int]:
@@ -203,12 +206,17 @@ def seed_pixels(annotation: dict, height: int, width: int) -> np.ndarray:
     return np.unique(xy[ok][:, ::-1], axis=0)
 
 
-def _gaussian_log_density(x: np.ndarray, samples: np.ndarray) -> np.ndarray:
-    """log N(x; mean, cov) of ``[P, 3]`` features under a Gaussian fitted to ``samples``
-    (covariance regularised: a few samples of flat colour still give a proper density)."""
+def _gaussian_log_density(x: np.ndarray, samples: np.ndarray, prior_cov: np.ndarray | None = None,
+                          prior_weight: float = 0.0) -> np.ndarray:
+    """log N(x; mean, cov) of ``[P, 3]`` features under a Gaussian fitted to ``samples``,
+    its covariance shrunk towards ``prior_cov`` as if from ``prior_weight`` more samples
+    (the few pixels of a small object's scribble would give a far too narrow one)."""
+    n = len(samples)
     mean = samples.mean(0)
-    cov = np.cov(samples.T) if len(samples) > 1 else np.zeros((3, 3))
-    cov = cov + 4.0 * np.eye(3)
+    cov = np.cov(samples.T, bias=True) if n > 1 else np.zeros((3, 3))
+    if prior_cov is not None and prior_weight > 0:
+        cov = (n * cov + prior_weight * prior_cov) / (n + prior_weight)
+    cov = cov + 1.0 * np.eye(3)
     d = x - mean
     inv = np.linalg.inv(cov)
     return -0.5 * np.einsum("pi,ij,pj->p", d, inv, d) - 0.5 * np.linalg.slogdet(cov)[1]
@@ -217,7 +225,7 @@ def _gaussian_log_density(x: np.ndarray, samples: np.ndarray) -> np.ndarray:
 def colour_evidence(image: np.ndarray, boxes: np.ndarray, annotations: list[dict], masks: np.ndarray,
                     ring: int = 6) -> np.ndarray:
     """``[N, H, W]`` colour log-likelihood ratios, object vs. surroundings, inside each box
-    (0 outside): the object's colour is a Gaussian (CIELAB, 3x3-smoothed) fitted to its
+    (``-COLOUR_CLIP`` outside: boxes are tight): the object's colour is a Gaussian (CIELAB, 3x3-smoothed) fitted to its
     points and scribbles (to its current ``masks`` when it has neither), the surroundings'
     one to the ``ring`` pixels around its box (other boxes excluded, except those holding
     this one: a cup's surroundings are its disc). Clipped to ±COLOUR_CLIP."""
@@ -228,11 +236,12 @@ def colour_evidence(image: np.ndarray, boxes: np.ndarray, annotations: list[dict
     h, w = image.shape[:2]
     lab = rgb_to_lab(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
     lab = uniform_filter(lab.astype(np.float64), size=(3, 3, 1), mode="nearest")
-    evidence = np.zeros((len(boxes), h, w), np.float32)
+    evidence = np.full((len(boxes), h, w), -COLOUR_CLIP, np.float32)
     for i, box in enumerate(boxes):
         y0, y1, x0, x1 = _box_pixels(box, h, w)
         if y1 <= y0 or x1 <= x0:
             continue
+        evidence[i, y0:y1, x0:x1] = 0.0
         oy0, oy1, ox0, ox1 = _box_pixels(box, h, w, grow=ring)
         around = np.zeros((h, w), bool)
         around[oy0:oy1, ox0:ox1] = True
@@ -250,7 +259,10 @@ def colour_evidence(image: np.ndarray, boxes: np.ndarray, annotations: list[dict
         if len(object_colours) < 3 or not around.any():
             continue
         region = lab[y0:y1, x0:x1].reshape(-1, 3)
-        ratio = _gaussian_log_density(region, object_colours) - _gaussian_log_density(region, lab[around])
+        surroundings = lab[around]
+        texture = np.cov(surroundings.T, bias=True) if len(surroundings) > 1 else np.eye(3)
+        ratio = (_gaussian_log_density(region, object_colours, texture, SHRINK_SAMPLES)
+                 - _gaussian_log_density(region, surroundings))
         evidence[i, y0:y1, x0:x1] = np.clip(ratio, -COLOUR_CLIP, COLOUR_CLIP).reshape(y1 - y0, x1 - x0)
     return evidence
 
