@@ -355,14 +355,16 @@ def run_finetune(args) -> int:
 
 
 def add_experiment(sub) -> None:
+    from wsseg_fast.pipelines.experiment import DemoExperimentConfig
+
     p = sub.add_parser("experiment", help="run both stages on the built-in demo and write a comparison table")
     p.add_argument("name", choices=("demo",), help="the experiment (demo: tiny SAM on the built-in demo dataset)")
     p.add_argument("--out", default="experiment-demo", help="output directory (default experiment-demo); re-running resumes")
     p.add_argument("--train-images", type=int, default=24)
     p.add_argument("--test-images", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--finetune-epochs", type=int, default=20)
-    p.add_argument("--student-epochs", type=int, default=60)
+    p.add_argument("--finetune-epochs", type=int, default=DemoExperimentConfig.finetune_epochs)
+    p.add_argument("--student-epochs", type=int, default=DemoExperimentConfig.student_epochs)
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run_experiment)
