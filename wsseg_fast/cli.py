@@ -396,6 +396,8 @@ def add_train_student(sub) -> None:
     p.add_argument("--gt-fraction", type=float, help="multihead: use the gt labels of only this fraction of the images")
     p.add_argument("--loss-weight", action="append", default=[], metavar="NAME=W", help="multihead: a head's loss weight (default 1)")
     p.add_argument("--final-fraction", type=float, default=0.2, help="multihead: last fraction of epochs training only the primary head")
+    p.add_argument("--class-balance", type=float, default=0.0,
+                   help="class-balanced cross-entropy: class c weighs freq_c ** -A (0: plain; 0.5 helps thin, rare classes)")
     p.add_argument("--num-classes", type=int, help="classes incl. background (default: 1 + the largest label)")
     p.add_argument("--class-names", nargs="+")
     p.add_argument("--out", required=True, help="checkpoint directory (writes last.pt every epoch)")
@@ -435,7 +437,8 @@ def run_train_student(args) -> int:
         raise UsageError(f"--loss-weight / --widths: {exc}") from None
     config = StudentConfig(
         images=args.images, sources=sources, out=args.out, arch=args.arch, gt_fraction=args.gt_fraction,
-        loss_weights=weights, final_fraction=args.final_fraction, num_classes=args.num_classes,
+        loss_weights=weights, final_fraction=args.final_fraction, class_balance=args.class_balance,
+        num_classes=args.num_classes,
         class_names=args.class_names, size=args.size, widths=widths, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, seed=args.seed, workers=args.workers, amp=args.amp, flip=not args.no_flip, device=args.device,
         resume=args.resume, progress=not args.no_progress, val_images=args.val_images, val_labels=args.val_gt,

@@ -158,6 +158,8 @@ def test_balanced_class_weights_favour_rare_classes(tmp_path):
 
 
 def test_class_balanced_training_runs_and_resumes_exactly(shapes, tmp_path):
+    with pytest.raises(ValueError, match="class_balance"):
+        train_student(_config(shapes, tmp_path / "bad", epochs=1, class_balance=-1.0))
     whole = train_student(_config(shapes, tmp_path / "whole", epochs=2, class_balance=0.5))
     train_student(_config(shapes, tmp_path / "split", epochs=1, class_balance=0.5))
     split = train_student(_config(shapes, tmp_path / "split", epochs=2, class_balance=0.5, resume=True))

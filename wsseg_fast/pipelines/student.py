@@ -314,6 +314,8 @@ def _validate(config: StudentConfig) -> None:
             raise ValueError("`gt_fraction` needs arch 'multihead' and a source named 'gt'")
         if not 0 < config.gt_fraction <= 1:
             raise ValueError(f"`gt_fraction` must be in (0, 1], got {config.gt_fraction}")
+    if not (config.class_balance >= 0 and math.isfinite(config.class_balance)):
+        raise ValueError(f"`class_balance` must be a finite number >= 0, got {config.class_balance}")
     unknown = set(config.loss_weights) - set(config.sources)
     if unknown:
         raise ValueError(f"`loss_weights` names heads that are not sources: {sorted(unknown)}")
