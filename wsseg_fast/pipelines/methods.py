@@ -225,10 +225,11 @@ def _gaussian_log_density(x: np.ndarray, samples: np.ndarray, prior_cov: np.ndar
 def colour_evidence(image: np.ndarray, boxes: np.ndarray, annotations: list[dict], masks: np.ndarray,
                     ring: int = 6) -> np.ndarray:
     """``[N, H, W]`` colour log-likelihood ratios, object vs. surroundings, inside each box
-    (``-COLOUR_CLIP`` outside: boxes are tight): the object's colour is a Gaussian (CIELAB, 3x3-smoothed) fitted to its
-    points and scribbles (to its current ``masks`` when it has neither), the surroundings'
-    one to the ``ring`` pixels around its box (other boxes excluded, except those holding
-    this one: a cup's surroundings are its disc). Clipped to ±COLOUR_CLIP."""
+    (``-COLOUR_CLIP`` outside: boxes are tight). The object's colour is a Gaussian (CIELAB,
+    3x3-smoothed) fitted to its points and scribbles (to its current ``masks`` when fewer
+    than 3 of them lie in its box), the surroundings' one to the ``ring`` pixels around
+    its box (other boxes excluded, except those holding this one: a cup's surroundings
+    are its disc). Clipped to ±COLOUR_CLIP; 0 in a box with no colour model."""
     from scipy.ndimage import uniform_filter
 
     from wsseg_fast.ops.color import rgb_to_lab
