@@ -355,14 +355,16 @@ def run_finetune(args) -> int:
 
 
 def add_experiment(sub) -> None:
+    from wsseg_fast.pipelines.experiment import DemoExperimentConfig
+
     p = sub.add_parser("experiment", help="run both stages on the built-in demo and write a comparison table")
     p.add_argument("name", choices=("demo",), help="the experiment (demo: tiny SAM on the built-in demo dataset)")
     p.add_argument("--out", default="experiment-demo", help="output directory (default experiment-demo); re-running resumes")
     p.add_argument("--train-images", type=int, default=24)
     p.add_argument("--test-images", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--finetune-epochs", type=int, default=20)
-    p.add_argument("--student-epochs", type=int, default=60)
+    p.add_argument("--finetune-epochs", type=int, default=DemoExperimentConfig.finetune_epochs)
+    p.add_argument("--student-epochs", type=int, default=DemoExperimentConfig.student_epochs)
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run_experiment)
@@ -394,6 +396,8 @@ def add_train_student(sub) -> None:
     p.add_argument("--gt-fraction", type=float, help="multihead: use the gt labels of only this fraction of the images")
     p.add_argument("--loss-weight", action="append", default=[], metavar="NAME=W", help="multihead: a head's loss weight (default 1)")
     p.add_argument("--final-fraction", type=float, default=0.2, help="multihead: last fraction of epochs training only the primary head")
+    p.add_argument("--class-balance", type=float, default=0.0,
+                   help="class-balanced cross-entropy: class c weighs freq_c ** -A (0: plain; 0.5 helps thin, rare classes)")
     p.add_argument("--num-classes", type=int, help="classes incl. background (default: 1 + the largest label)")
     p.add_argument("--class-names", nargs="+")
     p.add_argument("--out", required=True, help="checkpoint directory (writes last.pt every epoch)")
@@ -433,7 +437,8 @@ def run_train_student(args) -> int:
         raise UsageError(f"--loss-weight / --widths: {exc}") from None
     config = StudentConfig(
         images=args.images, sources=sources, out=args.out, arch=args.arch, gt_fraction=args.gt_fraction,
-        loss_weights=weights, final_fraction=args.final_fraction, num_classes=args.num_classes,
+        loss_weights=weights, final_fraction=args.final_fraction, class_balance=args.class_balance,
+        num_classes=args.num_classes,
         class_names=args.class_names, size=args.size, widths=widths, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, seed=args.seed, workers=args.workers, amp=args.amp, flip=not args.no_flip, device=args.device,
         resume=args.resume, progress=not args.no_progress, val_images=args.val_images, val_labels=args.val_gt,

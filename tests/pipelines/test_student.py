@@ -18,8 +18,8 @@ from PIL import Image
 from wsseg_fast.cli import main
 from wsseg_fast.pipelines.evaluate import evaluate
 from wsseg_fast.pipelines.label_maps import read_image, read_label, write_label
-from wsseg_fast.pipelines.student import (StudentConfig, head_losses, load_student, predict, predict_logits,
-                                          train_student)
+from wsseg_fast.pipelines.student import (StudentConfig, StudentDataset, balanced_class_weights, head_losses,
+                                          load_student, predict, predict_logits, train_student)
 
 from tests.pipelines.synthetic_shapes import make_shapes_dataset
 
@@ -132,6 +132,38 @@ def test_each_head_learns_only_from_images_that_have_its_source():
     (losses["gt"] + losses["box"]).backward()
     assert logits["gt"].grad[1].abs().sum() == 0 and logits["gt"].grad[0].abs().sum() > 0
     assert logits["box"].grad.abs().sum() == 0
+
+
+def test_class_weights_weigh_each_class_in_the_loss():
+    torch.manual_seed(0)
+    logits = {"pseudo": torch.randn(2, 3, 4, 4)}
+    targets = torch.randint(0, 3, (2, 1, 4, 4))
+    weights = {"pseudo": torch.tensor([0.5, 1.0, 2.0])}
+    expected = F.cross_entropy(logits["pseudo"], targets[:, 0], weight=weights["pseudo"], reduction="sum") / 32
+    torch.testing.assert_close(head_losses(logits, targets, ["pseudo"], weights)["pseudo"], expected)
+
+
+def test_balanced_class_weights_favour_rare_classes(tmp_path):
+    labels = np.zeros((8, 8), np.uint8)
+    labels[:2] = 1   # 16 pixels of class 1, 48 of background, none of class 2
+    write_label(tmp_path / "a.png", torch.from_numpy(labels))
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a_image.png")
+    dataset = StudentDataset([tmp_path / "a_image.png"], [[tmp_path / "a.png", None]], 3, 8, flip=False)
+    weights = balanced_class_weights(dataset, ["pseudo", "gt"], 0.5)
+    w = weights["pseudo"]
+    torch.testing.assert_close(w[1] / w[0], torch.tensor(3.0).sqrt())  # freq 1/4 vs 3/4, exponent 0.5
+    torch.testing.assert_close((torch.tensor([48.0, 16.0, 0.0]) * w).sum() / 64, torch.tensor(1.0))  # mean pixel: 1
+    assert torch.isfinite(weights["gt"]).all()  # a head without any label still gets finite weights
+    assert torch.allclose(balanced_class_weights(dataset, ["pseudo", "gt"], 0.0)["pseudo"], torch.ones(3))
+
+
+def test_class_balanced_training_runs_and_resumes_exactly(shapes, tmp_path):
+    with pytest.raises(ValueError, match="class_balance"):
+        train_student(_config(shapes, tmp_path / "bad", epochs=1, class_balance=-1.0))
+    whole = train_student(_config(shapes, tmp_path / "whole", epochs=2, class_balance=0.5))
+    train_student(_config(shapes, tmp_path / "split", epochs=1, class_balance=0.5))
+    split = train_student(_config(shapes, tmp_path / "split", epochs=2, class_balance=0.5, resume=True))
+    _assert_same_state(torch.load(whole, weights_only=True)["model"], torch.load(split, weights_only=True)["model"])
 
 
 def test_workers_and_mixed_precision(shapes, tmp_path):

@@ -83,17 +83,43 @@ def _bbox(mask: np.ndarray) -> list[int]:
     return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
 
 
+def _skeleton_strokes(skeleton: np.ndarray) -> list[list[tuple[int, int]]]:
+    """The pixels of a skeleton as strokes: walks along 8-connected neighbours, starting
+    from an end (a pixel with one neighbour) when there is one, so consecutive pixels of
+    a stroke touch and the polyline through them stays on the skeleton."""
+    remaining = {(int(y), int(x)) for y, x in np.argwhere(skeleton)}
+    steps = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
+
+    def neighbours(p):
+        return [(p[0] + dy, p[1] + dx) for dy, dx in steps if (p[0] + dy, p[1] + dx) in remaining]
+
+    strokes = []
+    while remaining:
+        ends = sorted(p for p in remaining if len(neighbours(p)) <= 1)
+        p = ends[0] if ends else min(remaining)
+        stroke = []
+        while p is not None:
+            remaining.discard(p)
+            stroke.append(p)
+            nxt = neighbours(p)
+            # 4-neighbours first: a diagonal step would skip the pixel next to it
+            nxt.sort(key=lambda q: (abs(q[0] - p[0]) + abs(q[1] - p[1]), q))
+            p = nxt[0] if nxt else None
+        strokes.append(stroke)
+    return strokes
+
+
 def _weak_labels(visible: np.ndarray, rng: np.random.Generator) -> tuple[list, list]:
-    """One positive point (the visible pixel deepest inside) and one scribble (a stroke of
-    pixels along the visible part's skeleton, every third one)."""
+    """One positive point (the visible pixel deepest inside) and scribbles: the visible
+    part's skeleton as strokes of touching pixels (so the polylines stay on the object,
+    even through one-pixel-thin tips; row-major skeleton order drew chords across holes)."""
     from scipy.ndimage import distance_transform_edt
     from skimage.morphology import skeletonize
 
     depth = distance_transform_edt(visible)
     py, px = np.unravel_index(int(np.argmax(depth)), depth.shape)
-    skeleton = np.argwhere(skeletonize(visible))
-    stroke = [[int(x), int(y)] for y, x in skeleton[::3]] or [[int(px), int(py)]]
-    return [[int(px), int(py)]], [stroke]
+    strokes = [[[x, y] for y, x in stroke] for stroke in _skeleton_strokes(skeletonize(visible))]
+    return [[int(px), int(py)]], strokes or [[[int(px), int(py)]]]
 
 
 def _rle(mask: np.ndarray) -> dict:

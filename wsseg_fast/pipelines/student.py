@@ -64,6 +64,10 @@ class StudentConfig:
     """Multihead: weight of each head's loss (default 1)."""
     final_fraction: float = 0.2
     """Multihead: the last ``final_fraction`` of the epochs train the primary head only."""
+    class_balance: float = 0.0
+    """Exponent a of class-balanced cross-entropy: class c weighs ``freq_c ** -a`` (freq from
+    each head's own training labels, weights scaled so a pixel weighs 1 on average).
+    0: plain cross-entropy; 0.5 keeps thin, rare classes (a rod) from being drowned by background."""
     num_classes: int | None = None
     """Classes including background; ``None``: 1 + the largest label found."""
     class_names: list[str] | None = None
@@ -202,16 +206,38 @@ def _training_table(config: StudentConfig):
 # Loss, precision, distribution
 
 
-def head_losses(logits: dict[str, torch.Tensor], targets: torch.Tensor, heads: list[str]) -> dict[str, torch.Tensor]:
-    """Cross-entropy of each head against its own label maps ``targets[:, k]``,
-    averaged over the labelled pixels of the batch (0 when there are none, still
-    part of the graph so DDP sees every parameter used)."""
+def head_losses(logits: dict[str, torch.Tensor], targets: torch.Tensor, heads: list[str],
+                class_weights: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Cross-entropy of each head against its own label maps ``targets[:, k]``
+    (weighted per class by ``class_weights[head]`` when given), averaged over the
+    labelled pixels of the batch (0 when there are none, still part of the graph so
+    DDP sees every parameter used)."""
     losses = {}
     for k, name in enumerate(heads):
         t = targets[:, k]
         count = (t != IGNORE_INDEX).sum().clamp(min=1)
-        losses[name] = F.cross_entropy(logits[name].float(), t, ignore_index=IGNORE_INDEX, reduction="sum") / count
+        weight = None if class_weights is None else class_weights.get(name)
+        losses[name] = F.cross_entropy(logits[name].float(), t, weight=weight, ignore_index=IGNORE_INDEX,
+                                       reduction="sum") / count
     return losses
+
+
+def balanced_class_weights(dataset: "StudentDataset", heads: list[str], exponent: float) -> dict[str, torch.Tensor]:
+    """Per head, ``freq_c ** -exponent`` over the pixels of its labels (absent classes count
+    as one pixel), scaled so that the mean weight of a labelled pixel is 1."""
+    counts = torch.zeros(len(heads), dataset.num_classes, dtype=torch.float64)
+    for index in range(len(dataset)):
+        _, targets = dataset[index]
+        for k in range(len(heads)):
+            t = targets[k][targets[k] != IGNORE_INDEX]
+            counts[k] += torch.bincount(t, minlength=dataset.num_classes)[: dataset.num_classes].double()
+    weights = {}
+    for k, head in enumerate(heads):
+        total = counts[k].sum().clamp(min=1)
+        w = (counts[k].clamp(min=1) / total) ** -exponent
+        mean = (counts[k] / total * w).sum()
+        weights[head] = (w / mean if mean > 0 else torch.ones_like(w)).float()
+    return weights
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -288,6 +314,8 @@ def _validate(config: StudentConfig) -> None:
             raise ValueError("`gt_fraction` needs arch 'multihead' and a source named 'gt'")
         if not 0 < config.gt_fraction <= 1:
             raise ValueError(f"`gt_fraction` must be in (0, 1], got {config.gt_fraction}")
+    if not (config.class_balance >= 0 and math.isfinite(config.class_balance)):
+        raise ValueError(f"`class_balance` must be a finite number >= 0, got {config.class_balance}")
     unknown = set(config.loss_weights) - set(config.sources)
     if unknown:
         raise ValueError(f"`loss_weights` names heads that are not sources: {sorted(unknown)}")
@@ -372,6 +400,9 @@ def _train(config: StudentConfig, ctx: _Dist, on_epoch_end) -> Path:
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
                         pin_memory=device.type == "cuda")
     weights = {h: float(config.loss_weights.get(h, 1.0)) for h in heads}
+    class_weights = None
+    if config.class_balance:
+        class_weights = {h: w.to(device) for h, w in balanced_class_weights(dataset, heads, config.class_balance).items()}
     final_epochs = math.floor(config.final_fraction * config.epochs + 1e-9) if config.arch == "multihead" else 0
     # In the final phase the other heads get no gradient at all (grad None: AdamW skips them).
     others = [p for name, head in getattr(model, "heads", {}).items() if name != primary for p in head.parameters()]
@@ -399,7 +430,7 @@ def _train(config: StudentConfig, ctx: _Dist, on_epoch_end) -> Path:
             targets = targets.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 logits = _forward(train_model, x, heads)
-            losses = head_losses(logits, targets, heads)
+            losses = head_losses(logits, targets, heads, class_weights)
             total = sum(active[h] * losses[h] for h in heads)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(total).backward()
