@@ -69,6 +69,23 @@ __attribute__((target_clones("avx2", "default"))) void nearer_span(
   }
 }
 
+// sums[0..2] += the float64 sums of L, A, B over [x0, x1): vectorised (omp simd may
+// reorder the additions), compiled for AVX2 too.
+__attribute__((target_clones("avx2", "default"))) void add_run(const float* __restrict L, const float* __restrict A,
+                                                               const float* __restrict B, int64_t x0, int64_t x1,
+                                                               double* sums) {
+  double l = 0, a = 0, b = 0;
+#pragma omp simd reduction(+ : l, a, b)
+  for (int64_t i = x0; i < x1; ++i) {
+    l += L[i];
+    a += A[i];
+    b += B[i];
+  }
+  sums[0] += l;
+  sums[1] += a;
+  sums[2] += b;
+}
+
 struct Slic {
   int64_t height, width, hw;
   Grid grid;
@@ -106,27 +123,21 @@ struct Slic {
       for (int64_t c = c0; c < c1; ++c) {
         double* s = sums.data() + c * cells * 6;
         for (int64_t y = height * c / chunks; y < height * (c + 1) / chunks; ++y) {
-          // Runs of one label along the row are summed in registers, then added once.
+          // Runs of one label along the row are summed at once (add_run), then added.
           const int32_t* row = labels.data() + y * width;
+          const float* L = lab + y * width;
+          const float* A = lab + hw + y * width;
+          const float* B = lab + 2 * hw + y * width;
           for (int64_t x = 0; x < width;) {
             const int32_t k = row[x];
-            double l = 0, a = 0, b = 0, xs = 0;
             const int64_t x0 = x;
-            for (; x < width && row[x] == k; ++x) {
-              const int64_t p = y * width + x;
-              l += lab[p];
-              a += lab[hw + p];
-              b += lab[2 * hw + p];
-              xs += double(x);
-            }
+            while (x < width && row[x] == k) ++x;
             if (k < 0) continue;
             const double n = double(x - x0);
             double* t = s + k * 6;
-            t[0] += l;
-            t[1] += a;
-            t[2] += b;
+            add_run(L, A, B, x0, x, t);
             t[3] += double(y) * n;
-            t[4] += xs;
+            t[4] += 0.5 * double(x0 + x - 1) * n;  // x0 + ... + (x - 1)
             t[5] += n;
           }
         }
