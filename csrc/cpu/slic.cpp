@@ -69,21 +69,28 @@ __attribute__((target_clones("avx2", "default"))) void nearer_span(
   }
 }
 
-// sums[0..2] += the float64 sums of L, A, B over [x0, x1): vectorised (omp simd may
-// reorder the additions), compiled for AVX2 too.
-__attribute__((target_clones("avx2", "default"))) void add_run(const float* __restrict L, const float* __restrict A,
-                                                               const float* __restrict B, int64_t x0, int64_t x1,
-                                                               double* sums) {
-  double l = 0, a = 0, b = 0;
-#pragma omp simd reduction(+ : l, a, b)
-  for (int64_t i = x0; i < x1; ++i) {
-    l += L[i];
-    a += A[i];
-    b += B[i];
+// sums[0..2] += the float64 sums of L, A, B over [x0, x1). Four partial sums per
+// channel break the add-latency chain (and let the compiler pair them into vector
+// lanes) without an exact-order constraint on a long chain; inlined, as runs are short.
+inline void add_run(const float* __restrict L, const float* __restrict A, const float* __restrict B, int64_t x0,
+                    int64_t x1, double* sums) {
+  double l[4] = {0, 0, 0, 0}, a[4] = {0, 0, 0, 0}, b[4] = {0, 0, 0, 0};
+  int64_t i = x0;
+  for (; i + 4 <= x1; i += 4) {
+    for (int j = 0; j < 4; ++j) {
+      l[j] += L[i + j];
+      a[j] += A[i + j];
+      b[j] += B[i + j];
+    }
   }
-  sums[0] += l;
-  sums[1] += a;
-  sums[2] += b;
+  for (; i < x1; ++i) {
+    l[0] += L[i];
+    a[0] += A[i];
+    b[0] += B[i];
+  }
+  sums[0] += (l[0] + l[1]) + (l[2] + l[3]);
+  sums[1] += (a[0] + a[1]) + (a[2] + a[3]);
+  sums[2] += (b[0] + b[1]) + (b[2] + b[3]);
 }
 
 struct Slic {
