@@ -80,8 +80,10 @@ __global__ void __launch_bounds__(kThreads)
   const int k = int(blockIdx.x % cells);
   const int cy = k / nx, cx = k % nx;
   const int64_t hw = int64_t(height) * width;
-  const int y0 = int(slic::cell_start(max(cy - 1, 0), height, ny)), y1 = int(slic::cell_start(min(cy + 2, ny), height, ny));
-  const int x0 = int(slic::cell_start(max(cx - 1, 0), width, nx)), x1 = int(slic::cell_start(min(cx + 2, nx), width, nx));
+  const int y0 = int(slic::cell_start(max(cy - 1, 0), height, ny));
+  const int y1 = int(slic::cell_start(min(cy + 2, ny), height, ny));
+  const int x0 = int(slic::cell_start(max(cx - 1, 0), width, nx));
+  const int x1 = int(slic::cell_start(min(cx + 2, nx), width, nx));
   const int span = x1 - x0;
   const int64_t window = int64_t(y1 - y0) * span;
   const int32_t* lbl = labels + b * hw;

@@ -40,7 +40,7 @@ def synthetic(kind: str, size: int = SIZE) -> torch.Tensor:
     return real_images(size)
 
 
-def run(images: torch.Tensor, n_segments: int, backend: str, mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+def run(images: torch.Tensor, n_segments: int, backend: str, mask: torch.Tensor | None = None, **kwargs):
     """slic on the backend's device; labels back on the CPU."""
     device = device_of(backend)
     mask = None if mask is None else mask.to(device)
