@@ -1,8 +1,9 @@
 // CPU kernel of wsseg_fast::slic. Follows wsseg_fast/reference/slic.py step by
 // step: Lab conversion, grid init, assignment over the 3x3 neighbouring cells,
-// centre update (float64 sums), connectivity by one breadth-first pass in raster
-// order (linear time). Images, or the rows of a single image, are spread over
-// the threads of at::parallel_for.
+// centre update (float64 sums), then the host steps of wsseg/slic_host.h
+// (connectivity by one breadth-first pass in raster order, linear time).
+// Images, or the rows of a single image, are spread over the threads of
+// at::parallel_for.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "wsseg/slic.h"
+#include "wsseg/slic_host.h"
 
 namespace wsseg {
 namespace {
@@ -67,6 +69,30 @@ __attribute__((target_clones("avx2", "default"))) void nearer_span(
   }
 }
 
+// sums[0..2] += the float64 sums of L, A, B over [x0, x1). Four partial sums per
+// channel break the add-latency chain (and let the compiler pair them into vector
+// lanes) without an exact-order constraint on a long chain; inlined, as runs are short.
+inline void add_run(const float* __restrict L, const float* __restrict A, const float* __restrict B, int64_t x0,
+                    int64_t x1, double* sums) {
+  double l[4] = {0, 0, 0, 0}, a[4] = {0, 0, 0, 0}, b[4] = {0, 0, 0, 0};
+  int64_t i = x0;
+  for (; i + 4 <= x1; i += 4) {
+    for (int j = 0; j < 4; ++j) {
+      l[j] += L[i + j];
+      a[j] += A[i + j];
+      b[j] += B[i + j];
+    }
+  }
+  for (; i < x1; ++i) {
+    l[0] += L[i];
+    a[0] += A[i];
+    b[0] += B[i];
+  }
+  sums[0] += (l[0] + l[1]) + (l[2] + l[3]);
+  sums[1] += (a[0] + a[1]) + (a[2] + a[3]);
+  sums[2] += (b[0] + b[1]) + (b[2] + b[3]);
+}
+
 struct Slic {
   int64_t height, width, hw;
   Grid grid;
@@ -104,27 +130,21 @@ struct Slic {
       for (int64_t c = c0; c < c1; ++c) {
         double* s = sums.data() + c * cells * 6;
         for (int64_t y = height * c / chunks; y < height * (c + 1) / chunks; ++y) {
-          // Runs of one label along the row are summed in registers, then added once.
+          // Runs of one label along the row are summed at once (add_run), then added.
           const int32_t* row = labels.data() + y * width;
+          const float* L = lab + y * width;
+          const float* A = lab + hw + y * width;
+          const float* B = lab + 2 * hw + y * width;
           for (int64_t x = 0; x < width;) {
             const int32_t k = row[x];
-            double l = 0, a = 0, b = 0, xs = 0;
             const int64_t x0 = x;
-            for (; x < width && row[x] == k; ++x) {
-              const int64_t p = y * width + x;
-              l += lab[p];
-              a += lab[hw + p];
-              b += lab[2 * hw + p];
-              xs += double(x);
-            }
+            while (x < width && row[x] == k) ++x;
             if (k < 0) continue;
             const double n = double(x - x0);
             double* t = s + k * 6;
-            t[0] += l;
-            t[1] += a;
-            t[2] += b;
+            add_run(L, A, B, x0, x, t);
             t[3] += double(y) * n;
-            t[4] += xs;
+            t[4] += 0.5 * double(x0 + x - 1) * n;  // x0 + ... + (x - 1)
             t[5] += n;
           }
         }
@@ -140,10 +160,16 @@ struct Slic {
   }
 
   // Every valid pixel joins the nearest live centre of the 3x3 cells around its own.
-  // Candidates are visited in (dy, dx) order with a strict <, so ties go to the
-  // first, as in the reference. Returns how many labels changed.
+  // Row by row, each centre of the three cell rows around the row's own is tried on
+  // the whole span of pixels whose cell column is within one of its column: one
+  // long vectorised span per centre instead of three short ones. Centres go in
+  // increasing index, which for any one pixel is its candidates' (dy, dx) order;
+  // with a strict < ties go to the first, as in the reference. Returns how many
+  // labels changed.
   int64_t assign() {
     const float weight = float(grid.weight);
+    std::vector<int32_t> span(grid.nx + 1);  // span of centre column kx: [span[kx-1], span[kx+2])
+    for (int cx = 0; cx <= grid.nx; ++cx) span[cx] = int32_t(slic::cell_start(cx, width, grid.nx));
     std::atomic<int64_t> changed{0};
     at::parallel_for(0, height, 8, [&](int64_t begin, int64_t end) {
       std::vector<float> best(width);
@@ -157,17 +183,13 @@ struct Slic {
         const float* B = lab + 2 * hw + y * width;
         std::fill(best.begin(), best.end(), std::numeric_limits<float>::infinity());
         std::fill(arg.begin(), arg.end(), -1);
-        for (int cx = 0; cx < grid.nx; ++cx) {
-          const int64_t x0 = slic::cell_start(cx, width, grid.nx), x1 = slic::cell_start(cx + 1, width, grid.nx);
-          for (int dy = -1; dy <= 1; ++dy) {
-            for (int dx = -1; dx <= 1; ++dx) {
-              const int ny = cy + dy, nx = cx + dx;
-              if (ny < 0 || ny >= grid.ny || nx < 0 || nx >= grid.nx) continue;
-              const int k = ny * grid.nx + nx;
-              if (!alive[k]) continue;
-              const float* c = centre.data() + 5 * k;
-              nearer_span(L, A, B, int(x0), int(x1), c, (fy - c[3]) * (fy - c[3]), weight, k, best.data(), arg.data());
-            }
+        for (int ky = std::max(cy - 1, 0); ky <= std::min(cy + 1, grid.ny - 1); ++ky) {
+          for (int kx = 0; kx < grid.nx; ++kx) {
+            const int k = ky * grid.nx + kx;
+            if (!alive[k]) continue;
+            const float* c = centre.data() + 5 * k;
+            nearer_span(L, A, B, span[std::max(kx - 1, 0)], span[std::min(kx + 2, grid.nx)], c,
+                        (fy - c[3]) * (fy - c[3]), weight, k, best.data(), arg.data());
           }
         }
         int32_t* row = labels.data() + y * width;
@@ -190,116 +212,13 @@ struct Slic {
       update();
     }
   }
-
-  // Breadth-first components in raster order (up, left, right, down); a component
-  // reaching max_size is cut there; one smaller than min_size joins the labelled
-  // neighbour whose centre is nearest to its mean (ties: the lowest label).
-  void connect(int64_t min_size, int64_t max_size, int32_t* out) const {
-    // out[] starts as -(centre + 2) for a pixel still to visit (-1 outside the mask), so one
-    // load tells both "same label" and "not visited yet".
-    for (int64_t p = 0; p < hw; ++p) out[p] = labels[p] < 0 ? -1 : -(labels[p] + 2);
-    struct Pixel {
-      int32_t y, x;  // kept apart: no division per visited pixel
-    };
-    std::vector<Pixel> component;  // doubles as the queue
-    std::vector<int32_t> adjacent;
-    std::vector<int32_t> source;     // centre index of each final label
-    component.reserve(std::min<int64_t>(hw, max_size + 1));
-    int32_t next = 0;
-    for (int64_t start = 0; start < hw; ++start) {
-      if (out[start] >= -1) continue;  // visited, or outside the mask
-      const int32_t label = labels[start];
-      const int32_t todo = out[start];
-      component.clear();
-      adjacent.clear();
-      out[start] = next;
-      component.push_back({int32_t(start / width), int32_t(start % width)});
-      for (size_t head = 0; head < component.size() && int64_t(component.size()) < max_size; ++head) {
-        const Pixel px = component[head];
-        const int64_t p = int64_t(px.y) * width + px.x;
-        const int64_t nbr[4] = {p - width, p - 1, p + 1, p + width};
-        const Pixel at[4] = {{px.y - 1, px.x}, {px.y, px.x - 1}, {px.y, px.x + 1}, {px.y + 1, px.x}};
-        const bool ok[4] = {px.y > 0, px.x > 0, px.x < width - 1, px.y < height - 1};
-        for (int i = 0; i < 4; ++i) {
-          if (!ok[i]) continue;
-          const int64_t q = nbr[i];
-          const int32_t o = out[q];
-          if (o == todo) {
-            out[q] = next;
-            component.push_back(at[i]);
-            if (int64_t(component.size()) >= max_size) break;
-          } else if (o >= 0 && o != next && (adjacent.empty() || adjacent.back() != o)) {
-            adjacent.push_back(o);
-          }
-        }
-      }
-      if (int64_t(component.size()) < min_size && !adjacent.empty()) {
-        double mean[5] = {0, 0, 0, 0, 0};
-        for (const Pixel& px : component) {
-          const int64_t p = int64_t(px.y) * width + px.x;
-          mean[0] += lab[p];
-          mean[1] += lab[hw + p];
-          mean[2] += lab[2 * hw + p];
-          mean[3] += double(px.y);
-          mean[4] += double(px.x);
-        }
-        for (double& m : mean) m /= double(component.size());
-        std::sort(adjacent.begin(), adjacent.end());
-        int32_t best = -1;
-        double best_d = std::numeric_limits<double>::infinity();
-        for (size_t i = 0; i < adjacent.size(); ++i) {
-          if (i > 0 && adjacent[i] == adjacent[i - 1]) continue;
-          const float* c = centre.data() + 5 * source[adjacent[i]];
-          double d2[5];
-          for (int j = 0; j < 5; ++j) d2[j] = (double(c[j]) - mean[j]) * (double(c[j]) - mean[j]);
-          const double d = (d2[0] + d2[1] + d2[2]) + grid.weight * (d2[3] + d2[4]);
-          if (d < best_d) {
-            best_d = d;
-            best = adjacent[i];
-          }
-        }
-        for (const Pixel& px : component) out[int64_t(px.y) * width + px.x] = best;
-      } else {
-        source.push_back(label);
-        ++next;
-      }
-    }
-  }
-
-  // Without connectivity: centre indices renumbered by the raster order of their first pixel.
-  void relabel(int32_t* out) const {
-    std::vector<int32_t> id(grid.cells(), -1);
-    int32_t next = 0;
-    for (int64_t p = 0; p < hw; ++p) {
-      const int32_t k = labels[p];
-      if (k < 0) {
-        out[p] = -1;
-        continue;
-      }
-      if (id[k] < 0) id[k] = next++;
-      out[p] = id[k];
-    }
-  }
 };
 
 at::Tensor slic_cpu(const at::Tensor& images_in, const c10::optional<at::Tensor>& mask_in, int64_t n_segments,
                     double compactness, int64_t max_iter, bool enforce_connectivity, double min_size_factor,
                     double max_size_factor) {
-  TORCH_CHECK(images_in.dim() == 4 && images_in.size(1) == 3, "slic: images must be [B, 3, H, W], got ",
-              images_in.sizes());
-  TORCH_CHECK_TYPE(images_in.scalar_type() == at::kByte || images_in.scalar_type() == at::kFloat,
-                   "slic: images must be uint8 or float32, got ", images_in.scalar_type());
-  TORCH_CHECK(n_segments >= 1, "slic: n_segments must be >= 1, got ", n_segments);
-  TORCH_CHECK(compactness > 0, "slic: compactness must be > 0, got ", compactness);
-  TORCH_CHECK(max_iter >= 0, "slic: max_iter must be >= 0, got ", max_iter);
+  const at::Tensor mask = slic::check_inputs(images_in, mask_in, n_segments, compactness, max_iter);
   const int64_t batch = images_in.size(0), height = images_in.size(2), width = images_in.size(3), hw = height * width;
-  at::Tensor mask;
-  if (mask_in.has_value()) {
-    mask = mask_in->contiguous();
-    TORCH_CHECK_TYPE(mask.scalar_type() == at::kBool, "slic: mask must be bool, got ", mask.scalar_type());
-    TORCH_CHECK(mask.dim() == 3 && mask.size(0) == batch && mask.size(1) == height && mask.size(2) == width,
-                "slic: mask must be [B, H, W] like images, got ", mask.sizes());
-  }
   at::Tensor out = at::empty({batch, height, width}, images_in.options().dtype(at::kInt));
   if (batch == 0 || hw == 0) return out;
   const at::Tensor images = images_in.contiguous();
@@ -315,14 +234,13 @@ at::Tensor slic_cpu(const at::Tensor& images_in, const c10::optional<at::Tensor>
       s.run(max_iter);
       int32_t* dst = out.data_ptr<int32_t>() + b * hw;
       if (enforce_connectivity) {
-        const int64_t valid = m == nullptr ? hw : std::count(m, m + hw, true);
-        // size_limits() of the reference: factors of the mean segment size.
-        const double size = double(valid) / double(grid.cells());
-        const int64_t min_size = int64_t(min_size_factor * size);
-        const int64_t max_size = std::max<int64_t>(1, int64_t(max_size_factor * size));
-        s.connect(min_size, max_size, dst);
+        int64_t min_size, max_size;
+        slic::size_limits(m == nullptr ? hw : std::count(m, m + hw, true), grid.cells(), min_size_factor,
+                          max_size_factor, &min_size, &max_size);
+        slic::connect_components(s.labels.data(), lab.data(), s.centre.data(), height, width, grid.weight, min_size,
+                                 max_size, dst);
       } else {
-        s.relabel(dst);
+        slic::relabel_in_raster_order(s.labels.data(), hw, grid.cells(), dst);
       }
     }
   });

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import backends_here
+from tests.helpers import backends_here, device_of
 from wsseg_fast.ops import slic
 from wsseg_fast.reference import slic_energy
 from wsseg_fast.reference.slic import grid_shape
@@ -38,6 +38,13 @@ def synthetic(kind: str, size: int = SIZE) -> torch.Tensor:
         image[:, 0, :, (torch.arange(size) // 3) % 2 == 0] = 255
         return image
     return real_images(size)
+
+
+def run(images: torch.Tensor, n_segments: int, backend: str, mask: torch.Tensor | None = None, **kwargs):
+    """slic on the backend's device; labels back on the CPU."""
+    device = device_of(backend)
+    mask = None if mask is None else mask.to(device)
+    return slic(images.to(device), n_segments, backend=backend, mask=mask, **kwargs).cpu()
 
 
 def components(labels: np.ndarray) -> int:
@@ -80,7 +87,7 @@ def assert_valid_labels(labels: torch.Tensor, connected: bool = True, mask: torc
 @pytest.mark.parametrize("kind", ["random", "flat", "striped", "real"])
 def test_labels_contiguous_and_connected(backend, kind):
     images = synthetic(kind)
-    labels = slic(images, 30, backend=backend)
+    labels = run(images, 30, backend)
     assert labels.shape == (images.shape[0], images.shape[2], images.shape[3])
     assert_valid_labels(labels)
     if kind == "flat":  # no colour: the grid itself
@@ -90,7 +97,7 @@ def test_labels_contiguous_and_connected(backend, kind):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_without_connectivity_labels_are_contiguous(backend):
-    labels = slic(synthetic("random"), 30, enforce_connectivity=False, backend=backend)
+    labels = run(synthetic("random"), 30, backend, enforce_connectivity=False)
     assert_valid_labels(labels, connected=False)
 
 
@@ -99,7 +106,7 @@ def test_agrees_with_scikit_image(backend, capsys):
     """Energy within 5% of scikit-image's (or below), and the adjusted Rand index is reported."""
     segmentation = pytest.importorskip("skimage.segmentation")
     images = real_images(64)
-    labels = slic(images, 60, backend=backend)
+    labels = run(images, 60, backend)
     theirs = torch.stack(
         [torch.from_numpy(segmentation.slic(im.permute(1, 2, 0).numpy(), 60, compactness=10, start_label=0)) for im in images]
     )
@@ -119,7 +126,7 @@ def test_backend_matches_reference(backend, connect):
     mask[1, :, 30:] = False
     mask[3, 5:9, :] = False
     kwargs = dict(enforce_connectivity=connect, mask=mask)
-    ours = slic(images, 25, backend=backend, **kwargs)
+    ours = run(images, 25, backend, **kwargs)
     ref = slic(images, 25, backend="torch", **kwargs)
     agree = (ours == ref).float().mean().item()
     assert agree >= 0.99, agree
@@ -132,7 +139,7 @@ def test_mask_of_valid_pixels(backend):
     mask[0, 4:30, 2:38] = True  # padding around
     mask[1] = True
     mask[1, :, 20] = False  # a wall splits the image
-    labels = slic(images, 20, mask=mask, backend=backend)
+    labels = run(images, 20, backend, mask=mask)
     assert_valid_labels(labels, mask=mask)
     assert (labels[2] == -1).all()  # nothing valid
 
@@ -141,7 +148,7 @@ def test_mask_of_valid_pixels(backend):
 @pytest.mark.parametrize("shape", [(0, 3, 8, 8), (2, 3, 0, 5), (1, 3, 1, 1), (1, 3, 1, 9), (2, 3, 3, 2)])
 def test_empty_and_tiny(backend, shape):
     images = torch.randint(0, 256, shape, dtype=torch.uint8)
-    labels = slic(images, 10, backend=backend)
+    labels = run(images, 10, backend)
     assert labels.shape == (shape[0], shape[2], shape[3]) and labels.dtype == torch.int32
     if labels.numel():
         assert_valid_labels(labels)
@@ -152,8 +159,8 @@ def test_empty_and_tiny(backend, shape):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_float_input_like_uint8(backend):
     images = real_images(40)
-    a = slic(images, 25, backend=backend)
-    b = slic(images.double() / 255, 25, backend=backend)
+    a = run(images, 25, backend)
+    b = run(images.double() / 255, 25, backend)
     assert (a == b).float().mean() >= 0.99
 
 
@@ -182,16 +189,50 @@ def test_bad_input(kwargs, error, match):
         slic(**args)
 
 
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b.values[0] == "cpu"])
+COMPILED = [b for b in BACKENDS if b.values[0] in ("cpu", "cuda")]
+
+
+@pytest.mark.parametrize("backend", COMPILED)
 def test_opcheck(backend):
-    images = synthetic("real", 16)[:2]
-    mask = torch.ones(2, 16, 16, dtype=torch.bool)
+    images = synthetic("real", 16)[:2].to(device_of(backend))
+    mask = torch.ones(2, 16, 16, dtype=torch.bool, device=images.device)
     mask[0, :3] = False
     torch.library.opcheck(torch.ops.wsseg_fast.slic.default, (images.float() / 255, mask, 8, 5.0, 3, True, 0.5, 3.0))
 
 
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b.values[0] == "cpu"])
+@pytest.mark.parametrize("backend", COMPILED)
 def test_torch_compile_fullgraph(backend):
-    images = synthetic("real", 24)
-    compiled = torch.compile(lambda im: slic(im, 12, backend="cpu"), fullgraph=True, backend="eager")
-    assert torch.equal(compiled(images), slic(images, 12, backend="cpu"))
+    images = synthetic("real", 24).to(device_of(backend))
+    compiled = torch.compile(lambda im: slic(im, 12, backend=backend), fullgraph=True, backend="eager")
+    assert torch.equal(compiled(images), slic(images, 12, backend=backend))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("connect", [True, False])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_cuda_matches_cpu(connect, dtype):
+    """The CUDA kernel against the CPU kernel on a batch of real and random images at
+    128^2, with a mask: the same labels up to float rounding (the GPU fuses
+    multiply-adds), so nearly every pixel agrees and the SLIC energy is the same to 1%."""
+    images = torch.cat([real_images(128), synthetic("random", 128)[:, :, :, :128]])
+    if dtype == torch.float32:
+        images = images.float() / 255
+    mask = torch.ones(5, 128, 128, dtype=torch.bool)
+    mask[1, :, 100:] = False
+    mask[3, 20:30, :] = False
+    kwargs = dict(enforce_connectivity=connect, mask=mask)
+    cpu = slic(images, 100, backend="cpu", **kwargs)
+    cuda = run(images, 100, "cuda", **kwargs)
+    assert cuda.dtype == torch.int32 and cuda.shape == cpu.shape
+    assert_valid_labels(cuda, connected=connect, mask=mask)
+    assert (cuda == cpu).float().mean().item() >= 0.99
+    ours, theirs = slic_energy(images, cuda, 100), slic_energy(images, cpu, 100)
+    assert ((ours - theirs).abs() <= 0.01 * theirs).all(), (ours, theirs)
+
+
+@pytest.mark.cuda
+def test_cuda_is_the_auto_choice_on_cuda_tensors():
+    images = real_images(32)
+    labels = slic(images.cuda(), 20)  # auto
+    assert labels.is_cuda
+    assert (labels.cpu() == slic(images, 20, backend="cpu")).float().mean() >= 0.99

@@ -62,7 +62,13 @@ def test_gradcheck(backend, reduce):
     x, labels = make(batch=1, channels=1 if small else 2, height=3 if small else 5, width=4 if small else 6, segments=4)
     x = x.to(device_of(backend)).requires_grad_()
     labels = labels.to(x.device)
-    assert torch.autograd.gradcheck(lambda t: superpixel_pool(t, labels, reduce=reduce, backend=backend), (x,))
+    # float atomics (cuda) may order the sums differently on the second backward
+    nondet_tol = 1e-12 if backend == "cuda" else 0.0
+
+    def pool(t):
+        return superpixel_pool(t, labels, reduce=reduce, backend=backend)
+
+    assert torch.autograd.gradcheck(pool, (x,), nondet_tol=nondet_tol)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -132,9 +138,10 @@ def test_modulation_bad_input():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_opcheck(backend):
-    if backend != "cpu":
-        pytest.skip("the compiled op of the cpu backend")
+    if backend not in ("cpu", "cuda"):
+        pytest.skip("the compiled op of the cpu and cuda backends")
     x, labels = make(dtype=torch.float32)
+    x, labels = x.to(device_of(backend)), labels.to(device_of(backend))
     for reduce in ("mean", "max"):
         lbl = labels if reduce == "mean" else labels.int()
         torch.library.opcheck(torch.ops.wsseg_fast.superpixel_pool.default, (x.requires_grad_(), lbl, reduce))
@@ -142,12 +149,13 @@ def test_opcheck(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_torch_compile_fullgraph(backend):
-    if backend != "cpu":
-        pytest.skip("the compiled op of the cpu backend")
+    if backend not in ("cpu", "cuda"):
+        pytest.skip("the compiled op of the cpu and cuda backends")
     x, labels = make(dtype=torch.float32)
+    x, labels = x.to(device_of(backend)), labels.to(device_of(backend))
 
     def fn(t):
-        return superpixel_pool(t, labels, reduce="mean", backend="cpu").sum() + superpixel_pool(t, labels, reduce="max", backend="cpu").sum()
+        return superpixel_pool(t, labels, reduce="mean", backend=backend).sum() + superpixel_pool(t, labels, reduce="max", backend=backend).sum()
 
     compiled = torch.compile(fn, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(x), fn(x))
@@ -190,3 +198,36 @@ def test_erosion():
     random = torch.rand(2, 3, 17, 23, generator=torch.Generator().manual_seed(0)) < 0.8
     for radius in range(4):
         assert torch.equal(_erode(random, radius), reference.superpixel.erode(random, radius))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("reduce", ["mean", "max"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_matches_cpu_on_real_sizes(reduce, dtype):
+    """The CUDA kernels against the CPU kernel at a training size: many superpixels (the
+    shared-memory table) and more than fit in shared memory (the global-atomics path), int32
+    and int64 labels, with gradients."""
+    x, _ = make(batch=2, channels=5, height=96, width=80, dtype=dtype, holes=False)
+    g = torch.Generator().manual_seed(4)
+    for segments in (150, 9000):  # 9000 float64 sums exceed the 32 KiB shared table
+        labels = torch.randint(-1, segments, (2, 96, 80), generator=g)
+        grad = torch.randn(x.shape, generator=g, dtype=dtype)
+        for lbl in (labels, labels.int()):
+            outs, grads = [], []
+            for device, backend in (("cpu", "cpu"), ("cuda", "cuda")):
+                xd = x.to(device).requires_grad_()
+                out = superpixel_pool(xd, lbl.to(device), reduce=reduce, backend=backend)
+                (gx,) = torch.autograd.grad(out, xd, grad.to(device))
+                outs.append(out.detach().cpu())
+                grads.append(gx.cpu())
+            tol = 1e-5 if dtype == torch.float32 else 1e-12
+            torch.testing.assert_close(outs[1], outs[0], atol=tol, rtol=tol)
+            torch.testing.assert_close(grads[1], grads[0], atol=tol, rtol=tol)
+
+
+@pytest.mark.cuda
+def test_cuda_is_the_auto_choice_on_cuda_tensors():
+    from wsseg_fast.ops._backend import choose
+    from wsseg_fast.ops.superpixel import SPEC
+
+    assert choose(SPEC, "auto", torch.device("cuda")) == "cuda"

@@ -12,9 +12,9 @@ from wsseg_fast import reference
 from wsseg_fast.ops._backend import OpSpec, choose
 from wsseg_fast.ops.color import to_unit_rgb
 
-SPEC = OpSpec("slic", backends=("torch", "cpu"), auto={"cpu": ("cpu",)})
+SPEC = OpSpec("slic", backends=("torch", "cpu", "cuda"), auto={"cpu": ("cpu",), "cuda": ("cuda",)})
 
-if SPEC.compiled["cpu"]:
+if SPEC.compiled["cpu"] or SPEC.compiled["cuda"]:
 
     @torch.library.register_fake("wsseg_fast::slic")
     def _(images, mask, n_segments, compactness, max_iter, enforce_connectivity, min_size_factor, max_size_factor):
@@ -53,7 +53,9 @@ def slic(
             and none grows past ``max_size_factor`` x that size.
         mask: optional ``[B, H, W]`` bool of valid pixels (e.g. not padding); the
             others get label -1 and take no part.
-        backend: ``auto | cpu | torch`` (``auto`` honours ``$WSSEG_FAST_BACKEND``).
+        backend: ``auto | cuda | cpu | torch`` (``auto`` honours ``$WSSEG_FAST_BACKEND``).
+            ``cuda`` runs the iterations on the GPU and the connectivity pass on the
+            host (one copy of labels each way; it synchronises).
 
     Returns:
         ``[B, H, W]`` int32 labels, 0..K_b-1 per image numbered in raster order of

@@ -21,12 +21,12 @@ else:  # pragma: no cover - triton missing
 
 SPEC = OpSpec(
     "superpixel_pool",
-    backends=("torch", "cpu", "triton"),
-    auto={"cpu": ("cpu",), "cuda": ("triton",)},
+    backends=("torch", "cpu", "triton", "cuda"),
+    auto={"cpu": ("cpu",), "cuda": ("cuda", "triton")},
 )
 REDUCTIONS = ("mean", "max")
 
-if SPEC.compiled["cpu"]:
+if SPEC.compiled["cpu"] or SPEC.compiled["cuda"]:
 
     @torch.library.register_fake("wsseg_fast::superpixel_pool")
     def _(x, labels, reduce):
@@ -79,7 +79,7 @@ def superpixel_pool(x: torch.Tensor, labels: torch.Tensor, *, reduce: str = "mea
             pixels outside every superpixel (they get 0).
         reduce: ``"mean"`` or ``"max"``. Differentiable in ``x``: the mean spreads the
             gradient evenly over the superpixel, max gives it all to the first arg-max pixel.
-        backend: ``auto | triton | cpu | torch``.
+        backend: ``auto | cuda | triton | cpu | torch``.
 
     Returns:
         ``[B, C, H, W]``, the dtype of ``x`` (half precision computes in float32).
