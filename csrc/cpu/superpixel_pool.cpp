@@ -1,7 +1,8 @@
-// CPU kernels of wsseg_fast::superpixel_pool and its max backward. One task per
-// (b, c) plane: one pass reduces the plane into a per-superpixel table (labels
-// read once, no [B, C, H, W] temporaries, sums in the input's dtype), one pass
-// writes every pixel from the table. The backward of the mean is the mean of
+// CPU kernels of wsseg_fast::superpixel_pool and its max backward. Each image's
+// label map is cut into runs of equal labels once (wsseg/superpixel_pool.h);
+// then one task per (b, c) plane: one pass over the runs reduces the plane into
+// a per-superpixel table (no [B, C, H, W] temporaries, sums in the input's
+// dtype), one pass fills every run from the table. The backward of the mean is the mean of
 // the gradient (the op is self-adjoint), so it reuses the forward.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -56,35 +57,41 @@ int64_t num_segments(const at::Tensor& labels) {
   return std::max<int64_t>(k, 1);
 }
 
+// The runs of every image's label map, images in parallel.
+template <typename label_t>
+std::vector<std::vector<superpixel::Run>> image_runs(const at::Tensor& labels) {
+  const int64_t batch = labels.size(0), hw = labels.size(1) * labels.size(2);
+  const label_t* ld = labels.data_ptr<label_t>();
+  std::vector<std::vector<superpixel::Run>> runs(batch);
+  at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) runs[b] = superpixel::label_runs(ld + b * hw, hw);
+  });
+  return runs;
+}
+
 template <typename scalar_t, typename label_t>
 void pool_mean(const at::Tensor& x, const at::Tensor& labels, int64_t k, at::Tensor& out) {
   const int64_t batch = x.size(0), channels = x.size(1), hw = x.size(2) * x.size(3);
   const scalar_t* xd = x.data_ptr<scalar_t>();
-  const label_t* ld = labels.data_ptr<label_t>();
   scalar_t* od = out.data_ptr<scalar_t>();
+  const auto runs = image_runs<label_t>(labels);
   // 1 / pixel count of every superpixel, once per image.
   std::vector<scalar_t> inv_count(batch * k, scalar_t(0));
-  at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<int64_t> count(k);
-    for (int64_t b = b0; b < b1; ++b) {
-      std::fill(count.begin(), count.end(), 0);
-      const label_t* l = ld + b * hw;
-      for (int64_t p = 0; p < hw; ++p)
-        if (l[p] >= 0) ++count[l[p]];
-      for (int64_t i = 0; i < k; ++i) inv_count[b * k + i] = count[i] ? scalar_t(1) / scalar_t(count[i]) : scalar_t(0);
-    }
-  });
+  for (int64_t b = 0; b < batch; ++b) {
+    std::vector<int64_t> count(k, 0);
+    for (const auto& r : runs[b])
+      if (r.label >= 0) count[r.label] += r.end - r.start;
+    for (int64_t i = 0; i < k; ++i) inv_count[b * k + i] = count[i] ? scalar_t(1) / scalar_t(count[i]) : scalar_t(0);
+  }
   at::parallel_for(0, batch * channels, 1, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> sums(4 * k);
+    std::vector<scalar_t> means(k);
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t b = plane / channels;
-      const label_t* l = ld + b * hw;
-      std::fill(sums.begin(), sums.end(), scalar_t(0));
-      superpixel::plane_sums(xd + plane * hw, l, hw, k, sums.data());
+      std::fill(means.begin(), means.end(), scalar_t(0));
+      superpixel::plane_sums(xd + plane * hw, runs[b], means.data());
       const scalar_t* inv = inv_count.data() + b * k;
-      for (int64_t i = 0; i < k; ++i) sums[i] *= inv[i];
-      scalar_t* o = od + plane * hw;
-      for (int64_t p = 0; p < hw; ++p) o[p] = l[p] >= 0 ? sums[l[p]] : scalar_t(0);
+      for (int64_t i = 0; i < k; ++i) means[i] *= inv[i];
+      superpixel::plane_fill(runs[b], means.data(), od + plane * hw);
     }
   });
 }
@@ -93,18 +100,17 @@ template <typename scalar_t, typename label_t>
 void pool_max(const at::Tensor& x, const at::Tensor& labels, int64_t k, at::Tensor& out, at::Tensor& argmax) {
   const int64_t channels = x.size(1), hw = x.size(2) * x.size(3);
   const scalar_t* xd = x.data_ptr<scalar_t>();
-  const label_t* ld = labels.data_ptr<label_t>();
   scalar_t* od = out.data_ptr<scalar_t>();
   int64_t* ad = argmax.data_ptr<int64_t>();
+  const auto runs = image_runs<label_t>(labels);
   at::parallel_for(0, x.size(0) * channels, 1, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> maxes(k);
+    std::vector<scalar_t> maxes(k, scalar_t(0));
     for (int64_t plane = begin; plane < end; ++plane) {
-      const label_t* l = ld + (plane / channels) * hw;
+      const auto& plane_runs = runs[plane / channels];
       int64_t* arg = ad + plane * k;
       std::fill(arg, arg + k, -1);
-      superpixel::plane_max(xd + plane * hw, l, hw, maxes.data(), arg);
-      scalar_t* o = od + plane * hw;
-      for (int64_t p = 0; p < hw; ++p) o[p] = l[p] >= 0 ? maxes[l[p]] : scalar_t(0);
+      superpixel::plane_max(xd + plane * hw, plane_runs, maxes.data(), arg);
+      superpixel::plane_fill(plane_runs, maxes.data(), od + plane * hw);
     }
   });
 }
@@ -157,15 +163,14 @@ at::Tensor superpixel_pool_max_backward_cpu(const at::Tensor& grad_in, const at:
     using scalar = scalar_t;
     AT_DISPATCH_INDEX_TYPES(labels.scalar_type(), "superpixel_pool_max_backward", [&] {
       const scalar* gd = grad.data_ptr<scalar>();
-      const index_t* ld = labels.data_ptr<index_t>();
       const int64_t* ad = argmax.data_ptr<int64_t>();
       scalar* od = out.data_ptr<scalar>();
+      const auto runs = image_runs<index_t>(labels);
       at::parallel_for(0, grad.size(0) * channels, 1, [&](int64_t begin, int64_t end) {
-        std::vector<scalar> sums(4 * k);
+        std::vector<scalar> sums(k);
         for (int64_t plane = begin; plane < end; ++plane) {
-          const index_t* l = ld + (plane / channels) * hw;
           std::fill(sums.begin(), sums.end(), scalar(0));
-          superpixel::plane_sums(gd + plane * hw, l, hw, k, sums.data());
+          superpixel::plane_sums(gd + plane * hw, runs[plane / channels], sums.data());
           std::fill(od + plane * hw, od + (plane + 1) * hw, scalar(0));
           for (int64_t i = 0; i < k; ++i) {
             const int64_t p = ad[plane * k + i];

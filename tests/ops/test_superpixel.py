@@ -85,6 +85,36 @@ def test_max_gradient_goes_to_first_argmax(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_compact_superpixels_with_ties(backend):
+    """Superpixel-like labels (blocks: long runs of one label in a row, a -1 band) and
+    few distinct values (ties inside and across runs): means and maxima as the reference,
+    the max's gradient at the first (flat) position of each superpixel's maximum."""
+    g = torch.Generator().manual_seed(3)
+    yy, xx = torch.meshgrid(torch.arange(23), torch.arange(41), indexing="ij")
+    labels = ((yy // 5) * 9 + xx // 5).expand(2, 23, 41).contiguous()
+    labels[1, :, 37:] = -1
+    x = torch.randint(0, 4, (2, 3, 23, 41), generator=g).to(torch.float64)
+    for reduce in ("mean", "max"):
+        out = run(superpixel_pool, backend, x, labels, reduce=reduce).cpu()
+        torch.testing.assert_close(out, reference.superpixel_pool(x, labels, reduce), atol=1e-12, rtol=1e-12)
+    xg = x.to(device_of(backend)).requires_grad_()
+    superpixel_pool(xg, labels.to(xg.device), reduce="max", backend=backend).sum().backward()
+    if backend == "torch":
+        return  # torch's own rule shares the gradient between tied maxima
+    expected = torch.zeros_like(x)
+    for b in range(2):
+        for label in labels[b].unique().tolist():
+            if label < 0:
+                continue
+            where = (labels[b] == label).flatten()
+            for c in range(3):
+                plane = x[b, c].flatten()
+                first = int(torch.nonzero(where & (plane == plane[where].max()))[0])
+                expected[b, c].view(-1)[first] = float(where.sum())
+    assert torch.equal(xg.grad.cpu(), expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", [(0, 2, 3, 3), (2, 0, 3, 3), (1, 2, 0, 4), (1, 1, 1, 1)])
 @pytest.mark.parametrize("reduce", ["mean", "max"])
 def test_empty_and_single_pixel(backend, shape, reduce):

@@ -1,49 +1,79 @@
-// Superpixel pooling, host+device pieces shared by the kernels: the number of
-// superpixels of a label map, and the per-superpixel reductions of one plane.
+// Superpixel pooling on the CPU: a label map as runs of equal labels, and the
+// per-superpixel reductions of one plane over those runs. Superpixels are
+// spatially compact, so a row of an image crosses few of them: a [256, 256]
+// map with ~200 superpixels is ~4k runs of ~16 pixels. The runs are found once
+// per image and serve all its channels; within a run the reduction is a plain
+// contiguous loop and the write-back a fill, instead of a table access per pixel.
 #pragma once
 
 #include <cstdint>
-
-#include "wsseg/common.h"
+#include <vector>
 
 namespace wsseg {
 namespace superpixel {
 
-// Sum of x per label over one plane of n pixels, into sums[K] (zeroed by the
-// caller). Four interleaved accumulators break the add-latency chain that
-// neighbouring pixels of one superpixel would otherwise form.
-template <typename scalar_t, typename label_t>
-inline void plane_sums(const scalar_t* x, const label_t* labels, int64_t n, int64_t k, scalar_t* sums4) {
-  scalar_t* s0 = sums4;
-  scalar_t* s1 = sums4 + k;
-  scalar_t* s2 = sums4 + 2 * k;
-  scalar_t* s3 = sums4 + 3 * k;
-  int64_t p = 0;
-  for (; p + 4 <= n; p += 4) {
-    const label_t l0 = labels[p], l1 = labels[p + 1], l2 = labels[p + 2], l3 = labels[p + 3];
-    if (l0 >= 0) s0[l0] += x[p];
-    if (l1 >= 0) s1[l1] += x[p + 1];
-    if (l2 >= 0) s2[l2] += x[p + 2];
-    if (l3 >= 0) s3[l3] += x[p + 3];
+struct Run {
+  int64_t start, end;  // pixels [start, end) of a flattened plane
+  int64_t label;       // < 0: pixels outside every superpixel (padding)
+};
+
+template <typename label_t>
+inline std::vector<Run> label_runs(const label_t* labels, int64_t n) {
+  std::vector<Run> runs;
+  for (int64_t p = 0; p < n;) {
+    int64_t q = p + 1;
+    while (q < n && labels[q] == labels[p]) ++q;
+    runs.push_back({p, q, labels[p] < 0 ? -1 : int64_t(labels[p])});
+    p = q;
   }
-  for (; p < n; ++p)
-    if (labels[p] >= 0) s0[labels[p]] += x[p];
-  for (int64_t i = 0; i < k; ++i) s0[i] = (s0[i] + s1[i]) + (s2[i] + s3[i]);
+  return runs;
 }
 
-// Max of x per label and its first position (strict >, so the lowest index wins
-// ties); argmax[] starts at -1. Branch-free: random activations would make the
-// comparison a coin toss for the branch predictor.
-template <typename scalar_t, typename label_t>
-inline void plane_max(const scalar_t* x, const label_t* labels, int64_t n, scalar_t* maxes, int64_t* argmax) {
-  for (int64_t p = 0; p < n; ++p) {
-    const label_t l = labels[p];
-    if (l < 0) continue;
-    const scalar_t m = maxes[l];
-    const int64_t a = argmax[l];
-    const bool take = (x[p] > m) | (a < 0);
-    maxes[l] = take ? x[p] : m;
-    argmax[l] = take ? p : a;
+// Sum of x[start, end), four partial sums (the add latency, not the loads, would bound one).
+template <typename scalar_t>
+inline scalar_t run_sum(const scalar_t* x, int64_t start, int64_t end) {
+  scalar_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  int64_t p = start;
+  for (; p + 4 <= end; p += 4) {
+    s0 += x[p];
+    s1 += x[p + 1];
+    s2 += x[p + 2];
+    s3 += x[p + 3];
+  }
+  for (; p < end; ++p) s0 += x[p];
+  return (s0 + s1) + (s2 + s3);
+}
+
+// Sum of x per label into sums[K] (zeroed by the caller).
+template <typename scalar_t>
+inline void plane_sums(const scalar_t* x, const std::vector<Run>& runs, scalar_t* sums) {
+  for (const Run& r : runs)
+    if (r.label >= 0) sums[r.label] += run_sum(x, r.start, r.end);
+}
+
+// Max of x per label and its first position (the lowest index wins ties) into
+// maxes[K], argmax[K]; argmax starts at -1 (a superpixel not seen yet).
+template <typename scalar_t>
+inline void plane_max(const scalar_t* x, const std::vector<Run>& runs, scalar_t* maxes, int64_t* argmax) {
+  for (const Run& r : runs) {
+    if (r.label < 0) continue;
+    scalar_t m = x[r.start];
+    for (int64_t p = r.start + 1; p < r.end; ++p) m = x[p] > m ? x[p] : m;
+    if (argmax[r.label] >= 0 && !(m > maxes[r.label])) continue;  // earlier runs win ties
+    int64_t at = r.start;  // the first position of the max (a NaN max is the run's first pixel)
+    if (m == m)
+      while (!(x[at] == m)) ++at;
+    maxes[r.label] = m;
+    argmax[r.label] = at;
+  }
+}
+
+// out[p] = table[label of p], 0 outside every superpixel.
+template <typename scalar_t>
+inline void plane_fill(const std::vector<Run>& runs, const scalar_t* table, scalar_t* out) {
+  for (const Run& r : runs) {
+    const scalar_t v = r.label >= 0 ? table[r.label] : scalar_t(0);
+    for (int64_t p = r.start; p < r.end; ++p) out[p] = v;
   }
 }
 
