@@ -2,7 +2,7 @@
 // label map is cut into runs of equal labels once (wsseg/superpixel_pool.h);
 // then one task per (b, c) plane: one pass over the runs reduces the plane into
 // a per-superpixel table (no [B, C, H, W] temporaries, sums in the input's
-// dtype), one pass fills every run from the table. The backward of the mean is the mean of
+// dtype), one pass writes every pixel from the table. The backward of the mean is the mean of
 // the gradient (the op is self-adjoint), so it reuses the forward.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #ifdef __linux__
@@ -57,6 +58,20 @@ int64_t num_segments(const at::Tensor& labels) {
   return std::max<int64_t>(k, 1);
 }
 
+// superpixel::plane_gather, with AVX2 gathers for float32 / int32 labels when the CPU has them.
+__attribute__((target("avx2"))) void plane_gather_avx2(const int32_t* labels, int64_t n, const float* table,
+                                                      float* out) {
+  superpixel::plane_gather(labels, n, table, out);
+}
+const bool kHasAvx2 = __builtin_cpu_supports("avx2");
+template <typename scalar_t, typename label_t>
+void plane_gather(const label_t* labels, int64_t n, const scalar_t* table, scalar_t* out) {
+  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<label_t, int32_t>) {
+    if (kHasAvx2) return plane_gather_avx2(labels, n, table, out);
+  }
+  superpixel::plane_gather(labels, n, table, out);
+}
+
 // The runs of every image's label map, images in parallel.
 template <typename label_t>
 std::vector<std::vector<superpixel::Run>> image_runs(const at::Tensor& labels) {
@@ -73,6 +88,7 @@ template <typename scalar_t, typename label_t>
 void pool_mean(const at::Tensor& x, const at::Tensor& labels, int64_t k, at::Tensor& out) {
   const int64_t batch = x.size(0), channels = x.size(1), hw = x.size(2) * x.size(3);
   const scalar_t* xd = x.data_ptr<scalar_t>();
+  const label_t* ld = labels.data_ptr<label_t>();
   scalar_t* od = out.data_ptr<scalar_t>();
   const auto runs = image_runs<label_t>(labels);
   // 1 / pixel count of every superpixel, once per image.
@@ -84,14 +100,15 @@ void pool_mean(const at::Tensor& x, const at::Tensor& labels, int64_t k, at::Ten
     for (int64_t i = 0; i < k; ++i) inv_count[b * k + i] = count[i] ? scalar_t(1) / scalar_t(count[i]) : scalar_t(0);
   }
   at::parallel_for(0, batch * channels, 1, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> means(k);
+    std::vector<scalar_t> table(k + 1);  // table[0] = 0: the mean of "no superpixel"
+    scalar_t* means = table.data() + 1;
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t b = plane / channels;
-      std::fill(means.begin(), means.end(), scalar_t(0));
-      superpixel::plane_sums(xd + plane * hw, runs[b], means.data());
+      std::fill(table.begin(), table.end(), scalar_t(0));
+      superpixel::plane_sums(xd + plane * hw, runs[b], means);
       const scalar_t* inv = inv_count.data() + b * k;
       for (int64_t i = 0; i < k; ++i) means[i] *= inv[i];
-      superpixel::plane_fill(runs[b], means.data(), od + plane * hw);
+      plane_gather(ld + b * hw, hw, means, od + plane * hw);
     }
   });
 }
@@ -100,17 +117,19 @@ template <typename scalar_t, typename label_t>
 void pool_max(const at::Tensor& x, const at::Tensor& labels, int64_t k, at::Tensor& out, at::Tensor& argmax) {
   const int64_t channels = x.size(1), hw = x.size(2) * x.size(3);
   const scalar_t* xd = x.data_ptr<scalar_t>();
+  const label_t* ld = labels.data_ptr<label_t>();
   scalar_t* od = out.data_ptr<scalar_t>();
   int64_t* ad = argmax.data_ptr<int64_t>();
   const auto runs = image_runs<label_t>(labels);
   at::parallel_for(0, x.size(0) * channels, 1, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> maxes(k, scalar_t(0));
+    std::vector<scalar_t> table(k + 1, scalar_t(0));  // table[0] = 0: the max of "no superpixel"
+    scalar_t* maxes = table.data() + 1;
     for (int64_t plane = begin; plane < end; ++plane) {
-      const auto& plane_runs = runs[plane / channels];
+      const int64_t b = plane / channels;
       int64_t* arg = ad + plane * k;
       std::fill(arg, arg + k, -1);
-      superpixel::plane_max(xd + plane * hw, plane_runs, maxes.data(), arg);
-      superpixel::plane_fill(plane_runs, maxes.data(), od + plane * hw);
+      superpixel::plane_max(xd + plane * hw, runs[b], maxes, arg);
+      plane_gather(ld + b * hw, hw, maxes, od + plane * hw);
     }
   });
 }
