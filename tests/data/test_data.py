@@ -9,7 +9,7 @@ import torch
 
 from wsseg_fast.data import CocoWeakDataset, DataError, ImageLoadError, make_demo, read_label_png
 from wsseg_fast.data.demo import CATEGORIES
-from wsseg_fast.logic.knowledge_base import _rasterise
+from wsseg_fast.logic.knowledge_base import rasterise_polyline
 
 # pycocotools 2.0 calls np.array(copy=False) on NumPy 2: not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -49,7 +49,7 @@ def test_demo_contents(demo):
             assert x <= px < x + w and y <= py < y + h
             assert gt[py, px] == ds.class_index[a["category_id"]]  # the point is on the visible object
             for stroke in a["scribbles"]:  # drawn as polylines (as the knowledge base does), on the object
-                drawn = _rasterise(torch.tensor(stroke, dtype=torch.float64)).round().long()
+                drawn = rasterise_polyline(torch.tensor(stroke, dtype=torch.float64)).round().long()
                 assert all(gt[sy, sx] == gt[py, px] for sx, sy in drawn.tolist())
             assert a["area"] < 0.85 * w * h or a["category_id"] in (1, 2)  # boxes are poor masks
         cats = [a["category_id"] for a in record.annotations]

@@ -90,7 +90,7 @@ class KnowledgeBase:
 
 # --- compiling weak annotations ----------------------------------------------------------------
 
-def _rasterise(polyline: torch.Tensor) -> torch.Tensor:
+def rasterise_polyline(polyline: torch.Tensor) -> torch.Tensor:
     """[P, 2] (x, y) vertices -> the (x, y) points along each segment, one per pixel step."""
     if len(polyline) == 1:
         return polyline
@@ -218,7 +218,7 @@ def compile_knowledge_base(annotations, num_classes: int, image_size: tuple[int,
             for x, y in ann.get("points") or []:
                 info.points.append((c, *pixel(float(x), float(y))))
             for line in ann.get("scribbles") or []:
-                for x, y in _rasterise(torch.tensor(line, dtype=torch.float64).reshape(-1, 2)).tolist():
+                for x, y in rasterise_polyline(torch.tensor(line, dtype=torch.float64).reshape(-1, 2)).tolist():
                     info.scribbles.append((c, *pixel(x, y)))
         info.present.update(channel(t, "tags") for t in tags)
         info.absent.update(channel(t, "tags") for t in absent)

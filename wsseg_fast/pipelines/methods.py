@@ -196,11 +196,11 @@ def _box_pixels(box, height: int, width: int, grow: int = 0) -> tuple[int, int, 
 def seed_pixels(annotation: dict, height: int, width: int) -> np.ndarray:
     """``[K, 2]`` (y, x) pixels an annotation marks as its object: its points and its
     scribbles drawn as polylines (as the knowledge base draws them)."""
-    from wsseg_fast.logic.knowledge_base import _rasterise
+    from wsseg_fast.logic.knowledge_base import rasterise_polyline
 
     xy = [np.asarray(annotation.get("points") or [], np.float64).reshape(-1, 2)]
     for line in annotation.get("scribbles") or []:
-        xy.append(_rasterise(torch.tensor(line, dtype=torch.float64).reshape(-1, 2)).numpy())
+        xy.append(rasterise_polyline(torch.tensor(line, dtype=torch.float64).reshape(-1, 2)).numpy())
     xy = np.floor(np.concatenate(xy)).astype(np.int64)
     ok = (xy[:, 0] >= 0) & (xy[:, 0] < width) & (xy[:, 1] >= 0) & (xy[:, 1] < height)
     return np.unique(xy[ok][:, ::-1], axis=0)
