@@ -187,10 +187,15 @@ COLOUR_CLIP = 8.0  # log-likelihood ratios beyond this say nothing more: caps on
 SHRINK_SAMPLES = 20.0  # the object's colour spread starts as its surroundings' (same kind of texture)
 
 
-def _box_pixels(box, height: int, width: int, grow: int = 0) -> tuple[int, int, int, int]:
-    x0, y0, x1, y1 = box
-    return (max(0, int(np.floor(y0)) - grow), min(height, int(np.ceil(y1)) + grow),
-            max(0, int(np.floor(x0)) - grow), min(width, int(np.ceil(x1)) + grow))
+def _box_pixels(boxes: np.ndarray, height: int, width: int, grow: int = 0) -> np.ndarray:
+    """``[N, 4]`` int (y0, y1, x0, x1): the pixels of each box as the box constraint reads them
+    (:func:`wsseg_fast.reference.logic.box_pixel_bounds`), grown by ``grow`` and clipped to the image."""
+    from wsseg_fast.reference.logic import box_pixel_bounds
+
+    boxes = torch.as_tensor(np.asarray(boxes, np.float64).reshape(-1, 4))
+    x0, y0, x1, y1 = box_pixel_bounds(boxes, height, width).numpy().T
+    return np.stack([np.maximum(y0 - grow, 0), np.minimum(y1 + grow, height),
+                     np.maximum(x0 - grow, 0), np.minimum(x1 + grow, width)], axis=1)
 
 
 def seed_pixels(annotation: dict, height: int, width: int) -> np.ndarray:
@@ -238,19 +243,20 @@ def colour_evidence(image: np.ndarray, boxes: np.ndarray, annotations: list[dict
     lab = rgb_to_lab(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
     lab = uniform_filter(lab.astype(np.float64), size=(3, 3, 1), mode="nearest")
     evidence = np.full((len(boxes), h, w), -COLOUR_CLIP, np.float32)
+    inner, outer = _box_pixels(boxes, h, w), _box_pixels(boxes, h, w, grow=ring)
     for i, box in enumerate(boxes):
-        y0, y1, x0, x1 = _box_pixels(box, h, w)
+        y0, y1, x0, x1 = inner[i]
         if y1 <= y0 or x1 <= x0:
             continue
         evidence[i, y0:y1, x0:x1] = 0.0
-        oy0, oy1, ox0, ox1 = _box_pixels(box, h, w, grow=ring)
+        oy0, oy1, ox0, ox1 = outer[i]
         around = np.zeros((h, w), bool)
         around[oy0:oy1, ox0:ox1] = True
         around[y0:y1, x0:x1] = False
         for j, other in enumerate(boxes):
             holds = other[0] <= box[0] and other[1] <= box[1] and other[2] >= box[2] and other[3] >= box[3]
             if j != i and not holds:
-                a0, a1, b0, b1 = _box_pixels(other, h, w)
+                a0, a1, b0, b1 = inner[j]
                 around[a0:a1, b0:b1] = False
         seeds = seed_pixels(annotations[i], h, w) if i < len(annotations) else np.zeros((0, 2), np.int64)
         inside = (seeds[:, 0] >= y0) & (seeds[:, 0] < y1) & (seeds[:, 1] >= x0) & (seeds[:, 1] < x1)
@@ -276,11 +282,12 @@ def keep_seeded_components(logits: np.ndarray, boxes: np.ndarray, annotations: l
 
     logits = logits.copy()
     h, w = logits.shape[1:]
+    bounds = _box_pixels(boxes, h, w)
     for i in range(min(len(logits), len(annotations), len(boxes))):
         seeds = seed_pixels(annotations[i], h, w)
         if not len(seeds):
             continue
-        y0, y1, x0, x1 = _box_pixels(boxes[i], h, w)
+        y0, y1, x0, x1 = bounds[i]
         crop = logits[i, y0:y1, x0:x1]  # a view: edits land in logits
         parts, _ = connected(crop > 0, structure=np.ones((3, 3)))
         inside = (seeds[:, 0] >= y0) & (seeds[:, 0] < y1) & (seeds[:, 1] >= x0) & (seeds[:, 1] < x1)
