@@ -17,10 +17,8 @@ encoder identity (model type, weights digest, backend, precision, storage dtype)
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -28,12 +26,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from wsseg_fast.io import TMP_PREFIX, atomic_write_bytes, atomic_write_json, file_digest
 from wsseg_fast.sam.prompting import Embedding
 
 FORMAT = "wsseg-fast-embedding-v1"
 STORAGE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 SUFFIX = ".safetensors"
-TMP_PREFIX = ".tmp-"
 STALE_TMP_SECONDS = 3600
 
 
@@ -54,42 +52,6 @@ def _checksum(data: bytes, original_size, input_size) -> str:
     h = hashlib.blake2b(data, digest_size=16)
     h.update(f"|{tuple(original_size)}|{tuple(input_size)}".encode())
     return h.hexdigest()
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` holds either the old or the whole new bytes."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
-
-
-def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    """``torch.save`` with :func:`atomic_write_bytes`' guarantee (checkpoints of every stage)."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(os.fspath(path), buffer.getvalue())
 
 
 @dataclass
@@ -271,8 +233,6 @@ class EmbeddingCache:
     def file_digest(self, path: str | os.PathLike) -> str:
         """BLAKE2b of a (checkpoint) file, remembered by path, size and mtime so that a
         warm run does not re-read a 2.5 GB checkpoint to compute its cache keys."""
-        from wsseg_fast.sam.model import file_digest
-
         st = os.stat(path)
         memo_path = os.path.join(self.root, "file-digests.json")
         token = f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}"
@@ -283,5 +243,5 @@ class EmbeddingCache:
             memo = {}
         if token not in memo:
             memo[token] = file_digest(path)
-            atomic_write_bytes(memo_path, json.dumps(memo, indent=1, sort_keys=True).encode())
+            atomic_write_json(memo_path, memo)
         return memo[token]

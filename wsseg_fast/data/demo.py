@@ -20,7 +20,8 @@ import os
 
 import numpy as np
 
-from wsseg_fast.data.labels import write_label_png
+from wsseg_fast.data.labels import encode_image_png, write_label_png
+from wsseg_fast.io import atomic_write_bytes
 
 CATEGORIES = ["disc", "cup", "crescent", "rod", "ring", "ell"]
 COLOURS = {  # base RGB of each class; textures vary around it
@@ -202,7 +203,7 @@ def make_demo(out: str | os.PathLike, images: int = 8, seed: int = 0) -> dict:
         rng = np.random.default_rng([seed, index])  # each image from its own stream
         image, label, objects = make_image(rng)
         stem = f"demo_{index:04d}"
-        Image.fromarray(image).save(os.path.join(out, "images", stem + ".png"), compress_level=6)
+        atomic_write_bytes(os.path.join(out, "images", stem + ".png"), encode_image_png(image))
         write_label_png(os.path.join(out, "gt", stem + ".png"), label)
         tags = sorted({CATEGORIES.index(o["category"]) + 1 for o in objects})
         coco["images"].append({"id": index + 1, "file_name": stem + ".png", "height": SIZE[0], "width": SIZE[1], "tags": tags})
@@ -219,6 +220,5 @@ def make_demo(out: str | os.PathLike, images: int = 8, seed: int = 0) -> dict:
                 "scribbles": scribbles,
                 "segmentation": _rle(obj["mask"]),
             })
-    with open(os.path.join(out, "annotations.json"), "w") as f:
-        json.dump(coco, f, indent=1)
+    atomic_write_bytes(os.path.join(out, "annotations.json"), json.dumps(coco, indent=1).encode())
     return coco

@@ -8,6 +8,8 @@ import os
 
 import numpy as np
 
+from wsseg_fast.io import atomic_write_bytes
+
 IGNORE = 255
 
 
@@ -37,10 +39,17 @@ def encode_label_png(label: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def encode_image_png(image: np.ndarray) -> bytes:
+    """PNG bytes of a ``uint8`` RGB ``[H, W, 3]`` image."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
 def write_label_png(path: str | os.PathLike, label: np.ndarray) -> None:
     """Write atomically (temporary file + rename)."""
-    from wsseg_fast.cache import atomic_write_bytes
-
     atomic_write_bytes(os.fspath(path), encode_label_png(label))
 
 

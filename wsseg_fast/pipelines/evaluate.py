@@ -13,6 +13,7 @@ import math
 import os
 from pathlib import Path
 
+from wsseg_fast.io import atomic_write_text
 from wsseg_fast.metrics import IGNORE_INDEX, SegmentationMeter, markdown_table
 from wsseg_fast.pipelines.label_maps import read_label
 
@@ -72,7 +73,7 @@ def write_report(result: dict, out_json: str | os.PathLike, title: str = "Evalua
     """Write ``result`` as JSON and as Markdown beside it (same name, ``.md``)."""
     out_json = Path(out_json)
     out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(_json_safe(result), indent=2) + "\n")
+    atomic_write_text(out_json, json.dumps(_json_safe(result), indent=2) + "\n")
     out_md = out_json.with_suffix(".md")
-    out_md.write_text(markdown_table(result, title) + f"\n{result['num_images']} images, {result['num_classes']} classes.\n")
+    atomic_write_text(out_md, markdown_table(result, title) + f"\n{result['num_images']} images, {result['num_classes']} classes.\n")
     return out_json, out_md

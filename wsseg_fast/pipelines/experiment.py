@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from wsseg_fast.cache import atomic_write_bytes
+from wsseg_fast.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 ROW_NAMES = ("box", "sbr", "student_sbr", "student_box", "student_gt", "multihead_5pct")
 # The demo's domain knowledge: the cup lies inside the disc; one class per pixel; its
@@ -79,7 +79,7 @@ def run_demo_experiment(cfg: DemoExperimentConfig, progress: bool = True) -> dic
     step("data")
     train_coco = str(out / "train" / "annotations.json")
     names = CocoWeakDataset(train_coco).class_names
-    (out / "priors.yaml").write_text(PRIORS)
+    atomic_write_text(out / "priors.yaml", PRIORS)
 
     rows = []
     job = dict(coco=train_coco, model="tiny", cache=str(out / "cache"), threads=cfg.threads)
@@ -111,8 +111,8 @@ def run_demo_experiment(cfg: DemoExperimentConfig, progress: bool = True) -> dic
     report = {"rows": rows, "settings": asdict(cfg), "seconds": seconds,
               "total_seconds": round(time.perf_counter() - began, 1)}
     report["goals"] = _goals(rows)
-    (out / "report.json").write_text(json.dumps(report, indent=1))
-    (out / "report.md").write_text(_markdown(report))
+    atomic_write_json(out / "report.json", report)
+    atomic_write_text(out / "report.md", _markdown(report))
     _plot(rows, out / "report.png")
     say((out / "report.md").read_text())
     return report
@@ -189,4 +189,4 @@ def _plot(rows: list[dict], path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    atomic_write_bytes(str(path), buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wsseg_fast.io import append_jsonl, atomic_torch_save
+
 CHECKPOINT_NAME = "last.pt"
 FINETUNED_NAME = "finetuned.pth"
 CHECKPOINT_FORMAT = "wsseg_fast.finetune/1"
@@ -187,7 +189,6 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> Path:
     modules' ``mask_decoder.*`` / ``prompt_encoder.*`` / ``image_encoder.*`` entries)."""
     from tqdm.auto import tqdm
 
-    from wsseg_fast.cache import atomic_torch_save
     from wsseg_fast.data import CocoWeakDataset
     from wsseg_fast.sam.model import build_sam
 
@@ -237,8 +238,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> Path:
             bar.set_postfix(loss=f"{loss.item():.4f}")
         record = {"epoch": epoch + 1, "loss": loss_sum / len(items), "seconds": round(time.perf_counter() - began, 3),
                   "satisfaction": {k: v / len(items) for k, v in sorted(sat_sums.items())}}
-        with open(out / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_jsonl(out / "log.jsonl", record)
         log(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f} "
             + " ".join(f"{k}={v:.3f}" for k, v in record["satisfaction"].items()))
         atomic_torch_save({"format": CHECKPOINT_FORMAT, "config": _plain_config(cfg), "epoch": epoch + 1,

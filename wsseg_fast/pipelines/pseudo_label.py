@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from wsseg_fast.io import TMP_PREFIX, append_jsonl, atomic_write_bytes, atomic_write_json, file_digest
 from wsseg_fast.pipelines.methods import METHODS, MethodInput, resolve
 
 OUTPUT_VERSION = 1
@@ -63,19 +64,7 @@ class JobConfig:
         """What the outputs depend on: a re-run with other settings must not mix with them."""
         return {"version": OUTPUT_VERSION, "method": self.method, "options": self.options,
                 "model": self.model if METHODS[self.method].needs_sam else None,
-                "weights": weights, "finetuned": finetuned, "coco": _file_digest(self.coco)}
-
-
-def _file_digest(path: str) -> str:
-    from wsseg_fast.sam.model import file_digest
-
-    return file_digest(path)
-
-
-def _write_json(path: str, obj) -> None:
-    from wsseg_fast.cache import atomic_write_bytes
-
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+                "weights": weights, "finetuned": finetuned, "coco": file_digest(self.coco)}
 
 
 class Labeller:
@@ -120,7 +109,6 @@ class Labeller:
 
     def _label(self, record, image: np.ndarray, embedding=None) -> dict:
         from wsseg_fast.data.labels import encode_label_png
-        from wsseg_fast.cache import atomic_write_bytes
 
         h, w = image.shape[:2]
         boxes, classes = self.dataset.boxes(record)
@@ -144,7 +132,7 @@ class Labeller:
             "label": f"labels/{record.stem}.png", "label_blake2b": hashlib.blake2b(png, digest_size=16).hexdigest(),
             "instances": _instances_json(record, anns, instances, winner) if instances is not None else [],
         }
-        _write_json(os.path.join(out, "parts", record.stem + ".json"), part)
+        atomic_write_json(os.path.join(out, "parts", record.stem + ".json"), part)
         if _TEST_DELAY:  # lets the SIGKILL test land between images
             time.sleep(_TEST_DELAY)
         return part
@@ -193,7 +181,7 @@ def overlay(image: np.ndarray, label: np.ndarray, boxes: np.ndarray) -> bytes:
 def _prepare_out(cfg: JobConfig, labeller: Labeller, overwrite: bool) -> dict:
     engine = labeller.engine
     settings = cfg.settings(engine.identity["weights"] if engine else None,
-                            _file_digest(cfg.finetuned) if cfg.finetuned else None)
+                            file_digest(cfg.finetuned) if cfg.finetuned else None)
     path = os.path.join(cfg.out, "settings.json")
     previous = None
     if os.path.exists(path):
@@ -211,9 +199,7 @@ def _prepare_out(cfg: JobConfig, labeller: Labeller, overwrite: bool) -> dict:
                 os.unlink(os.path.join(cfg.out, name))
         os.makedirs(os.path.join(cfg.out, "labels"), exist_ok=True)
         os.makedirs(os.path.join(cfg.out, "parts"), exist_ok=True)
-    _write_json(path, settings)
-    from wsseg_fast.cache import TMP_PREFIX
-
+    atomic_write_json(path, settings)
     for sub in ("labels", "parts", "vis", "."):  # half-written files of a killed run (never visible as outputs)
         directory = os.path.join(cfg.out, sub)
         for name in os.listdir(directory) if os.path.isdir(directory) else ():
@@ -285,8 +271,7 @@ def run_pseudo_label(cfg: JobConfig, *, executor: str = "local", ray_address: st
         "cache_hits": (stats.cache_hits if stats else 0) + remote_hits,
         "encoded": (stats.encoded if stats else 0) + remote_encoded,
     }
-    with open(os.path.join(cfg.out, "runs.jsonl"), "a") as f:
-        f.write(json.dumps(run) + "\n")
+    append_jsonl(os.path.join(cfg.out, "runs.jsonl"), run)
     return {**summary, "run": run}
 
 
@@ -342,18 +327,16 @@ def finalize(cfg: JobConfig, labeller: Labeller, settings: dict, failed: dict[in
 
             meter.update(torch.from_numpy(label.astype(np.int64)), torch.from_numpy(gt.astype(np.int64)))
             evaluated += 1
-    _write_json(os.path.join(cfg.out, "pseudo_labels.json"),
+    atomic_write_json(os.path.join(cfg.out, "pseudo_labels.json"),
                 {"info": {"description": f"wsseg_fast pseudo-labels ({cfg.method})"}, "categories": dataset.categories,
                  "images": images, "annotations": annotations})
-    _write_json(os.path.join(cfg.out, "manifest.json"),
+    atomic_write_json(os.path.join(cfg.out, "manifest.json"),
                 {"settings": settings, "class_names": dataset.class_names, "images": entries, "failed": errors})
     report = None
     if evaluated:
         scores = meter.compute()
         report = {"method": cfg.method, "images_evaluated": evaluated, **scores}
-        _write_json(os.path.join(cfg.out, "report.json"), report)
-        from wsseg_fast.cache import atomic_write_bytes
-
+        atomic_write_json(os.path.join(cfg.out, "report.json"), report)
         title = f"Pseudo-labels ({cfg.method}) vs ground truth, {evaluated} images"
         atomic_write_bytes(os.path.join(cfg.out, "report.md"), markdown_table(scores, title).encode())
     return {"labelled": len(entries), "failed": errors, "report": report}

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from wsseg_fast.cache import atomic_torch_save
+from wsseg_fast.io import atomic_torch_save
 from wsseg_fast.metrics import IGNORE_INDEX, SegmentationMeter
 from wsseg_fast.models.student import MultiHeadUNet, build_student
 from wsseg_fast.pipelines.label_maps import label_path, list_images, read_image, read_label, write_label

@@ -18,6 +18,8 @@ import warnings
 
 import torch
 
+from wsseg_fast.io import atomic_output, atomic_write_bytes
+
 BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -26,21 +28,13 @@ class EncoderBackendError(RuntimeError):
     """A backend that cannot run here, with the reason."""
 
 
-def _atomic_target(out: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(out)) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(out) + ".", suffix=".tmp", dir=os.path.dirname(os.path.abspath(out)))
-    os.close(fd)
-    return tmp
-
-
 def export_onnx(encoder: torch.nn.Module, out: str | os.PathLike, *, opset: int = 17) -> str:
     """Export ``encoder`` (an ``ImageEncoderViT``) to ONNX with a dynamic batch axis.
     Written to a temporary name and renamed, so a killed export leaves no partial file."""
     out = os.fspath(out)
     size = encoder.img_size
     dummy = torch.zeros(2, 3, size, size)
-    tmp = _atomic_target(out)
-    try:
+    with atomic_output(out) as tmp:
         # The TorchScript exporter takes ~4 s for the tiny encoder where the dynamo
         # exporter takes ~40 s; the latter is the fallback once the former is gone.
         with torch.no_grad(), warnings.catch_warnings():
@@ -57,10 +51,6 @@ def export_onnx(encoder: torch.nn.Module, out: str | os.PathLike, *, opset: int 
                     dynamic_shapes={"x": {0: batch}}, opset_version=opset, dynamo=True,
                 )
                 program.save(tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out
 
 
@@ -85,10 +75,7 @@ def export_tensorrt(onnx_path: str | os.PathLike, out: str | os.PathLike, *, fp1
     engine = builder.build_serialized_network(network, config)
     if engine is None:
         raise EncoderBackendError(f"TensorRT failed to build an engine from {onnx_path}")
-    tmp = _atomic_target(os.fspath(out))
-    with open(tmp, "wb") as f:
-        f.write(engine)
-    os.replace(tmp, out)
+    atomic_write_bytes(out, engine)
     return os.fspath(out)
 
 

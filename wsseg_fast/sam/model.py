@@ -22,6 +22,8 @@ from functools import partial
 import torch
 from torch import nn
 
+from wsseg_fast.io import file_digest
+
 
 class CheckpointError(ValueError):
     """A checkpoint file that is missing, unreadable/truncated, or made for another model."""
@@ -224,15 +226,6 @@ def load_finetuned(sam: nn.Module, checkpoint: str | os.PathLike) -> None:
 def finetuned_has_encoder(checkpoint: str | os.PathLike) -> bool:
     """Whether fine-tuned weights include the image encoder (then they are a whole SAM)."""
     return any(k.startswith("image_encoder.") for k in load_state_dict_file(checkpoint))
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """BLAKE2b-128 of a file's bytes (hex)."""
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def weights_id(model: str, checkpoint: str | os.PathLike | None) -> str:
