@@ -1,0 +1,40 @@
+"""``experiment demo``: both stages on the built-in demo, one comparison table."""
+
+from __future__ import annotations
+
+import json
+
+from wsseg_fast.cli.common import UsageError
+from wsseg_fast.pipelines.experiment import DemoExperimentConfig, run_demo_experiment
+
+
+def add_experiment(sub) -> None:
+    p = sub.add_parser("experiment", help="run both stages on the built-in demo and write a comparison table")
+    p.add_argument("name", choices=("demo",), help="the experiment (demo: tiny SAM on the built-in demo dataset)")
+    p.add_argument("--out", default="experiment-demo", help="output directory (default experiment-demo); re-running resumes")
+    p.add_argument("--train-images", type=int, default=24)
+    p.add_argument("--test-images", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--finetune-epochs", type=int, default=DemoExperimentConfig.finetune_epochs)
+    p.add_argument("--student-epochs", type=int, default=DemoExperimentConfig.student_epochs)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run_experiment)
+
+
+def run_experiment(args) -> int:
+    for name in ("train_images", "test_images", "finetune_epochs", "student_epochs"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
+    cfg = DemoExperimentConfig(out=args.out, train_images=args.train_images, test_images=args.test_images, seed=args.seed,
+                               finetune_epochs=args.finetune_epochs, student_epochs=args.student_epochs,
+                               threads=args.threads)
+    report = run_demo_experiment(cfg, progress=not args.quiet)
+    if args.quiet:
+        print(json.dumps({r["name"]: round(r["miou"], 4) for r in report["rows"]}))
+    print(f"wrote {args.out}/report.json, report.md, report.png")
+    return 0
+
+
+def register(sub) -> None:
+    add_experiment(sub)

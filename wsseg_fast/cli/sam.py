@@ -1,0 +1,89 @@
+"""SAM commands: ``export-encoder`` and stage 1 ``finetune``."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from wsseg_fast.cli.common import UsageError, add_config, name_value, save_config
+from wsseg_fast.data import DataError
+from wsseg_fast.pipelines.finetune import finetune, FinetuneConfig, FinetuneError, TRAINABLE
+from wsseg_fast.sam import build_image_encoder, CheckpointError, EncoderBackendError, export_onnx, export_tensorrt
+from wsseg_fast.sam.model import MODEL_CONFIGS
+
+
+def add_export_encoder(sub) -> None:
+    p = sub.add_parser("export-encoder", help="export SAM's image encoder to ONNX or a TensorRT engine")
+    p.add_argument("--model", default="vit_b", choices=sorted(MODEL_CONFIGS))
+    p.add_argument("--checkpoint", help="SAM checkpoint (none: random weights)")
+    p.add_argument("--format", default="onnx", choices=("onnx", "tensorrt"))
+    p.add_argument("--out", required=True, help="output file (.onnx or .engine)")
+    p.add_argument("--onnx", help="tensorrt: build from this ONNX file instead of exporting first")
+    p.add_argument("--fp16", action="store_true", help="tensorrt: allow fp16 kernels")
+    p.set_defaults(func=run_export_encoder)
+
+
+def run_export_encoder(args) -> int:
+    try:
+        if args.format == "onnx":
+            export_onnx(build_image_encoder(args.model, args.checkpoint), args.out)
+        else:
+            onnx_path = args.onnx
+            if onnx_path is None:
+                from wsseg_fast.sam.encoder import _import_tensorrt
+
+                _import_tensorrt()  # fail before the slow export when TensorRT cannot run here
+                onnx_path = os.path.join(tempfile.mkdtemp(prefix="wsseg-fast-"), "encoder.onnx")
+                export_onnx(build_image_encoder(args.model, args.checkpoint), onnx_path)
+            export_tensorrt(onnx_path, args.out, fp16=args.fp16)
+    except (CheckpointError, EncoderBackendError) as exc:
+        raise UsageError(str(exc)) from None
+    print(f"wrote {args.out} ({os.path.getsize(args.out) / 2**20:.1f} MiB)")
+    return 0
+
+
+def add_finetune(sub) -> None:
+    p = sub.add_parser("finetune", help="stage 1: fine-tune SAM under fuzzy-logic constraints from the weak labels")
+    p.add_argument("--coco", required=True, help="COCO JSON with the weak annotations")
+    p.add_argument("--images", help="image directory (default: images/ beside the JSON)")
+    p.add_argument("--model", default="tiny", choices=sorted(MODEL_CONFIGS))
+    p.add_argument("--checkpoint", help="SAM checkpoint to start from (none: seeded random weights)")
+    p.add_argument("--priors", help="YAML priors: containment, exclusion, one_class_per_pixel, pairwise")
+    p.add_argument("--train", default="decoder", choices=sorted(TRAINABLE),
+                   help="what trains: the mask decoder (default), + the prompt encoder, or all (tiny)")
+    p.add_argument("--out", required=True, help="output directory (finetuned.pth, last.pt, log.jsonl); re-running resumes")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weight", action="append", default=[], metavar="KIND=W", help="a constraint kind's weight in SatAgg")
+    p.add_argument("--loss-scale", type=float, default=0.5, help="evaluate the constraints on the image scaled by this (default 0.5)")
+    p.add_argument("--p-exists", type=float, default=8.0, help="exponent of the existential quantifier (default 8: close to max)")
+    p.add_argument("--cache", help="embedding cache directory (frozen encoder)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true")
+    add_config(p)
+    p.set_defaults(func=run_finetune)
+
+
+def run_finetune(args) -> int:
+    try:
+        weights = {name: float(w) for name, w in (name_value(t, "--weight") for t in args.weight)}
+    except ValueError as exc:
+        raise UsageError(f"--weight: {exc}") from None
+    cfg = FinetuneConfig(coco=args.coco, images=args.images, out=args.out, model=args.model, checkpoint=args.checkpoint,
+                         priors=args.priors, train=args.train, epochs=args.epochs, lr=args.lr, seed=args.seed,
+                         weights=weights, cache=args.cache, device=args.device, threads=args.threads,
+                         loss_scale=args.loss_scale, p_exists=args.p_exists)
+    save_config(args, args.out)
+    try:
+        path = finetune(cfg, progress=not args.quiet)
+    except (DataError, FinetuneError, CheckpointError) as exc:
+        raise UsageError(str(exc)) from None
+    print(f"fine-tuned weights: {path} (use: wsseg-fast pseudo-label --method sbr --finetuned {path} ...)")
+    return 0
+
+
+def register(sub) -> None:
+    add_export_encoder(sub)
+    add_finetune(sub)
