@@ -43,10 +43,11 @@ def add_ops_demo(sub) -> None:
 def run_ops_demo(args) -> int:
     """Random prompter outputs and targets -> batched matching -> loss -> backward,
     with the per-image SciPy matcher as the check and the baseline."""
-    from wsseg_fast.matching import HungarianMatcher, PromptSetCriterion  # the ops: Triton kernels load here
+    from wsseg_fast.matching import (  # the ops: Triton kernels load here
+        HungarianMatcher,
+        PromptSetCriterion,
+    )
     from wsseg_fast.reference.matching import match_per_image
-
-
 
     if args.batch < 1 or args.queries < 1 or args.classes < 1:
         raise UsageError("--batch, --queries and --classes must be >= 1")

@@ -9,7 +9,8 @@ import sys
 from wsseg_fast.cli.common import UsageError, default_cache
 from wsseg_fast.data import DataError
 from wsseg_fast.pipelines.methods import METHODS, parse_options
-from wsseg_fast.pipelines.pseudo_label import JobConfig, JobError, run_pseudo_label as run
+from wsseg_fast.pipelines.pseudo_label import JobConfig, JobError
+from wsseg_fast.pipelines.pseudo_label import run_pseudo_label as run
 from wsseg_fast.sam import CheckpointError, EncoderBackendError
 from wsseg_fast.sam.encoder import BACKENDS
 from wsseg_fast.sam.model import MODEL_CONFIGS

@@ -7,8 +7,19 @@ import tempfile
 
 from wsseg_fast.cli.common import UsageError, add_config, name_value, save_config
 from wsseg_fast.data import DataError
-from wsseg_fast.pipelines.finetune import finetune, FinetuneConfig, FinetuneError, TRAINABLE
-from wsseg_fast.sam import build_image_encoder, CheckpointError, EncoderBackendError, export_onnx, export_tensorrt
+from wsseg_fast.pipelines.finetune import (
+    TRAINABLE,
+    FinetuneConfig,
+    FinetuneError,
+    finetune,
+)
+from wsseg_fast.sam import (
+    CheckpointError,
+    EncoderBackendError,
+    build_image_encoder,
+    export_onnx,
+    export_tensorrt,
+)
 from wsseg_fast.sam.model import MODEL_CONFIGS
 
 

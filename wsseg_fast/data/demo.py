@@ -19,6 +19,9 @@ import json
 import os
 
 import numpy as np
+from pycocotools import mask as mask_utils
+from scipy.ndimage import distance_transform_edt
+from skimage.morphology import skeletonize
 
 from wsseg_fast.data.labels import encode_image_png, write_label_png
 from wsseg_fast.io import atomic_write_bytes
@@ -88,6 +91,7 @@ def _skeleton_strokes(skeleton: np.ndarray) -> list[list[tuple[int, int]]]:
     """The pixels of a skeleton as strokes: walks along 8-connected neighbours, starting
     from an end (a pixel with one neighbour) when there is one, so consecutive pixels of
     a stroke touch and the polyline through them stays on the skeleton."""
+
     remaining = {(int(y), int(x)) for y, x in np.argwhere(skeleton)}
     steps = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
 
@@ -114,8 +118,6 @@ def _weak_labels(visible: np.ndarray, rng: np.random.Generator) -> tuple[list, l
     """One positive point (the visible pixel deepest inside) and scribbles: the visible
     part's skeleton as strokes of touching pixels (so the polylines stay on the object,
     even through one-pixel-thin tips; row-major skeleton order drew chords across holes)."""
-    from scipy.ndimage import distance_transform_edt
-    from skimage.morphology import skeletonize
 
     depth = distance_transform_edt(visible)
     py, px = np.unravel_index(int(np.argmax(depth)), depth.shape)
@@ -124,8 +126,6 @@ def _weak_labels(visible: np.ndarray, rng: np.random.Generator) -> tuple[list, l
 
 
 def _rle(mask: np.ndarray) -> dict:
-    from pycocotools import mask as mask_utils
-
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
@@ -186,7 +186,6 @@ def make_image(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[d
 def make_demo(out: str | os.PathLike, images: int = 8, seed: int = 0) -> dict:
     """Write the demo dataset under ``out``; returns the COCO dict. Same ``images`` and
     ``seed`` -> the same bytes."""
-    from PIL import Image
 
     if images < 1:
         raise ValueError(f"make_demo: images must be >= 1, got {images}")

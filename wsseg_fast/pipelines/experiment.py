@@ -15,13 +15,19 @@ interrupted experiment re-run continues where it stopped.
 from __future__ import annotations
 
 import io
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
+from wsseg_fast.data import CocoWeakDataset, make_demo
 from wsseg_fast.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from wsseg_fast.pipelines.evaluate import evaluate
+from wsseg_fast.pipelines.finetune import FinetuneConfig, finetune
+from wsseg_fast.pipelines.pseudo_label import JobConfig, run_pseudo_label
+from wsseg_fast.pipelines.student import StudentConfig, predict, train_student
 
 ROW_NAMES = ("box", "sbr", "student_sbr", "student_box", "student_gt", "multihead_5pct")
 # The demo's domain knowledge: the cup lies inside the disc; one class per pixel; its
@@ -54,12 +60,6 @@ class DemoExperimentConfig:
 
 def run_demo_experiment(cfg: DemoExperimentConfig, progress: bool = True) -> dict:
     """Run (or finish) the experiment; returns the ``report.json`` content."""
-    import torch
-
-    from wsseg_fast.data import CocoWeakDataset, make_demo
-    from wsseg_fast.pipelines.finetune import FinetuneConfig, finetune
-    from wsseg_fast.pipelines.pseudo_label import JobConfig, run_pseudo_label
-
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     began = time.perf_counter()
@@ -120,8 +120,6 @@ def run_demo_experiment(cfg: DemoExperimentConfig, progress: bool = True) -> dic
 
 def _student(cfg: DemoExperimentConfig, out: Path, name: str, arch: str, sources: dict, names: list[str],
              progress: bool) -> dict:
-    from wsseg_fast.pipelines.evaluate import evaluate
-    from wsseg_fast.pipelines.student import StudentConfig, predict, train_student
 
     ckpt_dir = out / "students" / name
     config = StudentConfig(images=str(out / "train" / "images"), sources={k: str(v) for k, v in sources.items()},
