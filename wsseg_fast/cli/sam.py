@@ -20,6 +20,7 @@ from wsseg_fast.sam import (
     export_onnx,
     export_tensorrt,
 )
+from wsseg_fast.sam.encoder import import_tensorrt
 from wsseg_fast.sam.model import MODEL_CONFIGS
 
 
@@ -41,9 +42,7 @@ def run_export_encoder(args) -> int:
         else:
             onnx_path = args.onnx
             if onnx_path is None:
-                from wsseg_fast.sam.encoder import _import_tensorrt
-
-                _import_tensorrt()  # fail before the slow export when TensorRT cannot run here
+                import_tensorrt()  # fail before the slow export when TensorRT cannot run here
                 onnx_path = os.path.join(tempfile.mkdtemp(prefix="wsseg-fast-"), "encoder.onnx")
                 export_onnx(build_image_encoder(args.model, args.checkpoint), onnx_path)
             export_tensorrt(onnx_path, args.out, fp16=args.fp16)
