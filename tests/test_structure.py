@@ -5,6 +5,7 @@ that defers imports of the package's own modules)."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import wsseg_fast
@@ -114,3 +115,14 @@ def test_no_function_local_imports_of_the_package():
                     if isinstance(node, (ast.Import, ast.ImportFrom)) and any(n.startswith("wsseg_fast") for n in names):
                         local.append(f"{name}.{fn.name} (line {node.lineno})")
     assert local == []
+
+
+_WRITERS = re.compile(r"""\.write_text\(|\.write_bytes\(|\bjson\.dump\(|\btorch\.save\(|\bnp\.save\(|open\([^)]*["'][wax]b?\+?["']""")
+
+
+def test_only_the_io_module_writes_durable_files():
+    """Files meant to survive a crash are written atomically by wsseg_fast/io.py, nowhere else."""
+    writers = [f"{name} line {i}" for name, path in MODULES.items() if name != "wsseg_fast.io"
+               for i, line in enumerate(path.read_text().splitlines(), 1) if _WRITERS.search(line)]
+    assert writers == []
+    assert _WRITERS.search('with open(path, "w") as f:') and _WRITERS.search("torch.save(obj, path)")
