@@ -23,6 +23,7 @@ def add_pseudo_label(sub) -> None:
     p.add_argument("--out", help="output directory, re-running resumes (required)")
     p.add_argument("--method", default="sam-box", help="sam-box (default), sam-point, box, ... (see --list-methods)")
     p.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE", help="a method setting (repeatable)")
+    p.add_argument("--refine", choices=("crf",), help="refine every label map after the method: crf = dense CRF (mean field)")
     p.add_argument("--list-methods", action="store_true", help="print the methods and their options, then exit")
     p.add_argument("--model", default="vit_b", choices=sorted(MODEL_CONFIGS))
     p.add_argument("--checkpoint", help="SAM checkpoint (e.g. sam_vit_b_01ec64.pth); none: random weights (pipeline test only)")
@@ -66,7 +67,7 @@ def run_pseudo_label(args) -> int:
         checkpoint=args.checkpoint, finetuned=args.finetuned, backend=args.backend, encoder_file=args.encoder_file,
         precision=args.precision, cache=None if args.no_cache else (args.cache or default_cache()),
         cache_dtype=args.cache_dtype, device=args.device, batch_size=args.batch_size, visualize=args.visualize,
-        gt=args.gt, threads=args.threads,
+        gt=args.gt, threads=args.threads, refine=args.refine,
     )
     if args.checkpoint is None and METHODS[args.method].needs_sam:
         print(f"note: no --checkpoint: SAM {args.model} has random weights; the masks only exercise the pipeline",

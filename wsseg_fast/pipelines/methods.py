@@ -97,7 +97,7 @@ def parse_options(method: str, pairs: list[str]) -> dict:
     return options
 
 
-def _box_masks(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+def box_masks(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     masks = np.zeros((len(boxes), height, width), bool)
     for i, (x0, y0, x1, y1) in enumerate(np.rint(boxes).astype(int)):
         masks[i, max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)] = True
@@ -108,7 +108,7 @@ def _box_masks(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
 def box_method(ctx: MethodInput) -> Instances:
     """Filled boxes (the baseline); where boxes overlap the smaller box wins."""
     h, w = ctx.image.shape[:2]
-    masks = _box_masks(ctx.boxes, h, w)
+    masks = box_masks(ctx.boxes, h, w)
     area = masks.reshape(len(masks), -1).sum(1).astype(np.float64)
     return Instances(masks, ctx.classes, 1.0 - area / (h * w))
 
@@ -131,10 +131,10 @@ def instances_from_logits(ctx: MethodInput, logits: np.ndarray, scores: np.ndarr
     if ctx.options.get("clip_to_box", True) and len(ctx.boxes):
         margin = float(ctx.options.get("box_margin", 0))
         grown = ctx.boxes + np.array([-margin, -margin, margin, margin], np.float32)
-        masks &= _box_masks(grown, h, w)
+        masks &= box_masks(grown, h, w)
     if ctx.options.get("fallback", True) and len(ctx.boxes):
         empty = ~masks.reshape(len(masks), -1).any(1)
-        masks[empty] = _box_masks(ctx.boxes[empty], h, w)
+        masks[empty] = box_masks(ctx.boxes[empty], h, w)
     return Instances(masks, ctx.classes, np.asarray(scores, np.float64), expit(logits))
 
 

@@ -44,6 +44,8 @@ from wsseg_fast.io import (
     file_digest,
 )
 from wsseg_fast.metrics import SegmentationMeter, markdown_table
+from wsseg_fast.pipelines import logic_refine  # noqa: F401  (registers its methods)
+from wsseg_fast.pipelines.classic import crf_refine
 from wsseg_fast.pipelines.methods import METHODS, MethodInput, resolve
 from wsseg_fast.pipelines.ray_executor import run_ray
 from wsseg_fast.sam import SamEngine
@@ -76,12 +78,14 @@ class JobConfig:
     visualize: bool = False
     gt: str | None = None             # directory of <stem>.png class maps; default: COCO segmentation
     threads: int | None = None
+    refine: str | None = None         # "crf": a dense-CRF refinement of each label map (classic.crf_refine)
 
     def settings(self, weights: str | None, finetuned: str | None) -> dict:
         """What the outputs depend on: a re-run with other settings must not mix with them."""
         return {"version": OUTPUT_VERSION, "method": self.method, "options": self.options,
                 "model": self.model if METHODS[self.method].needs_sam else None,
-                "weights": weights, "finetuned": finetuned, "coco": file_digest(self.coco)}
+                "weights": weights, "finetuned": finetuned, "coco": file_digest(self.coco),
+                **({"refine": self.refine} if self.refine else {})}
 
 
 class Labeller:
@@ -91,6 +95,8 @@ class Labeller:
     def __init__(self, cfg: JobConfig):
         if cfg.method not in METHODS:
             raise JobError(f"unknown method {cfg.method!r}; methods: {', '.join(sorted(METHODS))}")
+        if cfg.refine not in (None, "crf"):
+            raise JobError(f"refine must be 'crf' or none, got {cfg.refine!r}")
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.cfg = cfg
@@ -128,6 +134,10 @@ class Labeller:
             label, winner = resolve(instances, h, w)
         else:  # no object: all background
             instances, label, winner = None, np.zeros((h, w), np.uint8), None
+        if self.cfg.refine == "crf" and instances is not None:
+            refined = crf_refine(image, label)
+            winner = np.where(refined == label, winner, -1)  # instances keep the pixels whose class the CRF kept
+            label = refined
         png = encode_label_png(label)
         out = self.cfg.out
         atomic_write_bytes(os.path.join(out, "labels", record.stem + ".png"), png)
