@@ -7,8 +7,12 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from benchmarks import real_photos
 from wsseg_fast.data import make_demo
+from wsseg_fast.data.labels import write_label_png
+from wsseg_fast.data.weak import make_weak_from_layout
 from wsseg_fast.pipelines.classic import crf_refine
 from wsseg_fast.pipelines.logic_refine import OPTIONS, refine
 from wsseg_fast.pipelines.methods import METHODS, MethodInput, parse_options, resolve
@@ -51,7 +55,8 @@ def test_logic_refine_recovers_the_object_that_the_box_overstates():
 
 
 @pytest.mark.parametrize("options", [{"colour_weight": 0.0}, {"box_weight": 0.0}, {"pairwise_weight": 1.0},
-                                     {"superpixels": 30}, {"object_colour": "seeds"}, {"scale": 0.5, "steps": 5}])
+                                     {"superpixels": 30}, {"object_colour": "seeds"}, {"object_colour": "both"},
+                                     {"rounds": 2}, {"scale": 0.5, "steps": 5}])
 def test_every_step_can_be_switched(options):
     image, truth, ann = toy(1)
     mask = run_method("logic-refine", image, ann, **options)
@@ -112,3 +117,18 @@ def test_refine_crf_in_the_job(tmp_path):
         run_pseudo_label(JobConfig(coco=cfg.coco, out=cfg.out, method="box", threads=1), progress=False)
     with pytest.raises(JobError, match="refine must be"):
         run_pseudo_label(JobConfig(coco=cfg.coco, out=str(tmp_path / "o2"), method="box", refine="bilateral"))
+
+
+def test_real_photos_benchmark_runs_on_a_converted_dataset(tmp_path):
+    """benchmarks/real_photos.py on a tiny dataset converted by make-weak (CamVid is not needed)."""
+    for i in range(2):
+        image, truth, _ = toy(i)
+        (tmp_path / "src/images").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(tmp_path / "src/images" / f"t{i}.png")
+        write_label_png(tmp_path / "src/labels" / f"t{i}.png", truth.astype(np.uint8))
+    make_weak_from_layout(tmp_path / "weak", tmp_path / "src", "generic", ["thing"], class_names=["background", "thing"])
+    assert real_photos.main([str(tmp_path / "weak"), "--out", str(tmp_path / "results"), "--work", str(tmp_path / "work"),
+                             "--rows", "box", "logic-refine"]) == 0
+    rows = {r["name"]: r for r in json.loads((tmp_path / "results/real_photos.json").read_text())["rows"]}
+    assert rows["logic-refine"]["miou"] > rows["box"]["miou"] + 0.1
+    assert "| logic-refine |" in (tmp_path / "results/real_photos.md").read_text()

@@ -58,28 +58,51 @@ OPTIONS = {
     "sam_clip": 2.0,
     "border": 1.0,         # logit taken off at a box's edge, fading over ~2 px: objects touch their box at few places
     "keep_seeded": True,   # drop mask parts no seed touches
+    "rounds": 1,           # rounds of refitting the object's colour model to its current mask
 }
 
 
 def refine(image: np.ndarray, boxes: np.ndarray, annotations: list[dict], options: dict,
            sam_logits: np.ndarray | None = None) -> np.ndarray:
     """``[N, H, W]`` refined logits of the instances of one image (see the module docstring)."""
-    if options["object_colour"] not in ("box", "seeds"):
-        raise ValueError(f"--method-option object_colour must be 'box' or 'seeds', got {options['object_colour']!r}")
+    if options["object_colour"] not in ("box", "seeds", "both"):
+        raise ValueError(f"--method-option object_colour must be 'box', 'seeds' or 'both', got {options['object_colour']!r}")
     h, w = image.shape[:2]
-    n = len(boxes)
     inside_box = box_masks(boxes, h, w)
-    evidence = colour_evidence(image, boxes, annotations if options["object_colour"] == "seeds" else [{}] * n,
-                               inside_box, ring=int(options["colour_ring"]))
+    masks = inside_box
+    for _ in range(max(1, int(options["rounds"]))):  # later rounds refit the object's colours to its mask
+        evidence = _evidence(image, boxes, annotations, masks, inside_box, options, sam_logits)
+        logits = _optimise(image, boxes, annotations, evidence, options)
+        found = (logits > 0).reshape(len(logits), -1).any(1)
+        masks = np.where(found[:, None, None], logits > 0, inside_box)
+    if options["keep_seeded"]:
+        logits = keep_seeded_components(logits, boxes, annotations)
+    return logits
+
+
+def _evidence(image, boxes, annotations, masks, inside_box, options, sam_logits) -> np.ndarray:
+    """``[N, H, W]`` the unary's logits: colour evidence (object colours from ``masks`` or the seeds),
+    SAM's clipped logits, optionally averaged over superpixels."""
+    n, ring = len(boxes), int(options["colour_ring"])
+    kinds = ("box", "seeds") if options["object_colour"] == "both" else (options["object_colour"],)
+    evidence = sum(colour_evidence(image, boxes, annotations if kind == "seeds" else [{}] * n, masks, ring=ring)
+                   for kind in kinds) / len(kinds)
     evidence = options["colour_weight"] * evidence
     if sam_logits is not None and options["sam_weight"]:
         clip = options["sam_clip"]
         evidence = evidence + options["sam_weight"] * np.clip(sam_logits, -clip, clip) * inside_box
-    rgb = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
     if options["superpixels"]:
-        labels = slic(rgb, int(options["superpixels"]))
-        pooled = superpixel_pool(torch.from_numpy(evidence)[None], labels)[0].numpy()
+        rgb = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+        pooled = superpixel_pool(torch.from_numpy(evidence)[None], slic(rgb, int(options["superpixels"])))[0].numpy()
         evidence = np.where(inside_box, pooled, evidence)
+    return evidence
+
+
+def _optimise(image, boxes, annotations, evidence, options) -> np.ndarray:
+    """Adam on each box's logits under the box, seed and pairwise constraints (see the module docstring)."""
+    h, w = image.shape[:2]
+    n = len(boxes)
+    rgb = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
     # Each instance is optimised on its own box, scaled by `scale`; the crops are padded to one
     # size and batched (nothing of an instance lies outside its box, so nothing is lost).
     bounds = _box_pixels(boxes, h, w)
@@ -130,8 +153,6 @@ def refine(image: np.ndarray, boxes: np.ndarray, annotations: list[dict], option
             if y1 > y0 and x1 > x0:
                 back = F.interpolate(z[i : i + 1, :, :hc, :wc], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)
                 logits[i, y0:y1, x0:x1] = back[0, 0].numpy()
-    if options["keep_seeded"]:
-        logits = keep_seeded_components(logits, boxes, annotations)
     return logits
 
 
