@@ -22,7 +22,7 @@ import torch
 from wsseg_fast.ops.affinity import local_affinity
 from wsseg_fast.ops.color import rgb_to_lab
 from wsseg_fast.ops.walk import random_walk
-from wsseg_fast.pipelines.methods import Instances, MethodInput, _box_pixels, box_masks, register_method
+from wsseg_fast.pipelines.methods import Instances, MethodInput, box_masks, box_pixels, register_method
 
 CRF_DEFAULTS = {"radius": 5, "iterations": 5, "gt_prob": 0.7, "appearance_weight": 4.0, "smoothness_weight": 1.0,
                 "theta_position": 5.0, "theta_colour": 10.0, "theta_smooth": 2.0}
@@ -45,7 +45,7 @@ def grabcut(ctx: MethodInput) -> Instances:
     filled = box_masks(ctx.boxes, h, w)
     masks = filled.copy()
     margin = int(ctx.options["margin"])
-    for i, (y0, y1, x0, x1) in enumerate(_box_pixels(ctx.boxes, h, w)):
+    for i, (y0, y1, x0, x1) in enumerate(box_pixels(ctx.boxes, h, w)):
         cy0, cy1, cx0, cx1 = max(0, y0 - margin), min(h, y1 + margin), max(0, x0 - margin), min(w, x1 + margin)
         rect = (x0 - cx0, y0 - cy0, x1 - x0, y1 - y0)
         if rect[2] < 2 or rect[3] < 2 or (cy1 - cy0, cx1 - cx0) == (y1 - y0, x1 - x0):

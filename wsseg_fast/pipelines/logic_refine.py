@@ -1,21 +1,26 @@
 """``logic-refine``: pseudo-labels from the weak labels alone, by optimising each image's
 instance masks under its own fuzzy-logic knowledge base — no trained weights needed.
 
-Per image, one probability map per instance (a channel per box) is optimised with Adam:
+Each box's probability map is optimised with Adam on the box's own crop (crops padded to one
+size and batched; nothing of an instance lies outside its box, so that is exact):
 
-- **boxes** (fused box loss): nothing of the instance outside its box, and every row and
-  every column of its box holds some of it (tightness, ∃ with pMean ``p_exists``);
-- **seeds**: its points and scribbles are the instance (∀, and clamped);
-- **colour**: a unary term pulling each pixel towards the colour evidence of
-  :func:`~wsseg_fast.pipelines.methods.colour_evidence` (a Gaussian of the object's
-  colours, from its seeds, against one of the pixels around its box);
-- **pairwise** (fused pairwise loss): neighbours of similar colour take the same value;
+- **colour** (the unary): each pixel pulled towards the colour evidence of
+  :func:`~wsseg_fast.pipelines.methods.colour_evidence` — a Gaussian of the object's colours
+  (fitted to its box, its seeds, or both) against one of the pixels around its box — plus a
+  **box prior** (objects fill much of their box) and a **border prior** (a box's edge is
+  mostly background);
+- **boxes** (fused box loss): every row and every column of the box holds some of the
+  object (tightness, ∃ with pMean ``p_exists``);
+- **seeds**: its points and scribbles are the object (∀, then clamped); mask parts no seed
+  touches are dropped;
+- **pairwise** (optional, fused pairwise loss): neighbours of similar colour agree;
 - **superpixels** (optional): the evidence averaged over SLIC superpixels first;
-- **SAM** (optional): when the job has SAM, its box-prompted logits, clipped to ±``sam_clip``,
-  join the evidence.
+- **rounds** (optional): the object's colours refit to its mask, then optimised again;
+- **SAM** (``sam-logic-refine``): SAM's box-prompted logits, clipped to ±``sam_clip``, join
+  the evidence.
 
 Every term has a weight option, so its contribution can be measured (set it to 0).
-Overlaps go to the smaller box, as for ``box``; parts of a mask no seed touches are dropped.
+Overlaps go to the smaller box, as for ``box``.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.special import expit
 
 from wsseg_fast.ops.box_constraint import box_constraint_loss
 from wsseg_fast.ops.color import rgb_to_lab
@@ -33,8 +39,8 @@ from wsseg_fast.pipelines.methods import (
     COLOUR_CLIP,
     Instances,
     MethodInput,
-    _box_pixels,
     box_masks,
+    box_pixels,
     colour_evidence,
     keep_seeded_components,
     register_method,
@@ -68,6 +74,8 @@ def refine(image: np.ndarray, boxes: np.ndarray, annotations: list[dict], option
     if options["object_colour"] not in ("box", "seeds", "both"):
         raise ValueError(f"--method-option object_colour must be 'box', 'seeds' or 'both', got {options['object_colour']!r}")
     h, w = image.shape[:2]
+    if len(boxes) == 0:
+        return np.zeros((0, h, w), np.float32)
     inside_box = box_masks(boxes, h, w)
     masks = inside_box
     for _ in range(max(1, int(options["rounds"]))):  # later rounds refit the object's colours to its mask
@@ -105,7 +113,7 @@ def _optimise(image, boxes, annotations, evidence, options) -> np.ndarray:
     rgb = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
     # Each instance is optimised on its own box, scaled by `scale`; the crops are padded to one
     # size and batched (nothing of an instance lies outside its box, so nothing is lost).
-    bounds = _box_pixels(boxes, h, w)
+    bounds = box_pixels(boxes, h, w)
     sizes = [(max(1, round((y1 - y0) * options["scale"])), max(1, round((x1 - x0) * options["scale"])))
              for y0, y1, x0, x1 in bounds]
     hm, wm = max(s[0] for s in sizes), max(s[1] for s in sizes)
@@ -169,7 +177,7 @@ def _instances(ctx: MethodInput, logits: np.ndarray) -> Instances:
     h, w = ctx.image.shape[:2]
     masks = logits > 0
     area = box_masks(ctx.boxes, h, w).reshape(len(masks), -1).sum(1).astype(np.float64)
-    return Instances(masks, ctx.classes, 1.0 - area / (h * w), 1.0 / (1.0 + np.exp(-logits)))
+    return Instances(masks, ctx.classes, 1.0 - area / (h * w), expit(logits))
 
 
 @register_method("logic-refine", needs_sam=False, options=OPTIONS)

@@ -197,7 +197,7 @@ COLOUR_CLIP = 8.0  # log-likelihood ratios beyond this say nothing more: caps on
 SHRINK_SAMPLES = 20.0  # the object's colour spread starts as its surroundings' (same kind of texture)
 
 
-def _box_pixels(boxes: np.ndarray, height: int, width: int, grow: int = 0) -> np.ndarray:
+def box_pixels(boxes: np.ndarray, height: int, width: int, grow: int = 0) -> np.ndarray:
     """``[N, 4]`` int (y0, y1, x0, x1): the pixels of each box as the box constraint reads them
     (:func:`wsseg_fast.reference.logic.box_pixel_bounds`), grown by ``grow`` and clipped to the image."""
 
@@ -249,7 +249,7 @@ def colour_evidence(image: np.ndarray, boxes: np.ndarray, annotations: list[dict
     lab = rgb_to_lab(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
     lab = uniform_filter(lab.astype(np.float64), size=(3, 3, 1), mode="nearest")
     evidence = np.full((len(boxes), h, w), -COLOUR_CLIP, np.float32)
-    inner, outer = _box_pixels(boxes, h, w), _box_pixels(boxes, h, w, grow=ring)
+    inner, outer = box_pixels(boxes, h, w), box_pixels(boxes, h, w, grow=ring)
     for i, box in enumerate(boxes):
         y0, y1, x0, x1 = inner[i]
         if y1 <= y0 or x1 <= x0:
@@ -287,7 +287,7 @@ def keep_seeded_components(logits: np.ndarray, boxes: np.ndarray, annotations: l
 
     logits = logits.copy()
     h, w = logits.shape[1:]
-    bounds = _box_pixels(boxes, h, w)
+    bounds = box_pixels(boxes, h, w)
     for i in range(min(len(logits), len(annotations), len(boxes))):
         seeds = seed_pixels(annotations[i], h, w)
         if not len(seeds):
