@@ -314,3 +314,4 @@ def resolve(instances: Instances, height: int, width: int) -> tuple[np.ndarray, 
     winner[~instances.masks.any(0)] = -1
     label = np.where(winner >= 0, np.asarray(instances.classes)[np.maximum(winner, 0)], 0).astype(np.uint8)
     return label, winner
+import wsseg_fast.pipelines.cam  # noqa: E402,F401  (registers cam, cam-rw, cam-sam-rw)
