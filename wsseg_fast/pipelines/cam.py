@@ -135,7 +135,7 @@ def train_cam(cfg: CamConfig) -> str:
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(batch)
             seen += len(batch)
-            bar.set_postfix(loss=f"{float(terms['total']):.4f}")
+            bar.set_postfix(loss=f"{float(terms['total'].detach()):.4f}")
         losses = {k: v / seen for k, v in sums.items()}
         atomic_torch_save({"meta": meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                            "epoch": epoch + 1}, path)
