@@ -142,3 +142,35 @@ def test_cam_rw_completes_a_partial_cam_within_its_region(tmp_path):
     walked = cam_rw(make({"alpha": 4.0, "radius": 3, "beta": 8.0, "steps": 64})).masks[0]
     assert not plain[:, 13:16].any()  # the CAM alone misses the region's last cell column
     assert walked[:, :14].all() and not walked[:, 18:].any()  # the walk fills the left half, stops at the edge
+
+
+def test_subclass_labels_are_deterministic_and_follow_the_clusters():
+    from wsseg_fast.pipelines.cam import subclass_targets
+
+    g = torch.Generator().manual_seed(0)
+    blobs = torch.cat([torch.randn(6, 4, generator=g) * 0.1, torch.randn(6, 4, generator=g) * 0.1 + 5])
+    targets = torch.zeros(12, 2)
+    targets[:, 0] = 1
+    targets[:3, 1] = 1
+    a, b = subclass_targets(blobs, targets, 2, seed=3), subclass_targets(blobs, targets, 2, seed=3)
+    assert torch.equal(a, b) and a.shape == (12, 4)
+    assert torch.equal(a[:, :2].sum(1), torch.ones(12))  # one sub-class per positive image and class
+    assert torch.equal(a[:, 2:].sum(1), targets[:, 1])   # none for negatives
+    first = a[:6, :2].argmax(1)
+    assert (first == first[0]).all() and (a[6:, :2].argmax(1) != first[0]).all()  # the two blobs part
+
+
+def test_ssc_and_subclass_terms_are_logged_and_resume_exactly(demo, tmp_path):
+    kw = dict(ssc_weight=1.0, ssc_segments=16, subclasses=2)
+    full = torch.load(train_cam(_config(demo, tmp_path, "full", epochs=2, **kw)), weights_only=False)
+    train_cam(_config(demo, tmp_path, "half", epochs=1, **kw))
+    resumed = torch.load(train_cam(_config(demo, tmp_path, "half", epochs=2, resume=True, **kw)), weights_only=False)
+    for k, v in full["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
+    log = [json.loads(line) for line in open(tmp_path / "full" / "log.jsonl")]
+    assert log[0]["ssc"] > 0 and log[0]["sub_bce"] > 0
+    assert abs(log[0]["total"] - log[0]["bce"] - log[0]["sub_bce"] - log[0]["ssc"]) < 1e-5
+    net, meta = load_cam(str(tmp_path / "full" / "last.pt"), "sam", "tiny")
+    assert net.num_subclasses == 2 * meta["num_classes"]
+    with pytest.raises(CamError, match="other settings"):  # resume with other terms is refused
+        train_cam(_config(demo, tmp_path, "half", epochs=3, resume=True, ssc_weight=0.5, subclasses=2))

@@ -21,6 +21,12 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ssc-weight", type=float, default=0.0,
+                   help="SSC activation self-modulation: weight of the superpixel alignment loss (paper: 1; 0 = off)")
+    p.add_argument("--ssc-segments", type=int, default=64, help="SLIC superpixels per image (computed once)")
+    p.add_argument("--ssc-erode", type=int, default=2, help="erosion of the modulation target, pixels at 4x the feature grid")
+    p.add_argument("--subclasses", type=int, default=0,
+                   help="WeakMedSAM sub-classes: k-means clusters per class (paper: 8; 0 = off; needs scikit-learn)")
     p.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
     p.add_argument("--no-progress", action="store_true")
     add_config(p)
@@ -31,7 +37,8 @@ def run_train_cam(args) -> int:
     config = CamConfig(coco=args.coco, out=args.out, images=args.images, cache=None if args.no_cache else args.cache,
                        model=args.model, checkpoint=args.checkpoint, backbone=args.backbone, hidden=args.hidden,
                        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, resume=args.resume,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, ssc_weight=args.ssc_weight,
+                       ssc_segments=args.ssc_segments, ssc_erode=args.ssc_erode, subclasses=args.subclasses)
     try:
         path = train_cam(config)
     except ValueError as exc:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from wsseg_fast.io import append_jsonl, atomic_torch_save, atomic_write_json, file_digest
 from wsseg_fast.models.cam import BACKBONES, CamClassifier, cam_loss, valid_cells
+from wsseg_fast.ops import slic, ssc_alignment_loss
 from wsseg_fast.pipelines.cam_refine import background_score, grid_prompt_masks, normalize_cams, refine_cams
 from wsseg_fast.pipelines.methods import Instances, MethodInput, register_method
 
@@ -46,6 +47,10 @@ class CamConfig:
     seed: int = 0
     resume: bool = False
     progress: bool = True
+    ssc_weight: float = 0.0      # SSC's beta_a (1.0 in the paper); 0: no activation self-modulation
+    ssc_segments: int = 64       # SLIC superpixels per image (at 4x the feature grid)
+    ssc_erode: int = 2           # activation_modulation's erosion, in pixels of that resolution
+    subclasses: int = 0          # WeakMedSAM's k (8 in the paper); 0: no sub-class head
 
 
 def tagged_images(dataset) -> tuple[list[int], torch.Tensor]:
@@ -82,6 +87,41 @@ def embed_dataset(engine, dataset, indices: list[int]) -> tuple[torch.Tensor, to
     return torch.stack(features), torch.stack(masks)
 
 
+def image_superpixels(dataset, indices: list[int], img_size: int, grid: int, n_segments: int) -> torch.Tensor:
+    """``[N, 4g, 4g]`` SLIC labels of each image resized as SAM resizes it, at 4x the feature
+    grid (-1 on SAM's padding); computed once per training run, not per epoch."""
+    size = 4 * grid
+    out = torch.full((len(indices), size, size), -1, dtype=torch.int64)
+    for j, i in enumerate(indices):
+        image = torch.from_numpy(np.ascontiguousarray(dataset.load_image(dataset.images[i]))).permute(2, 0, 1)[None]
+        h, w = image.shape[2:]
+        scale = size / max(h, w)
+        rh, rw = max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+        small = F.interpolate(image.float() / 255, size=(rh, rw), mode="bilinear", align_corners=False)
+        out[j, :rh, :rw] = slic(small.clamp(0, 1), n_segments).long()[0]
+    return out
+
+
+def subclass_targets(pooled: torch.Tensor, targets: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """WeakMedSAM's sub-class exploration: per class, k-means (scikit-learn, ``k`` clusters or
+    fewer when the class has fewer positive images) on the pooled features of its positive
+    images -> ``[N, C*k]`` multi-hot sub-class labels (class c's clusters are columns c*k..c*k+k-1)."""
+    try:
+        from sklearn.cluster import KMeans
+    except ImportError:
+        raise CamError("--subclasses needs scikit-learn (pip install scikit-learn)") from None
+    out = torch.zeros(len(targets), targets.shape[1] * k)
+    data = pooled.double().numpy()
+    for c in range(targets.shape[1]):
+        rows = torch.nonzero(targets[:, c]).flatten()
+        if len(rows) == 0:
+            continue
+        n = min(k, len(rows))
+        clusters = KMeans(n_clusters=n, n_init=10, random_state=seed).fit_predict(data[rows.numpy()]) if n > 1 else np.zeros(1, int)
+        out[rows, c * k + torch.as_tensor(clusters, dtype=torch.long)] = 1
+    return out
+
+
 def train_cam(cfg: CamConfig) -> str:
     """Train the classifier; returns the path of ``last.pt``."""
     from tqdm import tqdm
@@ -103,13 +143,21 @@ def train_cam(cfg: CamConfig) -> str:
     print(f"train-cam: {len(indices)} of {len(dataset)} images have tags (boxes, points and masks are ignored)")
     features, valid = embed_dataset(engine, dataset, indices)
 
+    sub_targets = superpixels = None
+    if cfg.subclasses:
+        sub_targets = subclass_targets((features * valid).sum((2, 3)) / valid.sum((2, 3)), targets, cfg.subclasses, cfg.seed)
+    if cfg.ssc_weight:
+        superpixels = image_superpixels(dataset, indices, engine.img_size, features.shape[-1], cfg.ssc_segments)
+
     torch.manual_seed(cfg.seed)
-    model = CamClassifier(features.shape[1], dataset.num_classes - 1, cfg.hidden)
+    model = CamClassifier(features.shape[1], dataset.num_classes - 1, cfg.hidden,
+                          targets.shape[1] * cfg.subclasses)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     start = 0
     meta = {"version": CHECKPOINT_VERSION, "backbone": cfg.backbone, "model": cfg.model,
             "weights": engine.identity["weights"], "in_channels": features.shape[1], "hidden": cfg.hidden,
-            "num_classes": dataset.num_classes - 1, "num_subclasses": 0, "class_names": dataset.class_names,
+            "num_classes": dataset.num_classes - 1, "num_subclasses": model.num_subclasses,
+            "ssc_weight": cfg.ssc_weight, "ssc_segments": cfg.ssc_segments, "ssc_erode": cfg.ssc_erode, "class_names": dataset.class_names,
             "coco": file_digest(cfg.coco)}
     if cfg.resume and os.path.exists(path):
         state = torch.load(path, map_location="cpu", weights_only=False)
@@ -127,8 +175,13 @@ def train_cam(cfg: CamConfig) -> str:
         bar = tqdm(order.split(cfg.batch_size), desc=f"train-cam epoch {epoch + 1}/{cfg.epochs}",
                    disable=not cfg.progress, dynamic_ncols=True)
         for batch in bar:
-            logits, _, _ = model(features[batch], valid[batch])
-            terms = cam_loss(logits, targets[batch])
+            logits, sub_logits, cams = model(features[batch], valid[batch])
+            terms = cam_loss(logits, targets[batch], sub_logits, sub_targets[batch] if sub_targets is not None else None)
+            if superpixels is not None:
+                terms["ssc"] = cfg.ssc_weight * ssc_alignment_loss(
+                    F.interpolate(cams, size=superpixels.shape[1:], mode="bilinear", align_corners=False),
+                    superpixels[batch], present=targets[batch], erode=cfg.ssc_erode)
+                terms["total"] = terms["total"] + terms["ssc"]
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             optimizer.step()
