@@ -22,11 +22,12 @@ from wsseg_fast.models.cam import BACKBONES, CamClassifier, cam_loss, valid_cell
 from wsseg_fast.ops import slic, ssc_alignment_loss
 from wsseg_fast.pipelines.cam_refine import background_score, grid_prompt_masks, normalize_cams, refine_cams
 from wsseg_fast.pipelines.methods import Instances, MethodInput, register_method
+from wsseg_fast.pipelines.pseudo_label import JobError
 
 CHECKPOINT_VERSION = 1
 
 
-class CamError(ValueError):
+class CamError(JobError):
     """A setting, dataset or checkpoint train-cam / the cam methods cannot use (one line in the CLI)."""
 
 
