@@ -8,7 +8,7 @@ import sys
 
 from wsseg_fast.cli.common import UsageError, default_cache
 from wsseg_fast.data import DataError
-from wsseg_fast.pipelines.methods import METHODS, parse_options
+from wsseg_fast.pipelines.methods import METHODS, MethodError, parse_options
 from wsseg_fast.pipelines.pseudo_label import JobConfig, JobError
 from wsseg_fast.pipelines.pseudo_label import run_pseudo_label as run
 from wsseg_fast.sam import CheckpointError, EncoderBackendError
@@ -75,7 +75,7 @@ def run_pseudo_label(args) -> int:
     try:
         summary = run(cfg, executor=args.executor, ray_address=args.ray_address, workers=args.workers,
                       overwrite=args.overwrite, progress=not args.quiet)
-    except (DataError, JobError, CheckpointError, EncoderBackendError) as exc:
+    except (DataError, JobError, MethodError, CheckpointError, EncoderBackendError) as exc:
         raise UsageError(str(exc)) from None
     r = summary["run"]
     print(f"{summary['labelled']} images labelled in {args.out} ({r['images_labelled']} this run, "

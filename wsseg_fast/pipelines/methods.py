@@ -41,6 +41,10 @@ class MethodInput:
     embedding: object = None     # the image's Embedding, for methods that need SAM
 
 
+class MethodError(ValueError):
+    """A method's options or inputs it cannot use (a bad checkpoint, say); one line from the CLI."""
+
+
 @dataclass
 class Instances:
     """``masks`` ``[N, H, W]`` bool, ``classes`` ``[N]``, ``scores`` ``[N]`` float (instance

@@ -44,7 +44,7 @@ from wsseg_fast.io import (
     file_digest,
 )
 from wsseg_fast.metrics import SegmentationMeter, markdown_table
-from wsseg_fast.pipelines import logic_refine  # noqa: F401  (registers its methods)
+from wsseg_fast.pipelines import cam, logic_refine  # noqa: F401  (register their methods)
 from wsseg_fast.pipelines.classic import crf_refine
 from wsseg_fast.pipelines.methods import METHODS, MethodInput, resolve
 from wsseg_fast.pipelines.ray_executor import run_ray
