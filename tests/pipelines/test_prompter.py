@@ -1,0 +1,119 @@
+import pytest
+import torch
+
+from wsseg_fast.matching import HungarianMatcher, PromptSetCriterion
+from wsseg_fast.models.prompter import QueryPrompter
+from wsseg_fast.pipelines.prompter import (decode_prompts, predict_semantic, resolve_overlaps, teacher_prompts,
+                                           train_step)
+from wsseg_fast.sam.model import build_sam
+from wsseg_fast.sam.prompting import Embedding, predict_masks
+
+SMALL = dict(embed_size=16, d_model=32, nhead=4, dim_feedforward=64, num_encoder_layers=1, num_decoder_layers=1,
+             dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def sam():
+    return build_sam("tiny", with_encoder=False).eval()
+
+
+def _data(sam, n=4):
+    g = torch.Generator().manual_seed(1)
+    embs = torch.randn(n, 256, 16, 16, generator=g)
+    targets, boxes = [], []
+    for i in range(n):
+        k = 1 + i % 3
+        xy = torch.randint(0, 120, (k, 2), generator=g).float()
+        wh = torch.randint(40, 120, (k, 2), generator=g).float()
+        b = torch.cat([xy, xy + wh], 1)
+        boxes.append(b)
+        targets.append({"labels": torch.arange(k) % 2, "prompts": teacher_prompts(sam, b, (256, 256), (256, 256))})
+    return embs, targets, boxes
+
+
+def test_teacher_prompts_are_sams_box_tokens(sam):
+    b = torch.tensor([[10.0, 20.0, 100.0, 90.0]])
+    tok = teacher_prompts(sam, b * 2, (512, 512), (256, 256))  # original frame twice the input frame
+    sparse, _ = sam.prompt_encoder(points=None, boxes=b, masks=None)
+    assert tok.shape == (1, 2, 256)
+    torch.testing.assert_close(tok, sparse)
+    with pytest.raises(ValueError, match=r"boxes must be \[N, 4\]"):
+        teacher_prompts(sam, torch.zeros(3), (256, 256), (256, 256))
+
+
+def test_decode_prompts_matches_box_prompting(sam):
+    emb = Embedding(torch.randn(256, 16, 16), (200, 256), (200, 256))
+    b = torch.tensor([[10.0, 20.0, 100.0, 90.0], [50.0, 60.0, 200.0, 190.0]])
+    with torch.no_grad():
+        ours = decode_prompts(sam, emb, teacher_prompts(sam, b, (200, 256), (200, 256)))
+        ref = predict_masks(sam, emb, boxes=b)
+    torch.testing.assert_close(ours.logits, ref.logits)
+    torch.testing.assert_close(ours.scores, ref.scores)
+
+
+def test_step_uses_one_batched_matcher_call(sam, monkeypatch):
+    embs, targets, _ = _data(sam)
+    torch.manual_seed(0)
+    model = QueryPrompter(2, num_queries=5, **SMALL)
+    matcher = HungarianMatcher()
+    calls = []
+    real = matcher.match
+    monkeypatch.setattr(matcher, "match", lambda o, t: calls.append(len(t)) or real(o, t))
+    crit = PromptSetCriterion(2, matcher)
+    losses = train_step(model, crit, torch.optim.Adam(model.parameters(), 1e-4), embs, targets)
+    assert calls == [4]
+    assert set(losses) == {"loss", "loss_cls", "loss_reg"} and losses["loss"] > 0
+
+
+def test_overfit_four_images(sam):
+    embs, targets, boxes = _data(sam)
+    torch.manual_seed(0)
+    model = QueryPrompter(2, num_queries=5, **SMALL)
+    crit = PromptSetCriterion(2)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    first = train_step(model, crit, opt, embs, targets)["loss"]
+    for _ in range(300):
+        last = train_step(model, crit, opt, embs, targets)["loss"]
+    assert last < 0.05 * first
+    model.eval()
+    with torch.no_grad():
+        out = model(embs)
+        assignment = crit.matcher.match(out, targets)
+        for i in range(4):
+            q = assignment[i]
+            mine = decode_prompts(sam, embs[i], out["pred_prompts"][i][q >= 0]).masks
+            teacher = decode_prompts(sam, embs[i], targets[i]["prompts"][q[q >= 0]]).masks
+            assert (mine == teacher).float().mean() > 0.98
+            assert torch.equal(out["pred_logits"][i][q >= 0].argmax(-1), targets[i]["labels"][q[q >= 0]])
+            assert (out["pred_logits"][i][q < 0].argmax(-1) == 2).all()
+
+
+def test_resolve_overlaps_ranks_by_class_prob_iou_and_confidence():
+    logits = torch.full((3, 4, 4), -5.0)
+    logits[0, :, :2] = 2.0   # left half, class 1
+    logits[1, :, 1:] = 2.0   # overlaps column 1, class 2, more confident per pixel than mask 0
+    logits[1, :, 1] = 4.0
+    logits[2, 3, 3] = 1.0    # single pixel, class 3, low class prob
+    labels = torch.tensor([1, 2, 3])
+    out = resolve_overlaps(logits, labels, torch.tensor([0.9, 0.9, 0.1]), torch.tensor([1.0, 1.0, 1.0]))
+    assert out[:, 0].tolist() == [1, 1, 1, 1]
+    assert out[:, 1].tolist() == [2, 2, 2, 2]      # sigmoid(4) > sigmoid(2)
+    assert out[3, 3].item() == 2                   # 0.9*sigmoid(2) > 0.1*sigmoid(1)
+    # SAM's predicted IoU flips column 1 to mask 0
+    out = resolve_overlaps(logits, labels, torch.tensor([0.9, 0.9, 0.1]), torch.tensor([1.0, 0.5, 1.0]))
+    assert out[:, 1].tolist() == [1, 1, 1, 1]
+    empty = resolve_overlaps(torch.full((1, 2, 2), -1.0), labels[:1], torch.ones(1), torch.ones(1), background=7)
+    assert (empty == 7).all()
+    with pytest.raises(ValueError, match=r"iou must be \[3\]"):
+        resolve_overlaps(logits, labels, torch.ones(3), torch.ones(2))
+
+
+def test_predict_semantic_no_queries_kept_is_background(sam):
+    torch.manual_seed(0)
+    model = QueryPrompter(2, num_queries=5, **SMALL).eval()
+    emb = Embedding(torch.randn(256, 16, 16), (100, 120), (213, 256))
+    assert (predict_semantic(model, sam, emb, threshold=1.01) == 0).all()
+    out = predict_semantic(model, sam, emb, threshold=0.0)
+    assert out.shape == (100, 120)
+    with pytest.raises(ValueError, match="embeddings must be"):
+        predict_semantic(model, sam, Embedding(torch.randn(256, 8, 8), (100, 120), (213, 256)))
