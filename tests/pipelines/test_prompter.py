@@ -1,10 +1,17 @@
+import json
+
 import pytest
 import torch
 
+from wsseg_fast.cache import EmbeddingCache
+from wsseg_fast.data import CocoWeakDataset, make_demo
+
 from wsseg_fast.matching import HungarianMatcher, PromptSetCriterion
 from wsseg_fast.models.prompter import QueryPrompter
-from wsseg_fast.pipelines.prompter import (decode_prompts, predict_semantic, resolve_overlaps, teacher_prompts,
+from wsseg_fast.pipelines.prompter import (decode_prompts, load_prompter, predict_semantic, PrompterConfig,
+                                           PrompterError, resolve_overlaps, teacher_prompts, train_prompter,
                                            train_step)
+from wsseg_fast.sam.engine import SamEngine
 from wsseg_fast.sam.model import build_sam
 from wsseg_fast.sam.prompting import Embedding, predict_masks
 
@@ -117,3 +124,61 @@ def test_predict_semantic_no_queries_kept_is_background(sam):
     assert out.shape == (100, 120)
     with pytest.raises(ValueError, match="embeddings must be"):
         predict_semantic(model, sam, Embedding(torch.randn(256, 8, 8), (100, 120), (213, 256)))
+
+
+# --- training on a generated demo dataset (tiny SAM, random weights) ---------------------------------------
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("prompterdemo")
+    make_demo(out, images=3, seed=5)
+    return out
+
+
+def _cfg(demo, out, **kw):
+    base = dict(coco=str(demo / "annotations.json"), out=str(out), model="tiny", epochs=1, batch_size=2, lr=1e-3,
+                num_queries=6, d_model=32, nhead=4, dim_feedforward=64, num_encoder_layers=1, num_decoder_layers=1,
+                threads=1)
+    return PrompterConfig(**{**base, **kw})
+
+
+def test_training_resumes_bit_exact_is_deterministic_and_shares_the_cache(demo, tmp_path):
+    cache = tmp_path / "cache"
+    whole = train_prompter(_cfg(demo, tmp_path / "whole", epochs=2, cache=str(cache)), progress=False)
+    log = [json.loads(line) for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2] and all(r["loss"] > 0 for r in log)
+    entries = sorted(p for p in cache.rglob("*") if p.is_file())
+    assert entries  # the embeddings went into the shared cache ...
+    engine = SamEngine("tiny", cache=EmbeddingCache(str(cache)))
+    dataset = CocoWeakDataset(str(demo / "annotations.json"))
+    engine.embed([dataset.load_image(r) for r in dataset.images])
+    assert engine.stats.encoded == 0  # ... under the keys the other jobs use
+    model, meta = load_prompter(whole, model="tiny", num_classes=dataset.num_classes - 1)
+    assert meta["class_names"] == dataset.class_names
+    # dropout is on (0.1): the RNG state must be resumed too
+    train_prompter(_cfg(demo, tmp_path / "split", epochs=1, cache=str(cache)), progress=False)
+    split = train_prompter(_cfg(demo, tmp_path / "split", epochs=2, cache=str(cache)), progress=False)
+    a, b = torch.load(whole, weights_only=True)["prompter"], torch.load(split, weights_only=True)["prompter"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(PrompterError, match="other settings"):
+        train_prompter(_cfg(demo, tmp_path / "split", epochs=3, lr=5e-4), progress=False)
+
+
+def test_bad_inputs(demo, tmp_path):
+    with pytest.raises(PrompterError, match="batch_size must be >= 1"):
+        train_prompter(_cfg(demo, tmp_path / "a", batch_size=0), progress=False)
+    ckpt = train_prompter(_cfg(demo, tmp_path / "b"), progress=False)
+    with pytest.raises(PrompterError, match="trained on SAM 'tiny' embeddings, not 'vit_b'"):
+        load_prompter(ckpt, model="vit_b")
+    with pytest.raises(PrompterError, match="predicts 6 classes, the dataset has 3"):
+        load_prompter(ckpt, num_classes=3)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(PrompterError, match="cannot be read"):
+        load_prompter(tmp_path / "junk.pt")
+    # a dataset without boxes
+    spec = json.loads((demo / "annotations.json").read_text())
+    for a in spec["annotations"]:
+        a.pop("bbox", None)
+    (demo / "nobox.json").write_text(json.dumps(spec))
+    with pytest.raises((PrompterError, ValueError), match="box"):
+        train_prompter(_cfg(demo, tmp_path / "c", coco=str(demo / "nobox.json")), progress=False)
