@@ -1,15 +1,17 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from wsseg_fast.cache import EmbeddingCache
+from wsseg_fast.cli import main
 from wsseg_fast.data import CocoWeakDataset, make_demo
 
 from wsseg_fast.matching import HungarianMatcher, PromptSetCriterion
 from wsseg_fast.models.prompter import QueryPrompter
-from wsseg_fast.pipelines.prompter import (decode_prompts, load_prompter, predict_semantic, PrompterConfig,
-                                           PrompterError, resolve_overlaps, teacher_prompts, train_prompter,
+from wsseg_fast.pipelines.prompter import (decode_prompts, load_prompter, predict_semantic, prompter_instances,
+                                           PrompterConfig, PrompterError, teacher_prompts, train_prompter,
                                            train_step)
 from wsseg_fast.sam.engine import SamEngine
 from wsseg_fast.sam.model import build_sam
@@ -95,24 +97,30 @@ def test_overfit_four_images(sam):
             assert (out["pred_logits"][i][q < 0].argmax(-1) == 2).all()
 
 
-def test_resolve_overlaps_ranks_by_class_prob_iou_and_confidence():
-    logits = torch.full((3, 4, 4), -5.0)
-    logits[0, :, :2] = 2.0   # left half, class 1
-    logits[1, :, 1:] = 2.0   # overlaps column 1, class 2, more confident per pixel than mask 0
-    logits[1, :, 1] = 4.0
-    logits[2, 3, 3] = 1.0    # single pixel, class 3, low class prob
-    labels = torch.tensor([1, 2, 3])
-    out = resolve_overlaps(logits, labels, torch.tensor([0.9, 0.9, 0.1]), torch.tensor([1.0, 1.0, 1.0]))
-    assert out[:, 0].tolist() == [1, 1, 1, 1]
-    assert out[:, 1].tolist() == [2, 2, 2, 2]      # sigmoid(4) > sigmoid(2)
-    assert out[3, 3].item() == 2                   # 0.9*sigmoid(2) > 0.1*sigmoid(1)
-    # SAM's predicted IoU flips column 1 to mask 0
-    out = resolve_overlaps(logits, labels, torch.tensor([0.9, 0.9, 0.1]), torch.tensor([1.0, 0.5, 1.0]))
-    assert out[:, 1].tolist() == [1, 1, 1, 1]
-    empty = resolve_overlaps(torch.full((1, 2, 2), -1.0), labels[:1], torch.ones(1), torch.ones(1), background=7)
-    assert (empty == 7).all()
-    with pytest.raises(ValueError, match=r"iou must be \[3\]"):
-        resolve_overlaps(logits, labels, torch.ones(3), torch.ones(2))
+def test_inference_resolves_overlaps_by_class_prob_iou_and_confidence(sam):
+    torch.manual_seed(0)
+    model = QueryPrompter(3, num_queries=8, **SMALL).eval()
+    emb = Embedding(torch.randn(256, 16, 16), (100, 120), (213, 256))
+    inst = prompter_instances(model, sam, emb, threshold=0.0)
+    with torch.no_grad():
+        out = model(emb.tensor[None])
+        prob = out["pred_logits"][0].softmax(-1)
+        conf, cls = prob.max(-1)
+        keep = cls < 3
+        pred = decode_prompts(sam, emb, out["pred_prompts"][0][keep])
+    assert len(inst.masks) == int(keep.sum()) >= 2
+    np.testing.assert_array_equal(inst.classes, (cls[keep] + 1).numpy())
+    np.testing.assert_allclose(inst.scores, (conf[keep] * pred.scores[:, 0]).numpy(), rtol=1e-6)
+    # each pixel: among the masks covering it, the highest class prob x IoU x sigmoid(logit)
+    logits = pred.logits[:, 0]
+    rank = (conf[keep] * pred.scores[:, 0])[:, None, None] * torch.sigmoid(logits)
+    rank = torch.where(logits > 0, rank, -1.0)
+    best, index = rank.max(0)
+    expected = torch.where(best >= 0, (cls[keep] + 1)[index], 0)
+    semantic = predict_semantic(model, sam, emb, threshold=0.0)
+    assert semantic.shape == (100, 120)
+    np.testing.assert_array_equal(semantic, expected.numpy())
+    assert (expected > 0).any() and len(np.unique(semantic)) >= 2  # overlaps were really decided
 
 
 def test_predict_semantic_no_queries_kept_is_background(sam):
@@ -120,8 +128,6 @@ def test_predict_semantic_no_queries_kept_is_background(sam):
     model = QueryPrompter(2, num_queries=5, **SMALL).eval()
     emb = Embedding(torch.randn(256, 16, 16), (100, 120), (213, 256))
     assert (predict_semantic(model, sam, emb, threshold=1.01) == 0).all()
-    out = predict_semantic(model, sam, emb, threshold=0.0)
-    assert out.shape == (100, 120)
     with pytest.raises(ValueError, match="embeddings must be"):
         predict_semantic(model, sam, Embedding(torch.randn(256, 8, 8), (100, 120), (213, 256)))
 
@@ -182,3 +188,20 @@ def test_bad_inputs(demo, tmp_path):
     (demo / "nobox.json").write_text(json.dumps(spec))
     with pytest.raises((PrompterError, ValueError), match="box"):
         train_prompter(_cfg(demo, tmp_path / "c", coco=str(demo / "nobox.json")), progress=False)
+
+
+def test_cli_train_prompter_then_prompt_free_pseudo_labels(demo, tmp_path, capsys):
+    args = ["train-prompter", "--coco", str(demo / "annotations.json"), "--model", "tiny", "--epochs", "1",
+            "--queries", "6", "--d-model", "32", "--heads", "4", "--ffn", "64", "--encoder-layers", "1",
+            "--decoder-layers", "1", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "p"), "--quiet",
+            "--threads", "1"]
+    assert main(args) == 0
+    assert (tmp_path / "p" / "prompter.pt").exists() and (tmp_path / "p" / "config.yaml").exists()
+    assert main(["pseudo-label", "--coco", str(demo / "annotations.json"), "--method", "prompter", "--model", "tiny",
+                 "--method-option", f"checkpoint={tmp_path / 'p' / 'prompter.pt'}", "--method-option", "threshold=0",
+                 "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "pl"), "--quiet"]) == 0
+    assert len(list((tmp_path / "pl" / "labels").glob("*.png"))) == 3
+    assert "mIoU" in capsys.readouterr().out
+    assert main(["train-prompter", "--coco", str(demo / "annotations.json"), "--out", str(tmp_path / "q"),
+                 "--batch-size", "0", "--quiet"]) == 2
+    assert "batch_size must be >= 1" in capsys.readouterr().err

@@ -314,3 +314,4 @@ def resolve(instances: Instances, height: int, width: int) -> tuple[np.ndarray, 
     winner[~instances.masks.any(0)] = -1
     label = np.where(winner >= 0, np.asarray(instances.classes)[np.maximum(winner, 0)], 0).astype(np.uint8)
     return label, winner
+from wsseg_fast.pipelines import prompter as _prompter  # noqa: E402,F401  (registers the prompter method)

@@ -16,12 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from wsseg_fast.io import append_jsonl, atomic_torch_save
 from wsseg_fast.matching import HungarianMatcher, PromptSetCriterion
 from wsseg_fast.models.prompter import QueryPrompter
 from wsseg_fast.pipelines.finetune import _embed_frozen, _load_items
+from wsseg_fast.pipelines.methods import Instances, MethodInput, register_method, resolve
 from wsseg_fast.sam.model import MODEL_CONFIGS
 from wsseg_fast.sam.prompting import Embedding, MaskPrediction
 
@@ -77,48 +79,49 @@ def decode_prompts(sam, embedding: Embedding | torch.Tensor, tokens: torch.Tenso
     return MaskPrediction(logits=logits, scores=scores, low_res_logits=low_res)
 
 
-def resolve_overlaps(logits: torch.Tensor, labels: torch.Tensor, class_prob: torch.Tensor, iou: torch.Tensor,
-                     *, background: int = 0) -> torch.Tensor:
-    """One semantic map ``[H, W]`` from N masks ``logits [N, H, W]`` with class ``labels [N]``.
-
-    A pixel goes to the mask, among those covering it (logit > 0), with the highest
-    ``class_prob * iou * sigmoid(logit)`` (class probability x SAM's predicted IoU x pixel
-    confidence); pixels no mask covers get ``background``.
-    """
-    if logits.ndim != 3:
-        raise ValueError(f"resolve_overlaps: logits must be [N, H, W], got {tuple(logits.shape)}")
-    n = logits.shape[0]
-    for name, t in (("labels", labels), ("class_prob", class_prob), ("iou", iou)):
-        if t.shape != (n,):
-            raise ValueError(f"resolve_overlaps: {name} must be [{n}] (one per mask), got {tuple(t.shape)}")
-    out = torch.full(logits.shape[1:], background, dtype=torch.long, device=logits.device)
-    if n == 0:
-        return out
-    score = (class_prob * iou).float()[:, None, None] * torch.sigmoid(logits.float())
-    score = torch.where(logits > 0, score, -1.0)
-    best, index = score.max(dim=0)
-    return torch.where(best >= 0, labels.long().to(logits.device)[index], out)
-
-
-@torch.no_grad()
-def predict_semantic(prompter: QueryPrompter, sam, embedding: Embedding, *, threshold: float = 0.5,
-                     background: int = 0, label_values: Sequence[int] | None = None) -> torch.Tensor:
-    """Prompt-free inference for one image: keep queries whose most probable class is not
-    "no object" and whose probability is >= ``threshold``; decode their prompts in one
-    mask-decoder call; resolve overlaps. ``label_values[c]`` is the map value of class c
-    (default c + 1, so 0 stays background)."""
-    emb = embedding.tensor
-    out = prompter(emb[None] if emb.ndim == 3 else emb)
-    prob = out["pred_logits"][0].softmax(-1)
-    conf, cls = prob.max(-1)
-    keep = (cls < prompter.num_classes) & (conf >= threshold)
+def prompter_instances(prompter: QueryPrompter, sam, embedding: Embedding, *, threshold: float = 0.5) -> Instances:
+    """Prompt-free instances of one image: keep queries whose most probable class is not
+    "no object" and has probability >= ``threshold``; decode all their prompts in ONE
+    mask-decoder call. ``scores`` = class probability x SAM's predicted IoU and
+    ``pixel_scores`` = sigmoid(logit), so :func:`~wsseg_fast.pipelines.methods.resolve`
+    gives each overlapped pixel to the highest class prob x IoU x pixel confidence.
+    Classes are 1..C (0 stays background)."""
     h, w = embedding.original_size
-    if not bool(keep.any()):
-        return torch.full((h, w), background, dtype=torch.long)
-    pred = decode_prompts(sam, embedding, out["pred_prompts"][0][keep])
-    values = torch.as_tensor(label_values if label_values is not None else range(1, prompter.num_classes + 1))
-    return resolve_overlaps(pred.logits[:, 0], values[cls[keep]], conf[keep], pred.scores[:, 0],
-                            background=background)
+    with torch.no_grad():
+        emb = embedding.tensor
+        out = prompter(emb[None] if emb.ndim == 3 else emb)
+        prob = out["pred_logits"][0].float().softmax(-1)
+        conf, cls = prob.max(-1)
+        keep = (cls < prompter.num_classes) & (conf >= threshold)
+        if not bool(keep.any()):
+            return Instances(np.zeros((0, h, w), bool), np.zeros(0, np.int64), np.zeros(0, np.float32))
+        pred = decode_prompts(sam, embedding, out["pred_prompts"][0][keep])
+        logits = pred.logits[:, 0].float()
+        return Instances(masks=(logits > 0).cpu().numpy(), classes=(cls[keep] + 1).cpu().numpy(),
+                         scores=(conf[keep] * pred.scores[:, 0].float()).cpu().numpy(),
+                         pixel_scores=torch.sigmoid(logits).cpu().numpy())
+
+
+def predict_semantic(prompter: QueryPrompter, sam, embedding: Embedding, *, threshold: float = 0.5) -> np.ndarray:
+    """One semantic map ``[H, W]`` uint8 (0 background, c+1 for class c) of one image, prompt-free."""
+    h, w = embedding.original_size
+    label, _ = resolve(prompter_instances(prompter, sam, embedding, threshold=threshold), h, w)
+    return label
+
+
+_LOADED: dict = {}
+
+
+@register_method("prompter", needs_sam=True, options={"checkpoint": "", "threshold": 0.5})
+def prompter_method(ctx: MethodInput) -> Instances:
+    """WPS-SAM: a trained query prompter (checkpoint=PROMPTER.pt from train-prompter) prompts SAM, no boxes used."""
+    path = ctx.options["checkpoint"]
+    if not path:
+        raise PrompterError("method prompter needs --method-option checkpoint=PROMPTER.pt (from train-prompter)")
+    key = (path, ctx.engine.model)
+    if key not in _LOADED:
+        _LOADED[key] = load_prompter(path, model=ctx.engine.model)[0]
+    return prompter_instances(_LOADED[key], ctx.engine.sam, ctx.embedding, threshold=ctx.options["threshold"])
 
 
 def train_step(prompter: QueryPrompter, criterion: PromptSetCriterion, optimizer: torch.optim.Optimizer,
