@@ -7,12 +7,19 @@ import torch
 from wsseg_fast.cache import EmbeddingCache
 from wsseg_fast.cli import main
 from wsseg_fast.data import CocoWeakDataset, make_demo
-
 from wsseg_fast.matching import HungarianMatcher, PromptSetCriterion
 from wsseg_fast.models.prompter import QueryPrompter
-from wsseg_fast.pipelines.prompter import (decode_prompts, load_prompter, predict_semantic, prompter_instances,
-                                           PrompterConfig, PrompterError, teacher_prompts, train_prompter,
-                                           train_step)
+from wsseg_fast.pipelines.prompter import (
+    PrompterConfig,
+    PrompterError,
+    decode_prompts,
+    load_prompter,
+    predict_semantic,
+    prompter_instances,
+    teacher_prompts,
+    train_prompter,
+    train_step,
+)
 from wsseg_fast.sam.engine import SamEngine
 from wsseg_fast.sam.model import build_sam
 from wsseg_fast.sam.prompting import Embedding, predict_masks
@@ -75,7 +82,7 @@ def test_step_uses_one_batched_matcher_call(sam, monkeypatch):
 
 
 def test_overfit_four_images(sam):
-    embs, targets, boxes = _data(sam)
+    embs, targets, _ = _data(sam)
     torch.manual_seed(0)
     model = QueryPrompter(2, num_queries=5, **SMALL)
     crit = PromptSetCriterion(2)
@@ -159,7 +166,7 @@ def test_training_resumes_bit_exact_is_deterministic_and_shares_the_cache(demo, 
     dataset = CocoWeakDataset(str(demo / "annotations.json"))
     engine.embed([dataset.load_image(r) for r in dataset.images])
     assert engine.stats.encoded == 0  # ... under the keys the other jobs use
-    model, meta = load_prompter(whole, model="tiny", num_classes=dataset.num_classes - 1)
+    _, meta = load_prompter(whole, model="tiny", num_classes=dataset.num_classes - 1)
     assert meta["class_names"] == dataset.class_names
     # dropout is on (0.1): the RNG state must be resumed too
     train_prompter(_cfg(demo, tmp_path / "split", epochs=1, cache=str(cache)), progress=False)

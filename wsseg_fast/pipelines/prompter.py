@@ -9,10 +9,8 @@ once; never the image encoder per epoch.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +20,17 @@ import torch
 from wsseg_fast.io import append_jsonl, atomic_torch_save
 from wsseg_fast.matching import HungarianMatcher, PromptSetCriterion
 from wsseg_fast.models.prompter import QueryPrompter
-from wsseg_fast.pipelines.finetune import _embed_frozen, _load_items
-from wsseg_fast.pipelines.methods import Instances, MethodInput, register_method, resolve
+from wsseg_fast.pipelines.finetune import (  # same settings rules
+    _embed_frozen,
+    _load_items,
+    _plain_config,
+)
+from wsseg_fast.pipelines.methods import (
+    Instances,
+    MethodInput,
+    register_method,
+    resolve,
+)
 from wsseg_fast.sam.model import MODEL_CONFIGS
 from wsseg_fast.sam.prompting import Embedding, MaskPrediction
 
@@ -161,11 +168,6 @@ class PrompterConfig:
     dropout: float = 0.1
     device: str = "cpu"
     threads: int | None = None
-
-
-def _plain_config(cfg: PrompterConfig) -> dict:
-    d = dataclasses.asdict(cfg)
-    return {k: v for k, v in d.items() if k not in ("out", "cache", "threads", "device", "epochs")}
 
 
 def _validate(cfg: PrompterConfig) -> None:
