@@ -205,7 +205,7 @@ def test_cli_train_prompter_then_prompt_free_pseudo_labels(demo, tmp_path, capsy
     assert main(args) == 0
     assert (tmp_path / "p" / "prompter.pt").exists() and (tmp_path / "p" / "config.yaml").exists()
     assert main(["pseudo-label", "--coco", str(demo / "annotations.json"), "--method", "prompter", "--model", "tiny",
-                 "--method-option", f"checkpoint={tmp_path / 'p' / 'prompter.pt'}", "--method-option", "threshold=0",
+                 "--method-option", f"checkpoint={tmp_path / 'p' / 'prompter.pt'}", "--method-option", "threshold=0.99",
                  "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "pl"), "--quiet"]) == 0
     assert len(list((tmp_path / "pl" / "labels").glob("*.png"))) == 3
     assert "mIoU" in capsys.readouterr().out

@@ -143,6 +143,14 @@ def _instances_json(record, anns, instances, winner) -> list[dict]:
     from pycocotools import mask as mask_utils
 
     out = []
+    if len(instances.scores) != len(anns):  # prompt-free methods (prompter): instances are not the annotations
+        for i in range(len(instances.scores)):
+            mask = winner == i
+            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            out.append({"source_annotation_id": None, "image_id": record.id, "class_index": int(instances.classes[i]),
+                        "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
+                        "area": int(mask.sum()), "score": round(float(instances.scores[i]), 6)})
+        return out
     for i, ann in enumerate(anns):
         mask = winner == i
         rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
