@@ -44,7 +44,7 @@ from wsseg_fast.io import (
     file_digest,
 )
 from wsseg_fast.metrics import SegmentationMeter, markdown_table
-from wsseg_fast.pipelines import cam, logic_refine  # noqa: F401  (register their methods)
+from wsseg_fast.pipelines import cam, logic_refine, prompter  # noqa: F401  (register their methods)
 from wsseg_fast.pipelines.classic import crf_refine
 from wsseg_fast.pipelines.methods import METHODS, MethodInput, resolve
 from wsseg_fast.pipelines.ray_executor import run_ray
@@ -159,6 +159,14 @@ def _instances_json(record, anns, instances, winner) -> list[dict]:
     """Each instance's final pixels (after overlaps were resolved) as COCO RLE."""
 
     out = []
+    if len(instances.scores) != len(anns):  # prompt-free methods (prompter): instances are not the annotations
+        for i in range(len(instances.scores)):
+            mask = winner == i
+            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            out.append({"source_annotation_id": None, "image_id": record.id, "class_index": int(instances.classes[i]),
+                        "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
+                        "area": int(mask.sum()), "score": round(float(instances.scores[i]), 6)})
+        return out
     for i, ann in enumerate(anns):
         mask = winner == i
         rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
