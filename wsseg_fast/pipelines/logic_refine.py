@@ -16,6 +16,10 @@ size and batched; nothing of an instance lies outside its box, so that is exact)
 - **pairwise** (optional, fused pairwise loss): neighbours of similar colour agree;
 - **superpixels** (optional): the evidence averaged over SLIC superpixels first;
 - **rounds** (optional): the object's colours refit to its mask, then optimised again;
+- **class priors** (optional, ``priors=FILE``, the YAML of ``finetune --priors``): ``contains``,
+  ``excludes`` and ``one_class_per_pixel`` couple the instances of an image — each step, the
+  crops are pasted onto the image, their classes' truths taken as the fuzzy OR of their
+  instances, and the priors' knowledge base added to the loss (``prior_weight``);
 - **SAM** (``sam-logic-refine``): SAM's box-prompted logits, clipped to ±``sam_clip``, join
   the evidence.
 
@@ -30,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from scipy.special import expit
 
+from wsseg_fast.logic import class_truths, compile_knowledge_base
+from wsseg_fast.logic.priors import PriorsError, load_priors
 from wsseg_fast.ops.box_constraint import box_constraint_loss
 from wsseg_fast.ops.color import rgb_to_lab
 from wsseg_fast.ops.pairwise_constraint import pairwise_constraint_loss
@@ -38,6 +44,7 @@ from wsseg_fast.ops.superpixel import superpixel_pool
 from wsseg_fast.pipelines.methods import (
     COLOUR_CLIP,
     Instances,
+    MethodError,
     MethodInput,
     box_masks,
     box_pixels,
@@ -65,22 +72,46 @@ OPTIONS = {
     "border": 1.0,         # logit taken off at a box's edge, fading over ~2 px: objects touch their box at few places
     "keep_seeded": True,   # drop mask parts no seed touches
     "rounds": 1,           # rounds of refitting the object's colour model to its current mask
+    "priors": "",          # YAML of class priors (contains / excludes / one_class_per_pixel); "" = none
+    "prior_weight": 1.0,   # weight of the class priors' knowledge base
 }
+# What of a priors file logic-refine uses: the pairwise prior is `pairwise_weight`, and the
+# box prior (`prior`, `border`) stands in for `box_size`.
+CLASS_PRIORS = ("contains", "excludes", "one_class_per_pixel")
+# Logit of "not this instance" where a pasted crop does not reach: sigmoid(-30) = 0 in float32.
+_OUTSIDE = -30.0
+
+
+def _class_priors(path: str, class_names: tuple[str, ...]) -> dict:
+    # Read per image (~1 ms): a cache keyed by path would miss edits to the file.
+    try:
+        priors = load_priors(path, list(class_names), what="--method-option priors")
+    except PriorsError as exc:
+        raise MethodError(str(exc)) from None
+    return {k: v for k, v in priors.items() if k in CLASS_PRIORS and v}
 
 
 def refine(image: np.ndarray, boxes: np.ndarray, annotations: list[dict], options: dict,
-           sam_logits: np.ndarray | None = None) -> np.ndarray:
-    """``[N, H, W]`` refined logits of the instances of one image (see the module docstring)."""
+           sam_logits: np.ndarray | None = None, classes: np.ndarray | None = None,
+           class_names: tuple[str, ...] = ()) -> np.ndarray:
+    """``[N, H, W]`` refined logits of the instances of one image (see the module docstring);
+    ``classes`` (1..C-1) and ``class_names`` (channel 0 the background) are needed by class priors."""
     if options["object_colour"] not in ("box", "seeds", "both"):
         raise ValueError(f"--method-option object_colour must be 'box', 'seeds' or 'both', got {options['object_colour']!r}")
     h, w = image.shape[:2]
     if len(boxes) == 0:
         return np.zeros((0, h, w), np.float32)
+    priors = None
+    if options["priors"] and options["prior_weight"]:
+        if classes is None or not class_names:
+            raise MethodError("--method-option priors: class priors need the instances' classes and the class names")
+        priors = (_class_priors(str(options["priors"]), tuple(class_names)), torch.as_tensor(classes, dtype=torch.long),
+                  list(class_names))
     inside_box = box_masks(boxes, h, w)
     masks = inside_box
     for _ in range(max(1, int(options["rounds"]))):  # later rounds refit the object's colours to its mask
         evidence = _evidence(image, boxes, annotations, masks, inside_box, options, sam_logits)
-        logits = _optimise(image, boxes, annotations, evidence, options)
+        logits = _optimise(image, boxes, annotations, evidence, options, priors)
         found = (logits > 0).reshape(len(logits), -1).any(1)
         masks = np.where(found[:, None, None], logits > 0, inside_box)
     if options["keep_seeded"]:
@@ -106,8 +137,9 @@ def _evidence(image, boxes, annotations, masks, inside_box, options, sam_logits)
     return evidence
 
 
-def _optimise(image, boxes, annotations, evidence, options) -> np.ndarray:
-    """Adam on each box's logits under the box, seed and pairwise constraints (see the module docstring)."""
+def _optimise(image, boxes, annotations, evidence, options, priors=None) -> np.ndarray:
+    """Adam on each box's logits under the box, seed and pairwise constraints, and the class
+    ``priors`` (``(priors dict, classes, class names)`` or None) (see the module docstring)."""
     h, w = image.shape[:2]
     n = len(boxes)
     rgb = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
@@ -142,6 +174,13 @@ def _optimise(image, boxes, annotations, evidence, options) -> np.ndarray:
     optimiser = torch.optim.Adam([z], lr=options["lr"])
     unary = torch.sigmoid(target)
     labels = torch.zeros(n, 1, dtype=torch.long)
+    kb = None
+    if priors is not None and priors[0]:
+        # The priors are judged on the smallest window holding every box (nothing lies outside it).
+        y0r, y1r = min(b[0] for b in bounds), max(b[1] for b in bounds)
+        x0r, x1r = min(b[2] for b in bounds), max(b[3] for b in bounds)
+        rules, classes, names = priors
+        kb = compile_knowledge_base({"annotations": []}, len(names), (y1r - y0r, x1r - x0r), priors=rules, class_names=names)
     for _ in range(int(options["steps"])):
         p = torch.where(inside, torch.sigmoid(z), torch.zeros_like(z))  # nothing outside the box: exact
         loss = options["colour_weight"] * F.binary_cross_entropy(p[inside], unary[inside])
@@ -151,6 +190,10 @@ def _optimise(image, boxes, annotations, evidence, options) -> np.ndarray:
             loss = loss + options["pairwise_weight"] * pairwise_constraint_loss(p, lab=lab)
         if options["seed_weight"] and seeds.any():
             loss = loss + options["seed_weight"] * (1 - p[seeds]).mean()
+        if kb is not None:
+            canvas = torch.stack([_paste(z[i, 0, :hc, :wc], b, (y0r, y1r, x0r, x1r)) for i, (b, (hc, wc)) in
+                                  enumerate(zip(bounds, sizes))])
+            loss = loss + options["prior_weight"] * kb(class_truths(canvas, classes, len(names))[None])[0]
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -162,6 +205,18 @@ def _optimise(image, boxes, annotations, evidence, options) -> np.ndarray:
                 back = F.interpolate(z[i : i + 1, :, :hc, :wc], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)
                 logits[i, y0:y1, x0:x1] = back[0, 0].numpy()
     return logits
+
+
+def _paste(crop: torch.Tensor, bounds, region) -> torch.Tensor:
+    """A box's ``[hc, wc]`` crop of logits at its place in the ``region`` window (y0, y1, x0, x1),
+    resized to the box when the crop is scaled; ``_OUTSIDE`` elsewhere. Differentiable."""
+    y0, y1, x0, x1 = bounds
+    if y1 <= y0 or x1 <= x0:
+        return torch.full((region[1] - region[0], region[3] - region[2]), _OUTSIDE)
+    if crop.shape != (y1 - y0, x1 - x0):
+        crop = F.interpolate(crop[None, None], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)[0, 0]
+    pad = (x0 - region[2], region[3] - x1, y0 - region[0], region[1] - y1)
+    return F.pad(crop, pad, value=_OUTSIDE)
 
 
 def _edge_falloff(height: int, width: int, hc: int, wc: int, fade: float = 2.0) -> torch.Tensor:
@@ -183,7 +238,8 @@ def _instances(ctx: MethodInput, logits: np.ndarray) -> Instances:
 @register_method("logic-refine", needs_sam=False, options=OPTIONS)
 def logic_refine(ctx: MethodInput) -> Instances:
     """Weight-free: each image's instance masks optimised under its own knowledge base (boxes, seeds, colour, pairwise)."""
-    return _instances(ctx, refine(ctx.image, ctx.boxes, ctx.annotations, ctx.options))
+    return _instances(ctx, refine(ctx.image, ctx.boxes, ctx.annotations, ctx.options, classes=ctx.classes,
+                                  class_names=ctx.class_names))
 
 
 @register_method("sam-logic-refine", needs_sam=True, options=OPTIONS)
@@ -191,4 +247,5 @@ def sam_logic_refine(ctx: MethodInput) -> Instances:
     """``logic-refine`` with SAM's box-prompted logits as one more term (--checkpoint, optionally --finetuned)."""
     prediction = ctx.engine.predict(ctx.embedding, boxes=ctx.boxes)
     sam_logits = prediction.logits[:, 0].float().cpu().numpy()
-    return _instances(ctx, refine(ctx.image, ctx.boxes, ctx.annotations, ctx.options, sam_logits))
+    return _instances(ctx, refine(ctx.image, ctx.boxes, ctx.annotations, ctx.options, sam_logits, ctx.classes,
+                                  ctx.class_names))
