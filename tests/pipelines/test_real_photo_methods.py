@@ -14,7 +14,10 @@ from wsseg_fast.data import make_demo
 from wsseg_fast.data.labels import write_label_png
 from wsseg_fast.data.weak import make_weak_from_layout
 from wsseg_fast.pipelines.classic import crf_refine
-from wsseg_fast.pipelines.logic_refine import OPTIONS, refine
+import torch
+
+from wsseg_fast.logic import class_truths
+from wsseg_fast.pipelines.logic_refine import OPTIONS, _Coupling, refine
 from wsseg_fast.pipelines.methods import METHODS, MethodError, MethodInput, parse_options, resolve
 from wsseg_fast.pipelines.pseudo_label import JobConfig, JobError, run_pseudo_label
 
@@ -118,6 +121,27 @@ def test_class_priors_couple_the_instances(tmp_path):
     disc_c, cup_c = refine_nested(tmp_path, "contains: [[cup, disc]]\n", object_colour="seeds")
     assert disc_s < 0.1 and disc_c > disc_s + 0.15 and cup_c > 0.9  # cup -> disc fills the disc's hole
     assert refine_nested(tmp_path, "excludes: [[cup, disc]]\n", prior_weight=0.0)[0] == disc  # weight 0: off
+    assert refine_nested(tmp_path, "excludes: [[cup, disc]]\n", scale=0.5)[0] < 0.5  # scaled crops too
+
+
+def test_sparse_class_truths_match_the_dense_ones():
+    """The priors' loss on the boxes' pixels equals the knowledge base on class_truths of the pasted maps."""
+    torch.manual_seed(0)
+    h, w = 20, 24
+    bounds = [(2, 12, 3, 15), (6, 18, 10, 22), (0, 5, 0, 4)]
+    classes = torch.tensor([1, 2, 1])
+    names = ["background", "disc", "cup"]
+    rules = {"contains": [["cup", "disc"]], "one_class_per_pixel": True}
+    coupling = _Coupling((rules, classes, names), bounds, h, w)
+    sizes = [(y1 - y0, x1 - x0) for y0, y1, x0, x1 in bounds]
+    z = torch.randn(3, 1, 12, 12, dtype=torch.float64)
+    dense = torch.full((3, h, w), -60.0, dtype=torch.float64)
+    covered = torch.zeros(h, w, dtype=torch.bool)
+    for i, (y0, y1, x0, x1) in enumerate(bounds):
+        dense[i, y0:y1, x0:x1] = z[i, 0, : y1 - y0, : x1 - x0]
+        covered[y0:y1, x0:x1] = True
+    truths = class_truths(dense, classes, 3)[:, covered]
+    torch.testing.assert_close(coupling.loss(z, sizes), coupling.kb(truths[None, :, :, None])[0])
 
 
 def test_bad_class_priors(tmp_path):

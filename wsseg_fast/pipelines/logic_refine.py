@@ -18,8 +18,8 @@ size and batched; nothing of an instance lies outside its box, so that is exact)
 - **rounds** (optional): the object's colours refit to its mask, then optimised again;
 - **class priors** (optional, ``priors=FILE``, the YAML of ``finetune --priors``): ``contains``,
   ``excludes`` and ``one_class_per_pixel`` couple the instances of an image — each step, the
-  crops are pasted onto the image, their classes' truths taken as the fuzzy OR of their
-  instances, and the priors' knowledge base added to the loss (``prior_weight``);
+  classes' truths (the fuzzy OR of their instances) are formed on the pixels the boxes cover,
+  and the priors' knowledge base is added to the loss (``prior_weight``);
 - **SAM** (``sam-logic-refine``): SAM's box-prompted logits, clipped to ±``sam_clip``, join
   the evidence.
 
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from scipy.special import expit
 
-from wsseg_fast.logic import class_truths, compile_knowledge_base
+from wsseg_fast.logic import compile_knowledge_base
 from wsseg_fast.logic.priors import PriorsError, load_priors
 from wsseg_fast.ops.box_constraint import box_constraint_loss
 from wsseg_fast.ops.color import rgb_to_lab
@@ -78,8 +78,6 @@ OPTIONS = {
 # What of a priors file logic-refine uses: the pairwise prior is `pairwise_weight`, and the
 # box prior (`prior`, `border`) stands in for `box_size`.
 CLASS_PRIORS = ("contains", "excludes", "one_class_per_pixel")
-# Logit of "not this instance" where a pasted crop does not reach: sigmoid(-30) = 0 in float32.
-_OUTSIDE = -30.0
 
 
 def _class_priors(path: str, class_names: tuple[str, ...]) -> dict:
@@ -174,13 +172,7 @@ def _optimise(image, boxes, annotations, evidence, options, priors=None) -> np.n
     optimiser = torch.optim.Adam([z], lr=options["lr"])
     unary = torch.sigmoid(target)
     labels = torch.zeros(n, 1, dtype=torch.long)
-    kb = None
-    if priors is not None and priors[0]:
-        # The priors are judged on the smallest window holding every box (nothing lies outside it).
-        y0r, y1r = min(b[0] for b in bounds), max(b[1] for b in bounds)
-        x0r, x1r = min(b[2] for b in bounds), max(b[3] for b in bounds)
-        rules, classes, names = priors
-        kb = compile_knowledge_base({"annotations": []}, len(names), (y1r - y0r, x1r - x0r), priors=rules, class_names=names)
+    coupling = _Coupling(priors, bounds, h, w) if priors is not None and priors[0] else None
     for _ in range(int(options["steps"])):
         p = torch.where(inside, torch.sigmoid(z), torch.zeros_like(z))  # nothing outside the box: exact
         loss = options["colour_weight"] * F.binary_cross_entropy(p[inside], unary[inside])
@@ -190,10 +182,8 @@ def _optimise(image, boxes, annotations, evidence, options, priors=None) -> np.n
             loss = loss + options["pairwise_weight"] * pairwise_constraint_loss(p, lab=lab)
         if options["seed_weight"] and seeds.any():
             loss = loss + options["seed_weight"] * (1 - p[seeds]).mean()
-        if kb is not None:
-            canvas = torch.stack([_paste(z[i, 0, :hc, :wc], b, (y0r, y1r, x0r, x1r)) for i, (b, (hc, wc)) in
-                                  enumerate(zip(bounds, sizes))])
-            loss = loss + options["prior_weight"] * kb(class_truths(canvas, classes, len(names))[None])[0]
+        if coupling is not None:
+            loss = loss + options["prior_weight"] * coupling.loss(z, sizes)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -207,16 +197,36 @@ def _optimise(image, boxes, annotations, evidence, options, priors=None) -> np.n
     return logits
 
 
-def _paste(crop: torch.Tensor, bounds, region) -> torch.Tensor:
-    """A box's ``[hc, wc]`` crop of logits at its place in the ``region`` window (y0, y1, x0, x1),
-    resized to the box when the crop is scaled; ``_OUTSIDE`` elsewhere. Differentiable."""
-    y0, y1, x0, x1 = bounds
-    if y1 <= y0 or x1 <= x0:
-        return torch.full((region[1] - region[0], region[3] - region[2]), _OUTSIDE)
-    if crop.shape != (y1 - y0, x1 - x0):
-        crop = F.interpolate(crop[None, None], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)[0, 0]
-    pad = (x0 - region[2], region[3] - x1, y0 - region[0], region[1] - y1)
-    return F.pad(crop, pad, value=_OUTSIDE)
+class _Coupling:
+    """The class priors over the pixels that some box covers (elsewhere every instance is 0 and
+    every prior holds). Each class's truth is the fuzzy OR of its instances, as
+    :func:`~wsseg_fast.logic.class_truths`, but summed sparsely: one ``index_add`` over the boxes'
+    pixels, not one full map per instance."""
+
+    def __init__(self, priors, bounds, h: int, w: int):
+        rules, classes, names = priors
+        covered = np.zeros((h, w), bool)
+        for y0, y1, x0, x1 in bounds:
+            covered[y0:y1, x0:x1] = True
+        pixel = np.full((h, w), -1, np.int64)
+        pixel[covered] = np.arange(int(covered.sum()))
+        self.pixels, self.num_classes, self.bounds = int(covered.sum()), len(names), bounds
+        # where each box's pixels land in the flat [C * P] class map
+        self.index = torch.from_numpy(np.concatenate(
+            [int(c) * self.pixels + pixel[y0:y1, x0:x1].ravel() for c, (y0, y1, x0, x1) in zip(classes.tolist(), bounds)]))
+        self.kb = compile_knowledge_base({"annotations": []}, len(names), (self.pixels, 1), priors=rules, class_names=names)
+
+    def loss(self, z: torch.Tensor, sizes) -> torch.Tensor:
+        crops = []
+        for i, ((y0, y1, x0, x1), (hc, wc)) in enumerate(zip(self.bounds, sizes)):
+            crop = z[i : i + 1, :, :hc, :wc]
+            if (hc, wc) != (y1 - y0, x1 - x0):  # scaled crops: back to the box's pixels
+                crop = F.interpolate(crop, size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)
+            crops.append(F.logsigmoid(-crop).reshape(-1))  # log(1 - p)
+        miss = z.new_zeros(self.num_classes * self.pixels).index_add(0, self.index, torch.cat(crops))
+        miss = miss.view(self.num_classes, self.pixels)
+        truths = torch.cat([miss.sum(0, keepdim=True).exp(), 1 - miss[1:].exp()])  # background: no instance
+        return self.kb(truths[None, :, :, None])[0]
 
 
 def _edge_falloff(height: int, width: int, hc: int, wc: int, fade: float = 2.0) -> torch.Tensor:
