@@ -6,6 +6,7 @@ import json
 
 from wsseg_fast.cli.common import UsageError
 from wsseg_fast.pipelines.experiment import DemoExperimentConfig, run_demo_experiment
+from wsseg_fast.sam.model import CheckpointError, build_sam
 
 
 def add_experiment(sub) -> None:
@@ -17,6 +18,7 @@ def add_experiment(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--finetune-epochs", type=int, default=DemoExperimentConfig.finetune_epochs)
     p.add_argument("--student-epochs", type=int, default=DemoExperimentConfig.student_epochs)
+    p.add_argument("--checkpoint", help="the tiny SAM's weights, e.g. a pretrain-sam stand-in (none: random weights)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run_experiment)
@@ -28,7 +30,12 @@ def run_experiment(args) -> int:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
     cfg = DemoExperimentConfig(out=args.out, train_images=args.train_images, test_images=args.test_images, seed=args.seed,
                                finetune_epochs=args.finetune_epochs, student_epochs=args.student_epochs,
-                               threads=args.threads)
+                               threads=args.threads, checkpoint=args.checkpoint)
+    if args.checkpoint:  # a bad file: one line now, not a traceback minutes later
+        try:
+            build_sam("tiny", args.checkpoint)
+        except CheckpointError as exc:
+            raise UsageError(str(exc)) from None
     report = run_demo_experiment(cfg, progress=not args.quiet)
     if args.quiet:
         print(json.dumps({r["name"]: round(r["miou"], 4) for r in report["rows"]}))

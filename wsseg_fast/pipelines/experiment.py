@@ -61,6 +61,7 @@ class DemoExperimentConfig:
     prompter_batch_size: int = 8
     prompter_lr: float = 1e-4
     threads: int | None = None
+    checkpoint: str | None = None  # the tiny SAM's weights (e.g. from pretrain-sam); None: seeded random weights
 
 
 def run_demo_experiment(cfg: DemoExperimentConfig, progress: bool = True) -> dict:
@@ -87,12 +88,13 @@ def run_demo_experiment(cfg: DemoExperimentConfig, progress: bool = True) -> dic
     atomic_write_text(out / "priors.yaml", PRIORS)
 
     rows = []
-    job = dict(coco=train_coco, model="tiny", cache=str(out / "cache"), threads=cfg.threads)
+    job = dict(coco=train_coco, model="tiny", checkpoint=cfg.checkpoint, cache=str(out / "cache"), threads=cfg.threads)
     box = run_pseudo_label(JobConfig(out=str(out / "pseudo_box"), method="box", **job), progress=progress)
     rows.append(_row("box", box["report"], "train (pseudo-labels vs GT)"))
     step("box pseudo-labels")
 
-    finetuned = finetune(FinetuneConfig(coco=train_coco, out=str(out / "finetune"), model="tiny", train="all",
+    finetuned = finetune(FinetuneConfig(coco=train_coco, out=str(out / "finetune"), model="tiny",
+                                        checkpoint=cfg.checkpoint, train="all",
                                         priors=str(out / "priors.yaml"), epochs=cfg.finetune_epochs, lr=cfg.finetune_lr,
                                         seed=cfg.seed, loss_scale=cfg.loss_scale, threads=cfg.threads), progress=progress)
     step("stage 1: fine-tune SAM under the constraints")
@@ -132,10 +134,12 @@ def prompter_rows(cfg: DemoExperimentConfig, progress: bool = True) -> list[dict
     out = Path(cfg.out)
     cache = str(out / "cache")
     prompter = train_prompter(PrompterConfig(coco=str(out / "train" / "annotations.json"), out=str(out / "prompter"),
-                                             model="tiny", cache=cache, epochs=cfg.prompter_epochs,
+                                             model="tiny", checkpoint=cfg.checkpoint, cache=cache,
+                                             epochs=cfg.prompter_epochs,
                                              batch_size=cfg.prompter_batch_size, lr=cfg.prompter_lr, seed=cfg.seed,
                                              threads=cfg.threads), progress=progress)
-    job = dict(coco=str(out / "test" / "annotations.json"), model="tiny", cache=cache, threads=cfg.threads)
+    job = dict(coco=str(out / "test" / "annotations.json"), model="tiny", checkpoint=cfg.checkpoint, cache=cache,
+               threads=cfg.threads)
     free = run_pseudo_label(JobConfig(out=str(out / "test_prompter"), method="prompter",
                                       options={"checkpoint": str(prompter), "threshold": 0.5}, **job), progress=progress)
     boxed = run_pseudo_label(JobConfig(out=str(out / "test_sam_box"), method="sam-box",
