@@ -10,7 +10,7 @@ Rows (each a fresh pseudo-labelling run scored against the dataset's ``gt/``):
 - ``box``: filled boxes; ``sam-box`` and ``sbr``: the checkpoint as it is;
 - ``stage 1 -> sam-box`` and ``stage 1 -> sbr``: after ``finetune`` on the dataset's own weak
   labels (boxes, points, scribbles, tags, the pairwise colour prior and ``--priors``);
-- ``stage 1 without <kind> -> sbr``: the same with one constraint kind's weight set to 0
+- ``stage 1 without <kind> -> sam-box / sbr``: the same with one constraint kind's weight set to 0
   (boxes; points and scribbles; the pairwise prior; the priors file's rules), so each kind's
   contribution is measured.
 
@@ -43,7 +43,7 @@ ABLATIONS = {
     "priors file": ("contains", "excludes", "one_class_per_pixel", "box_size"),
 }
 ROWS = ["box", "sam-box", "sbr", "stage 1 -> sam-box", "stage 1 -> sbr",
-        *(f"stage 1 without {kind} -> sbr" for kind in ABLATIONS)]
+        *(f"stage 1 without {kind} -> {method}" for kind in ABLATIONS for method in ("sam-box", "sbr"))]
 
 
 def _label(args, work: Path, name: str, method: str, finetuned: str | None) -> dict:
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
         method = "box" if name == "box" else ("sam-box" if name.endswith("sam-box") else "sbr")
         weights = None
         if name.startswith("stage 1"):
-            kind = name[len("stage 1 without "):-len(" -> sbr")] if "without" in name else ""
+            kind = name[len("stage 1 without "):name.index(" -> ")] if "without" in name else ""
             if kind not in finetuned:
                 finetuned[kind], stage1[f"stage 1{' without ' + kind if kind else ''}"] = _stage1(
                     args, work, kind or "all", ABLATIONS.get(kind, ()))
