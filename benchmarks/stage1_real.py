@@ -121,6 +121,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     work = Path(args.work)
     wanted = args.rows or ROWS
+    if not args.priors:  # without a priors file that ablation is stage 1 itself
+        wanted = [name for name in wanted if "priors file" not in name]
     rows, stage1, finetuned = [], {}, {}
     for name in wanted:
         method = "box" if name == "box" else ("sam-box" if name.endswith("sam-box") else "sbr")
