@@ -174,3 +174,41 @@ def test_ssc_and_subclass_terms_are_logged_and_resume_exactly(demo, tmp_path):
     assert net.num_subclasses == 2 * meta["num_classes"]
     with pytest.raises(CamError, match="other settings"):  # resume with other terms is refused
         train_cam(_config(demo, tmp_path, "half", epochs=3, resume=True, ssc_weight=0.5, subclasses=2))
+
+
+def test_reconstruction_term_resumes_exactly_and_the_run_says_its_vgg_is_random(demo, tmp_path, capsys):
+    kw = dict(recon_weight=1.0, hidden=16)
+    full = torch.load(train_cam(_config(demo, tmp_path, "full", epochs=2, **kw)), weights_only=False)
+    assert "VGG16 with RANDOM weights" in capsys.readouterr().out
+    train_cam(_config(demo, tmp_path, "half", epochs=1, **kw))
+    resumed = torch.load(train_cam(_config(demo, tmp_path, "half", epochs=2, resume=True, **kw)), weights_only=False)
+    for part in ("model", "decoder"):
+        for k, v in full[part].items():
+            assert torch.equal(v, resumed[part][k]), (part, k)
+    log = [json.loads(line) for line in open(tmp_path / "full" / "log.jsonl")]
+    assert log[0]["recon"] > 0 and log[0]["vgg_weights"] == "random" and full["meta"]["vgg_weights"] == "random"
+    assert abs(log[0]["total"] - log[0]["bce"] - log[0]["recon"]) < 1e-5
+    with pytest.raises(CamError, match="--vgg-weights is for the reconstruction branch"):
+        train_cam(_config(demo, tmp_path, "v", vgg_weights="x.pt"))
+
+
+def test_resnet50_backbone_trains_on_images_and_its_checkpoint_serves_the_methods(demo, tmp_path, capsys):
+    ckpt = train_cam(_config(demo, tmp_path, "r", epochs=1, backbone="resnet50", image_size=64, hidden=8,
+                             ssc_weight=1.0, ssc_segments=8, subclasses=2))
+    net, meta = load_cam(ckpt, "resnet50")
+    assert meta["model"] == "resnet50" and meta["weights"] == "random" and net.backbone is not None
+    assert not (tmp_path / "cache").exists()  # no SAM embedding for this backbone
+    with pytest.raises(CamError, match="trained on backbone resnet50"):
+        load_cam(ckpt, "sam", "tiny")
+    cfg = JobConfig(coco=str(demo / "annotations.json"), out=str(tmp_path / "pl"), method="cam-rw",
+                    options={"cam": ckpt, "steps": 4, "radius": 1}, model="tiny", cache=str(tmp_path / "cache"))
+    assert run_pseudo_label(cfg, progress=False)["labelled"] == 4
+    # weights of another network for the backbone: one line from the CLI
+    torch.save({"0.weight": torch.zeros(64, 3, 3, 3)}, tmp_path / "vgg.pt")
+    args = ["train-cam", "--coco", str(demo / "annotations.json"), "--no-cache", "--model", "tiny",
+            "--backbone", "resnet50", "--image-size", "64", "--backbone-weights", str(tmp_path / "vgg.pt")]
+    assert main(args + ["--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--backbone-weights" in err[0] and "not a state dict of torchvision's resnet50" in err[0]
+    assert main(args[:8] + ["--image-size", "50", "--out", str(tmp_path / "o2")]) == 2
+    assert "--image-size must be a positive multiple of 32" in capsys.readouterr().err
