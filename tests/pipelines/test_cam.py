@@ -4,17 +4,30 @@ weights, 4 demo images, 1-2 epochs: checks mechanics, not accuracy)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+import wsseg_fast
 from wsseg_fast.cli import main
 from wsseg_fast.data import make_demo, read_label_png
 from wsseg_fast.io import atomic_torch_save
 from wsseg_fast.models.cam import CamClassifier
-from wsseg_fast.pipelines.cam import CHECKPOINT_VERSION, CamConfig, CamError, cam_method, cam_rw, load_cam, train_cam
+from wsseg_fast.pipelines.cam import (
+    CHECKPOINT_VERSION,
+    CamConfig,
+    CamError,
+    cam_method,
+    cam_rw,
+    epoch_shard,
+    load_cam,
+    train_cam,
+)
 from wsseg_fast.pipelines.methods import MethodInput
 from wsseg_fast.pipelines.pseudo_label import JobConfig, run_pseudo_label
 from wsseg_fast.sam.prompting import Embedding
@@ -212,3 +225,41 @@ def test_resnet50_backbone_trains_on_images_and_its_checkpoint_serves_the_method
     assert len(err) == 1 and "--backbone-weights" in err[0] and "not a state dict of torchvision's resnet50" in err[0]
     assert main(args[:8] + ["--image-size", "50", "--out", str(tmp_path / "o2")]) == 2
     assert "--image-size must be a positive multiple of 32" in capsys.readouterr().err
+
+
+def test_epoch_shards_pad_and_cover_the_epoch():
+    shards = [epoch_shard(5, 0, 3, r, 2) for r in (0, 1)]
+    assert [len(s) for s in shards] == [3, 3]
+    assert set(torch.cat(shards).tolist()) == set(range(5))  # one image repeated to pad
+    assert torch.equal(epoch_shard(5, 0, 3), torch.stack(shards, 1).flatten()[:5])  # interleaved = the one-process order
+
+
+_DDP_SCRIPT = """
+import json, sys
+from wsseg_fast.pipelines.cam import CamConfig, train_cam
+train_cam(CamConfig(**json.loads(sys.argv[1])))
+"""
+
+
+@pytest.mark.slow  # three processes that each import torch: ~25 s here, mostly imports
+def test_torchrun_ddp_two_cpu_processes_equals_one_process_with_both_batches(demo, tmp_path):
+    """With BCE only, 2 ranks of batch 1 take the same steps as 1 process of batch 2 (same
+    images per step, gradients averaged), so the weights agree to float rounding."""
+    one = torch.load(train_cam(_config(demo, tmp_path, "one", epochs=2, hidden=16)), weights_only=False)
+    script = tmp_path / "ddp_cam.py"
+    script.write_text(_DDP_SCRIPT)
+    config = dict(coco=str(demo / "annotations.json"), out=str(tmp_path / "ddp"), cache=str(tmp_path / "cache"),
+                  model="tiny", batch_size=1, lr=1e-2, progress=False, epochs=2, hidden=16)
+    root = os.path.dirname(os.path.dirname(wsseg_fast.__file__))  # this checkout, installed or not
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), json.dumps(config)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.count("ignored); DDP over 2 processes") == 1  # rank 0 reports
+    ddp = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)
+    assert ddp["epoch"] == 2
+    for k, v in one["model"].items():
+        assert torch.allclose(v, ddp["model"][k], atol=1e-5), k
+    logs = [json.loads(line) for line in open(tmp_path / "ddp" / "log.jsonl")]
+    ref = [json.loads(line) for line in open(tmp_path / "one" / "log.jsonl")]
+    assert len(logs) == 2 and abs(logs[1]["bce"] - ref[1]["bce"]) < 1e-5  # losses averaged over the ranks

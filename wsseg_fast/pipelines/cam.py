@@ -9,6 +9,9 @@ heads on the images resized as SAM resizes them. Then it trains
 :class:`~wsseg_fast.models.cam.CamClassifier` with the switchable terms: BCE, WeakMedSAM's
 sub-class BCE, SSC's superpixel alignment (beta_a) and CAM-driven reconstruction with a VGG16
 perceptual loss (beta_p). An atomic ``last.pt`` per epoch, exact resume, ``log.jsonl`` of losses.
+Under ``torchrun`` (``WORLD_SIZE`` > 1) it runs DDP like ``train-student`` (gloo on CPUs): each
+epoch's seeded order is padded to a multiple of the world size and sharded, every rank takes
+``batch_size`` of its shard per step, the logged losses are averaged over the ranks, rank 0 writes.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from wsseg_fast.models.cam import (
 from wsseg_fast.ops import slic, ssc_alignment_loss
 from wsseg_fast.pipelines.cam_refine import background_score, grid_prompt_masks, normalize_cams, refine_cams
 from wsseg_fast.pipelines.methods import Instances, MethodError, MethodInput, register_method
+from wsseg_fast.pipelines.student import _Dist
 from wsseg_fast.sam import SamEngine
 
 CHECKPOINT_VERSION = 2  # 2: backbone weights, image size, reconstruction settings in the metadata
@@ -208,18 +212,41 @@ def _inputs(cfg: CamConfig, dataset, indices: list[int]) -> tuple[torch.Tensor, 
             {"model": "resnet50", "weights": weights, "image_size": cfg.image_size})
 
 
+def epoch_shard(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """This rank's indices for ``epoch``: a permutation seeded by (seed, epoch), padded by wrapping
+    around to a multiple of ``world`` (as DistributedSampler pads), every ``world``-th from ``rank``."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+    pad = -n % world
+    order = torch.cat([order, order.repeat(pad // n + 1)[:pad]]) if pad else order
+    return order[rank::world]
+
+
 def train_cam(cfg: CamConfig) -> str:
-    """Train the classifier; returns the path of ``last.pt``."""
+    """Train the classifier; returns the path of ``last.pt``. Under torchrun, DDP (see the module)."""
+    _check(cfg)
+    ctx = _Dist.setup()
+    finished = False
+    try:
+        path = _train(cfg, ctx)
+        finished = True
+        return path
+    finally:
+        ctx.close(finished)
+
+
+def _train(cfg: CamConfig, ctx: _Dist) -> str:
     from tqdm import tqdm
 
-    _check(cfg)
     dataset = CocoWeakDataset(cfg.coco, cfg.images)
     indices, targets = tagged_images(dataset)
-    os.makedirs(cfg.out, exist_ok=True)
     path = os.path.join(cfg.out, "last.pt")
     if os.path.exists(path) and not cfg.resume:
         raise CamError(f"{path} exists: pass --resume to continue it, or use another --out")
-    print(f"train-cam: {len(indices)} of {len(dataset)} images have tags (boxes, points and masks are ignored)")
+    say = print if ctx.rank == 0 else (lambda *a, **k: None)
+    if ctx.rank == 0:
+        os.makedirs(cfg.out, exist_ok=True)
+    say(f"train-cam: {len(indices)} of {len(dataset)} images have tags (boxes, points and masks are ignored)"
+        + (f"; DDP over {ctx.world} processes" if ctx.world > 1 else ""))
     inputs, valid, identity = _inputs(cfg, dataset, indices)
     grid = valid.shape[-1]
 
@@ -233,7 +260,7 @@ def train_cam(cfg: CamConfig) -> str:
     if cfg.recon_weight:
         vgg_identity = "blake2b:" + file_digest(cfg.vgg_weights) if cfg.vgg_weights else "random"
         if not cfg.vgg_weights:
-            print("train-cam: WARNING: the perceptual loss runs on a VGG16 with RANDOM weights (no --vgg-weights); "
+            say("train-cam: WARNING: the perceptual loss runs on a VGG16 with RANDOM weights (no --vgg-weights); "
                   "fine for tests, not for real training")
 
     sub_targets = superpixels = images = pixels = None
@@ -266,31 +293,40 @@ def train_cam(cfg: CamConfig) -> str:
             decoder.load_state_dict(state["decoder"])
         optimizer.load_state_dict(state["optimizer"])
         start = state["epoch"]
-    atomic_write_json(os.path.join(cfg.out, "train_config.json"), asdict(cfg))
+    if ctx.rank == 0:
+        atomic_write_json(os.path.join(cfg.out, "train_config.json"), asdict(cfg))
+    train_model, train_decoder = model, decoder
+    if ctx.world > 1:  # gradients all-reduced; both start from the same seeded weights on every rank
+        train_model = torch.nn.parallel.DistributedDataParallel(model)
+        if decoder is not None:
+            train_decoder = torch.nn.parallel.DistributedDataParallel(decoder)
+    names = ["bce", "sub_bce", "ssc", "recon", "total"]
     for epoch in range(start, cfg.epochs):
         model.train()
-        order = torch.randperm(len(indices), generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
-        sums, seen = {}, 0
-        bar = tqdm(order.split(cfg.batch_size), desc=f"train-cam epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not cfg.progress, dynamic_ncols=True)
+        shard = epoch_shard(len(indices), cfg.seed, epoch, ctx.rank, ctx.world)
+        sums = torch.zeros(len(names) + 1, dtype=torch.float64)  # per-term sums over images, then the image count
+        bar = tqdm(shard.split(cfg.batch_size), desc=f"train-cam epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not (cfg.progress and ctx.rank == 0), dynamic_ncols=True)
         for batch in bar:
-            logits, sub_logits, cams = model(inputs[batch], valid[batch])
+            logits, sub_logits, cams = train_model(inputs[batch], valid[batch])
             terms = cam_loss(logits, targets[batch], sub_logits, sub_targets[batch] if sub_targets is not None else None)
             if superpixels is not None:
                 terms["ssc"] = cfg.ssc_weight * ssc_alignment_loss(
                     F.interpolate(cams, size=superpixels.shape[1:], mode="bilinear", align_corners=False),
                     superpixels[batch], present=targets[batch], erode=cfg.ssc_erode)
             if decoder is not None:  # the padding is not the image's: both are zero there
-                terms["recon"] = cfg.recon_weight * perceptual_loss(vgg, decoder(cams) * pixels[batch], images[batch])
+                terms["recon"] = cfg.recon_weight * perceptual_loss(vgg, train_decoder(cams) * pixels[batch], images[batch])
             terms["total"] = terms["total"] + sum(terms[k] for k in ("ssc", "recon") if k in terms)
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             optimizer.step()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(batch)
-            seen += len(batch)
+            sums += torch.tensor([float(terms[k].detach()) * len(batch) if k in terms else 0.0 for k in names]
+                                 + [len(batch)], dtype=torch.float64)
             bar.set_postfix(loss=f"{float(terms['total'].detach()):.4f}")
-        losses = {k: v / seen for k, v in sums.items()}
+        sums = ctx.all_sum(sums)
+        if ctx.rank != 0:
+            continue
+        losses = {k: sums[i].item() / sums[-1].item() for i, k in enumerate(names) if k in terms}
         state = {"meta": meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1}
         if decoder is not None:
             state["decoder"] = decoder.state_dict()
