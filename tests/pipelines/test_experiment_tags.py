@@ -3,7 +3,11 @@
 import json
 
 from wsseg_fast.cli import main
-from wsseg_fast.pipelines.experiment import TAG_CLASSIFIERS, TagsExperimentConfig, run_tags_experiment
+from wsseg_fast.pipelines.experiment import (
+    TAG_CLASSIFIERS,
+    TagsExperimentConfig,
+    run_tags_experiment,
+)
 
 
 def test_tags_experiment_writes_the_ablation_walks_and_student_and_resumes(tmp_path):

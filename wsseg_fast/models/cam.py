@@ -112,7 +112,7 @@ class CamDecoder(nn.Module):
         super().__init__()
         if num_classes < 1 or width < 2:
             raise ValueError(f"CamDecoder: num_classes must be >= 1 and width >= 2, got {(num_classes, width)}")
-        up = lambda: nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)  # noqa: E731
+        up = lambda: nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
         self.net = nn.Sequential(nn.Conv2d(num_classes, width, 3, padding=1), nn.ReLU(), up(),
                                  nn.Conv2d(width, width // 2, 3, padding=1), nn.ReLU(), up(),
                                  nn.Conv2d(width // 2, 3, 3, padding=1), nn.Sigmoid())

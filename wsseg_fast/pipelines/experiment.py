@@ -71,17 +71,7 @@ class DemoExperimentConfig:
 
 def run_demo_experiment(cfg: DemoExperimentConfig, progress: bool = True) -> dict:
     """Run (or finish) the experiment; returns the ``report.json`` content."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    began = time.perf_counter()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    say = (lambda text: print(text, flush=True)) if progress else (lambda text: None)
-    seconds: dict[str, float] = {}
-
-    def step(name: str):
-        seconds[name] = round(time.perf_counter() - began - sum(seconds.values()), 1)
-        say(f"[{time.perf_counter() - began:6.0f} s] {name} done")
+    out, step = _start(cfg, progress)
 
     make_splits(out, cfg.train_images, cfg.test_images, cfg.seed)
     step("data")
@@ -119,14 +109,40 @@ def run_demo_experiment(cfg: DemoExperimentConfig, progress: bool = True) -> dic
         rows.append(_row(name, scores, "test (student predictions vs GT)"))
         step(f"student {name}")
 
-    report = {"rows": rows, "settings": asdict(cfg), "seconds": seconds,
-              "total_seconds": round(time.perf_counter() - began, 1)}
+    report = {"rows": rows, "settings": asdict(cfg), **step.times()}
     report["goals"] = _goals(rows)
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", _markdown(report))
     _plot(rows, out / "report.png")
-    say((out / "report.md").read_text())
+    step.say((out / "report.md").read_text())
     return report
+
+
+class _Steps:
+    """Wall-clock seconds of an experiment's steps; ``step(name)`` closes one and says so."""
+
+    def __init__(self, progress: bool):
+        self.began, self.seconds, self.progress = time.perf_counter(), {}, progress
+
+    def say(self, text: str) -> None:
+        if self.progress:
+            print(text, flush=True)
+
+    def __call__(self, name: str) -> None:
+        self.seconds[name] = round(time.perf_counter() - self.began - sum(self.seconds.values()), 1)
+        self.say(f"[{time.perf_counter() - self.began:6.0f} s] {name} done")
+
+    def times(self) -> dict:
+        return {"seconds": self.seconds, "total_seconds": round(time.perf_counter() - self.began, 1)}
+
+
+def _start(cfg, progress: bool) -> tuple[Path, _Steps]:
+    """Threads, the output directory and the step clock of an experiment run."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out, _Steps(progress)
 
 
 def make_splits(out: Path, train_images: int, test_images: int, seed: int) -> None:
@@ -190,19 +206,30 @@ def _goals(rows: list[dict]) -> dict:
 
 
 def _markdown(report: dict) -> str:
-    pct = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"  # noqa: E731
-    lines = ["# Demo experiment", "", "| row | mIoU | mACC | mDice | pixel acc | scored on |", "|---|---|---|---|---|---|"]
-    for r in report["rows"]:
-        lines.append(f"| {r['name']} | {pct(r['miou'])} | {pct(r['macc'])} | {pct(r['mdice'])} | "
-                     f"{pct(r['pixel_accuracy'])} | {r['split']} |")
+    lines = ["# Demo experiment", "", *_table(report["rows"])]
     g = report["goals"]
     lines += ["", f"- SBR − box mIoU: {100 * g['sbr_minus_box']:+.1f} points (goal ≥ +10: "
                   f"{'met' if g['sbr_beats_box_by_0.10'] else 'not met'})",
               f"- student_sbr / student_gt mIoU: {g['student_sbr_over_student_gt']:.2f} (goal ≥ 0.9: "
               f"{'met' if g['student_sbr_at_least_0.9x_student_gt'] else 'not met'})",
-              f"- total time: {report['total_seconds']:.0f} s; per step: "
-              + ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items()), ""]
+              _timing(report), ""]
     return "\n".join(lines)
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+
+
+def _table(rows: list[dict]) -> list[str]:
+    """The report's rows as markdown table lines."""
+    lines = ["| row | mIoU | mACC | mDice | pixel acc | scored on |", "|---|---|---|---|---|---|"]
+    return lines + [f"| {r['name']} | {_pct(r['miou'])} | {_pct(r['macc'])} | {_pct(r['mdice'])} | "
+                    f"{_pct(r['pixel_accuracy'])} | {r['split']} |" for r in rows]
+
+
+def _timing(report: dict) -> str:
+    return (f"- total time: {report['total_seconds']:.0f} s; per step: "
+            + ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items()))
 
 
 def _plot(rows: list[dict], path: Path, title: str = "wsseg-fast experiment demo") -> None:
@@ -268,17 +295,7 @@ def run_tags_experiment(cfg: TagsExperimentConfig, progress: bool = True) -> dic
     classifier of :data:`TAG_CLASSIFIERS` on the train split, ``cam-rw`` and ``cam-sam-rw`` on
     the best of them, and a U-Net student trained on the best tag-only pseudo-labels, scored on
     the test split. Writes report.json/md/png under ``cfg.out``; returns the report."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    began = time.perf_counter()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    say = (lambda text: print(text, flush=True)) if progress else (lambda text: None)
-    seconds: dict[str, float] = {}
-
-    def step(name: str):
-        seconds[name] = round(time.perf_counter() - began - sum(seconds.values()), 1)
-        say(f"[{time.perf_counter() - began:6.0f} s] {name} done")
+    out, step = _start(cfg, progress)
 
     make_splits(out, cfg.train_images, cfg.test_images, cfg.seed)
     train_coco = str(out / "train" / "annotations.json")
@@ -320,26 +337,20 @@ def run_tags_experiment(cfg: TagsExperimentConfig, progress: bool = True) -> dic
              **{method: m[f"{method} ({best})"] - m[best] for method in TAG_WALKS}}
     report = {"rows": rows, "best_classifier": best, "student_source": source, "gains": gains,
               "vgg_weights": cfg.vgg_weights or "random", "sam_weights": cfg.checkpoint or "random",
-              "settings": asdict(cfg), "seconds": seconds, "total_seconds": round(time.perf_counter() - began, 1)}
+              "settings": asdict(cfg), **step.times()}
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", _tags_markdown(report))
     _plot(rows, out / "report.png", "wsseg-fast experiment demo-tags")
-    say((out / "report.md").read_text())
+    step.say((out / "report.md").read_text())
     return report
 
 
 def _tags_markdown(report: dict) -> str:
-    pct = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"  # noqa: E731
-    lines = ["# Demo experiment: image tags only", "",
-             "| row | mIoU | mACC | mDice | pixel acc | scored on |", "|---|---|---|---|---|---|"]
-    for r in report["rows"]:
-        lines.append(f"| {r['name']} | {pct(r['miou'])} | {pct(r['macc'])} | {pct(r['mdice'])} | "
-                     f"{pct(r['pixel_accuracy'])} | {r['split']} |")
+    lines = ["# Demo experiment: image tags only", "", *_table(report["rows"])]
     g = report["gains"]
     lines += ["", "mIoU gained by each piece (points): "
               + ", ".join(f"{k} {100 * v:+.1f}" for k, v in g.items())
               + f" (ssc vs cam; subclass and recon vs cam+ssc; the walks vs {report['best_classifier']})",
               f"- SAM weights: {report['sam_weights']}; reconstruction VGG16 weights: {report['vgg_weights']}",
-              f"- total time: {report['total_seconds']:.0f} s; per step: "
-              + ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items()), ""]
+              _timing(report), ""]
     return "\n".join(lines)
