@@ -80,6 +80,11 @@ def test_bad_tags_give_one_clear_error(demo, tmp_path, capsys):
     assert len(err) == 1 and "no image has 'tags'" in err[0]
 
     coco = json.load(open(coco))
+    coco["images"][0]["tags"] = [1]  # one tagged image: trained on it alone, and the run says so
+    (tmp_path / "one.json").write_text(json.dumps(coco))
+    train_cam(CamConfig(coco=str(tmp_path / "one.json"), out=str(tmp_path / "o1"), model="tiny", epochs=1,
+                        hidden=8, progress=False))
+    assert "1 of 4 images have tags" in capsys.readouterr().out
     coco["images"][1]["tags"] = [99]
     (tmp_path / "bad.json").write_text(json.dumps(coco))
     with pytest.raises(CamError, match="tag 99 is not a category id"):
