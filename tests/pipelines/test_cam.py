@@ -4,16 +4,13 @@ weights, 4 demo images, 1-2 epochs: checks mechanics, not accuracy)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-import wsseg_fast
+from tests.helpers import torchrun_two_cpu_processes
 from wsseg_fast.cli import main
 from wsseg_fast.data import make_demo, read_label_png
 from wsseg_fast.io import atomic_torch_save
@@ -255,10 +252,7 @@ def test_torchrun_ddp_two_cpu_processes_equals_one_process_with_both_batches(dem
     script.write_text(_DDP_SCRIPT)
     config = dict(coco=str(demo / "annotations.json"), out=str(tmp_path / "ddp"), cache=str(tmp_path / "cache"),
                   model="tiny", batch_size=1, lr=1e-2, progress=False, epochs=2, hidden=16)
-    root = os.path.dirname(os.path.dirname(wsseg_fast.__file__))  # this checkout, installed or not
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), json.dumps(config)], capture_output=True, text=True, env=env, timeout=300)
+    proc = torchrun_two_cpu_processes(script, json.dumps(config))
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.count("ignored); DDP over 2 processes") == 1  # rank 0 reports
     ddp = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)
