@@ -40,6 +40,7 @@ ABLATIONS = {
     "boxes": ("boxes",),
     "points and scribbles": ("points", "scribbles"),
     "pairwise prior": ("pairwise",),
+    "tags": ("tags_present", "tags_absent"),
     "priors file": ("contains", "excludes", "one_class_per_pixel", "box_size"),
 }
 ROWS = ["box", "sam-box", "sbr", "stage 1 -> sam-box", "stage 1 -> sbr",
@@ -81,7 +82,7 @@ def markdown(result: dict) -> str:
     rows = result["rows"]
     classes = list(rows[0]["per_class"])
     base = next((r["miou"] for r in rows if r["name"] == "sam-box"), None)
-    lines = [f"# Stage 1 on real photos: {result['data']}", "",
+    lines = [f"# Stage 1 with a given SAM: {result['data']}", "",
              f"{rows[0]['images']} images, 1 CPU thread; SAM `{result['model']}` from `{result['checkpoint']}`; "
              f"stage 1: `finetune --train {result['train']}`, {result['epochs']} epochs, lr {result['lr']}.", "",
              "| row | mIoU | vs sam-box | " + " | ".join(classes) + " | s/img |",
