@@ -39,3 +39,18 @@ def test_bad_sizes():
         QueryPrompter(0, **SMALL)
     with pytest.raises(ValueError, match="divisible"):
         QueryPrompter(3, embed_size=16, d_model=30, nhead=4)
+
+
+def test_prompt_stats_standardise_the_head_and_travel_with_the_weights():
+    torch.manual_seed(0)
+    m = QueryPrompter(3, num_queries=4, **SMALL).eval()
+    x = torch.randn(2, 256, 16, 16)
+    raw = m(x)["pred_prompts"]  # identity statistics by default
+    tokens = torch.randn(10, 2, 256) * 3 + 5
+    m.set_prompt_stats(tokens)
+    torch.testing.assert_close(m(x)["pred_prompts"], raw * tokens.std(0) + tokens.mean(0))
+    rebuilt = QueryPrompter(**m.config()).eval()
+    rebuilt.load_state_dict(m.state_dict())  # the statistics are buffers of the checkpoint
+    assert torch.equal(rebuilt(x)["pred_prompts"], m(x)["pred_prompts"])
+    with pytest.raises(ValueError, match=r"tokens must be \[N >= 2, 2, 256\]"):
+        m.set_prompt_stats(torch.randn(10, 3, 256))

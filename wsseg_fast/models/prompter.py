@@ -76,6 +76,22 @@ class QueryPrompter(nn.Module):
             nn.Linear(d_model, d_model), nn.ReLU(), nn.Linear(d_model, d_model), nn.ReLU(),
             nn.Linear(d_model, num_tokens * prompt_dim),
         )
+        # The prompt head predicts standardised tokens; forward maps them back to SAM's
+        # token space with the teacher tokens' per-dimension mean and std (set by
+        # set_prompt_stats before training, saved with the weights; identity by default).
+        self.register_buffer("prompt_mean", torch.zeros(num_tokens, prompt_dim))
+        self.register_buffer("prompt_std", torch.ones(num_tokens, prompt_dim))
+
+    @torch.no_grad()
+    def set_prompt_stats(self, tokens: torch.Tensor) -> None:
+        """Standardise the prompt head's output with the statistics of teacher tokens ``[N, K, D]``."""
+        expected = (self.num_tokens, self.prompt_dim)
+        if tokens.dim() != 3 or tuple(tokens.shape[1:]) != expected or tokens.shape[0] < 2:
+            raise ValueError(f"set_prompt_stats: tokens must be [N >= 2, {expected[0]}, {expected[1]}], "
+                             f"got {tuple(tokens.shape)}")
+        tokens = tokens.to(self.prompt_mean)
+        self.prompt_mean.copy_(tokens.mean(0))
+        self.prompt_std.copy_(tokens.std(0).clamp_min(1e-3))
 
     def config(self) -> dict:
         """The constructor arguments (stored in checkpoints to rebuild and check the model)."""
@@ -99,4 +115,5 @@ class QueryPrompter(nn.Module):
         hs = self.transformer(src, tgt)
         logits = self.class_head(hs)
         prompts = self.prompt_head(hs).view(x.shape[0], self.num_queries, self.num_tokens, self.prompt_dim)
+        prompts = prompts * self.prompt_std + self.prompt_mean
         return {"pred_logits": logits, "pred_prompts": prompts}
