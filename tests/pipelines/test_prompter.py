@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from wsseg_fast.cache import EmbeddingCache
 from wsseg_fast.cli import main
@@ -232,6 +233,16 @@ def test_cli_train_prompter_then_prompt_free_pseudo_labels(demo, tmp_path, capsy
                        "threshold=0.99", "--out", str(tmp_path / "pl2")]) == 0
     for png in (tmp_path / "pl" / "labels").glob("*.png"):
         assert png.read_bytes() == (tmp_path / "pl2" / "labels" / png.name).read_bytes()
+    # prompt-free: an image without any box is labelled too (box methods leave it background)
+    spec = json.loads((demo / "annotations.json").read_text())
+    first = spec["images"][0]
+    spec["annotations"] = [a for a in spec["annotations"] if a["image_id"] != first["id"]]
+    (demo / "fewer_boxes.json").write_text(json.dumps(spec))
+    assert main(job[:2] + [str(demo / "fewer_boxes.json"), "--images", str(demo / "images")] + job[3:]
+                + ["--method", "prompter", "--prompter", ckpt, "--method-option", "threshold=0.0",
+                   "--out", str(tmp_path / "pl3")]) == 0
+    stem = first["file_name"].rsplit(".", 1)[0]
+    assert (np.asarray(Image.open(tmp_path / "pl3" / "labels" / f"{stem}.png")) > 0).any()
     capsys.readouterr()
     for extra, message in ((["--method", "sam-box", "--prompter", ckpt], "--prompter goes with --method prompter"),
                            (["--method", "prompter", "--prompter", ckpt, "--method-option", f"checkpoint={ckpt}"],

@@ -127,7 +127,7 @@ def predict_semantic(prompter: QueryPrompter, sam, embedding: Embedding, *, thre
 _LOADED: dict = {}
 
 
-@register_method("prompter", needs_sam=True, options={"checkpoint": "", "threshold": 0.5})
+@register_method("prompter", needs_sam=True, options={"checkpoint": "", "threshold": 0.5}, needs_boxes=False)
 def prompter_method(ctx: MethodInput) -> Instances:
     """WPS-SAM: a trained query prompter (--prompter PROMPTER.pt from train-prompter) prompts SAM, no boxes used."""
     path = ctx.options["checkpoint"]
