@@ -25,6 +25,10 @@ def test_paper_defaults():
     assert (cfg["d_model"], cfg["nhead"], cfg["dim_feedforward"]) == (256, 8, 1024)
     assert (cfg["num_encoder_layers"], cfg["num_decoder_layers"], cfg["num_queries"]) == (6, 6, 25)
     assert m.pos_embed.shape == (1, 16 * 16, 256)  # 64x64 embedding after two stride-2 convs
+    tiny = QueryPrompter(11, embed_size=16, stride=1, **{k: v for k, v in SMALL.items() if k != "embed_size"})
+    assert tiny.pos_embed.shape == (1, 16 * 16, 32)  # stride 1: tiny's 16x16 grid kept, as the paper's token grid
+    assert tiny(torch.randn(1, 256, 16, 16))["pred_logits"].shape == (1, 25, 12)
+    assert QueryPrompter(**tiny.config()).pos_embed.shape == tiny.pos_embed.shape
 
 
 @pytest.mark.parametrize("shape", [(2, 256, 64, 64), (2, 128, 16, 16), (256, 16, 16)])

@@ -173,12 +173,14 @@ class PrompterConfig(WeakTrainingConfig):
     num_encoder_layers: int = 6
     num_decoder_layers: int = 6
     dropout: float = 0.1
+    stride: int = 2
+    """Of the two downsampling convs (see :class:`QueryPrompter`)."""
 
 
 def _validate(cfg: PrompterConfig) -> None:
     if cfg.model not in MODEL_CONFIGS:
         raise PrompterError(f"model must be one of {', '.join(MODEL_CONFIGS)}, got {cfg.model!r}")
-    for name in ("epochs", "batch_size", "num_queries"):
+    for name in ("epochs", "batch_size", "num_queries", "stride"):
         if getattr(cfg, name) < 1:
             raise PrompterError(f"{name} must be >= 1, got {getattr(cfg, name)}")
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
@@ -253,7 +255,7 @@ def _train(cfg: PrompterConfig, ctx: DistContext, progress: bool) -> Path:
     prompter = QueryPrompter(num_classes, embed_size=embeddings.shape[-1], d_model=cfg.d_model, nhead=cfg.nhead,
                              dim_feedforward=cfg.dim_feedforward, num_encoder_layers=cfg.num_encoder_layers,
                              num_decoder_layers=cfg.num_decoder_layers, num_queries=cfg.num_queries,
-                             dropout=cfg.dropout)
+                             dropout=cfg.dropout, stride=cfg.stride)
     if cfg.normalize_prompts:
         prompter.set_prompt_stats(torch.cat([t["prompts"] for t in targets]))
     prompter = prompter.to(device)
