@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -26,6 +29,19 @@ class DistContext:
         if owned:
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owned)
+
+    @classmethod
+    def run(cls, train: Callable[["DistContext"], T]) -> T:
+        """``train(ctx)`` inside the process group: set up before, torn down after (a failed
+        rank skips the final barrier, which the others might never reach)."""
+        ctx = cls.setup()
+        finished = False
+        try:
+            result = train(ctx)
+            finished = True
+            return result
+        finally:
+            ctx.close(finished)
 
     def all_sum(self, values: torch.Tensor) -> torch.Tensor:
         if self.world > 1:

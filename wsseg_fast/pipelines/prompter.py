@@ -216,14 +216,7 @@ def train_prompter(cfg: PrompterConfig, progress: bool = True) -> Path:
     Under ``torchrun`` (``WORLD_SIZE`` > 1) it runs DDP (gloo on CPUs, NCCL on GPUs): every
     rank takes its share of each epoch's batches (``batch_size`` per rank); only rank 0 writes."""
     _validate(cfg)
-    ctx = DistContext.setup()
-    finished = False
-    try:
-        path = _train(cfg, ctx, progress)
-        finished = True
-        return path
-    finally:
-        ctx.close(finished)
+    return DistContext.run(lambda ctx: _train(cfg, ctx, progress))
 
 
 def _train(cfg: PrompterConfig, ctx: DistContext, progress: bool) -> Path:

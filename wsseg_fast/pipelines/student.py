@@ -335,14 +335,7 @@ def train_student(config: StudentConfig, on_epoch_end: Callable[[int, nn.Module,
     checkpoint path ``config.out/last.pt``. ``on_epoch_end(epoch, model, record)``
     is called on every rank after each epoch (``epoch`` counts from 1)."""
     _validate(config)
-    ctx = DistContext.setup()
-    finished = False
-    try:
-        checkpoint = _train(config, ctx, on_epoch_end)
-        finished = True
-        return checkpoint
-    finally:
-        ctx.close(finished)
+    return DistContext.run(lambda ctx: _train(config, ctx, on_epoch_end))
 
 
 def _train(config: StudentConfig, ctx: DistContext, on_epoch_end) -> Path:
