@@ -22,6 +22,8 @@ def test_demo_experiment_writes_every_row_and_resumes(tmp_path):
     for job in ("test_sam_box", "test_prompter"):
         settings = json.loads((tmp_path / "exp" / job / "settings.json").read_text())
         assert settings["weights"] == "blake2b:" + file_digest(tmp_path / "standin.pth"), job
+        if job == "test_sam_box":  # the prompter's upper bound: SAM's masks as the prompter gets them, unclipped
+            assert (settings["options"]["clip_to_box"], settings["options"]["fallback"]) == (False, False)
     stage1 = torch.load(tmp_path / "exp" / "finetune" / "last.pt", weights_only=True)
     assert stage1["config"]["checkpoint"] == cfg.checkpoint  # sbr's weights are stage 1's, started from it
     saved = json.loads((tmp_path / "exp" / "report.json").read_text())
