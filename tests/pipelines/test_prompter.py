@@ -1,13 +1,12 @@
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from tests.helpers import torchrun_two_cpu_processes
 from wsseg_fast.cache import EmbeddingCache
 from wsseg_fast.cli import main
 from wsseg_fast.data import CocoWeakDataset, make_demo
@@ -274,10 +273,7 @@ def test_torchrun_ddp_equals_one_process_with_the_whole_batch(tmp_path):
     script = tmp_path / "ddp_prompter.py"
     script.write_text(_DDP_SCRIPT)
     config = vars(_cfg(data, tmp_path / "ddp", batch_size=1, **same))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), json.dumps(config)], capture_output=True, text=True, env=env, timeout=300,
-                          cwd=tmp_path)
+    proc = torchrun_two_cpu_processes(script, json.dumps(config))
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert sorted(os.listdir(tmp_path / "ddp")) == ["last.pt", "log.jsonl", "prompter.pt"]  # rank 0 wrote, once
     assert proc.stdout.count("epoch 2/2") == 1

@@ -41,7 +41,7 @@ from wsseg_fast.models.cam import (
 from wsseg_fast.ops import slic, ssc_alignment_loss
 from wsseg_fast.pipelines.cam_refine import background_score, grid_prompt_masks, normalize_cams, refine_cams
 from wsseg_fast.pipelines.methods import Instances, MethodError, MethodInput, register_method
-from wsseg_fast.pipelines.student import _Dist
+from wsseg_fast.pipelines.distributed import DistContext
 from wsseg_fast.sam import SamEngine
 
 CHECKPOINT_VERSION = 2  # 2: backbone weights, image size, reconstruction settings in the metadata
@@ -224,17 +224,10 @@ def epoch_shard(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) ->
 def train_cam(cfg: CamConfig) -> str:
     """Train the classifier; returns the path of ``last.pt``. Under torchrun, DDP (see the module)."""
     _check(cfg)
-    ctx = _Dist.setup()
-    finished = False
-    try:
-        path = _train(cfg, ctx)
-        finished = True
-        return path
-    finally:
-        ctx.close(finished)
+    return DistContext.run(lambda ctx: _train(cfg, ctx))
 
 
-def _train(cfg: CamConfig, ctx: _Dist) -> str:
+def _train(cfg: CamConfig, ctx: DistContext) -> str:
     from tqdm import tqdm
 
     dataset = CocoWeakDataset(cfg.coco, cfg.images)
