@@ -18,7 +18,6 @@ decoder's low resolution), so an epoch never re-reads files.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from tqdm.auto import tqdm
 from wsseg_fast.data import CocoWeakDataset, ImageLoadError
 from wsseg_fast.data.weak import mask_bbox
 from wsseg_fast.io import append_jsonl, atomic_torch_save
+from wsseg_fast.pipelines.weak_training import run_settings
 from wsseg_fast.sam.model import MODEL_CONFIGS, PATCH_SIZE, build_sam
 from wsseg_fast.sam.prompting import predict_masks, preprocess
 
@@ -90,11 +90,6 @@ class _Sample:
     pixels: torch.Tensor   # [3, S, S] normalised input
     masks: torch.Tensor    # [N, 4g, 4g] float: each instance's share of every low-res pixel
     boxes: torch.Tensor    # [N, 4] x0, y0, x1, y1 in the S x S input frame (exact, from the full-res mask)
-
-
-def _plain_config(cfg: PretrainConfig) -> dict:
-    d = dataclasses.asdict(cfg)
-    return {k: v for k, v in d.items() if k not in ("out", "threads", "device", "epochs")}
 
 
 def _validate(cfg: PretrainConfig) -> None:
@@ -256,7 +251,7 @@ def _resume(cfg: PretrainConfig, out: Path, sam, optimizer) -> int:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise PretrainError(f"{path} cannot be read ({exc}); delete it to start over") from None
-    if state.get("format") != CHECKPOINT_FORMAT or state.get("config") != _plain_config(cfg):
+    if state.get("format") != CHECKPOINT_FORMAT or state.get("config") != run_settings(cfg):
         raise PretrainError(f"{out} holds a pre-training run with other settings; use another --out or delete {path}")
     sam.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
@@ -316,7 +311,7 @@ def pretrain_sam(cfg: PretrainConfig, progress: bool = True) -> Path:
             f"dice {record['dice']:.4f} iou-mse {record['iou']:.4f} ({record['seconds']:.0f} s)")
         weights = {k: v.detach().cpu() for k, v in sam.state_dict().items()}
         atomic_torch_save(weights, out / WEIGHTS_NAME)  # usable weights after every epoch
-        atomic_torch_save({"format": CHECKPOINT_FORMAT, "config": _plain_config(cfg), "epoch": epoch + 1,
+        atomic_torch_save({"format": CHECKPOINT_FORMAT, "config": run_settings(cfg), "epoch": epoch + 1,
                            "model": weights, "optimizer": optimizer.state_dict()}, out / CHECKPOINT_NAME)
     if start >= cfg.epochs and not (out / WEIGHTS_NAME).exists():
         atomic_torch_save(sam.state_dict(), out / WEIGHTS_NAME)
