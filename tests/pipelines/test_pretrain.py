@@ -6,12 +6,14 @@ import pytest
 import torch
 
 from wsseg_fast.cli import main
-from wsseg_fast.data import make_demo
+from wsseg_fast.data import CocoWeakDataset, make_demo
 from wsseg_fast.pipelines.pretrain import (
     MAX_JITTER_PX,
     PretrainConfig,
     PretrainError,
     corrective_click,
+    mirrored,
+    prepare_samples,
     pretrain_sam,
     sample_prompts,
 )
@@ -72,6 +74,21 @@ def test_loss_falls_and_the_weights_load_everywhere(shapes, tmp_path):
     sam = build_sam("tiny", path)  # the same loader as every command's --checkpoint
     assert all(torch.equal(v, state[k]) for k, v in sam.state_dict().items())
     assert not torch.equal(state["mask_decoder.iou_token.weight"], build_sam("tiny").state_dict()["mask_decoder.iou_token.weight"])
+
+
+def test_mirroring_keeps_masks_and_boxes_together(shapes, tmp_path):
+    sample = prepare_samples(CocoWeakDataset(str(shapes / "annotations.json")), 256, lambda message: None)[0]
+    flipped = mirrored(sample)
+    assert torch.equal(flipped.pixels, sample.pixels.flip(-1)) and torch.equal(mirrored(flipped).masks, sample.masks)
+    assert torch.allclose(mirrored(flipped).boxes, sample.boxes)
+    cell = 256 / sample.masks.shape[-1]
+    for mask, box in zip(flipped.masks, flipped.boxes):  # each mirrored mask lies in its mirrored box
+        xs = torch.nonzero(mask.sum(0) > 0)[:, 0].float()
+        assert xs.min() * cell >= box[0] - cell and (xs.max() + 1) * cell <= box[2] + cell
+    weights = pretrain_sam(config(shapes, tmp_path / "flip", epochs=1, hflip=True), progress=False)
+    plain = pretrain_sam(config(shapes, tmp_path / "plain", epochs=1), progress=False)
+    a, b = load_state_dict_file(weights), load_state_dict_file(plain)
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the flips changed what was trained on
 
 
 def test_resume_is_bit_exact(shapes, tmp_path):

@@ -112,6 +112,7 @@ def add_pretrain_sam(sub) -> None:
     p.add_argument("--box-fraction", type=float, default=d.box_fraction,
                    help=f"share of instances prompted by a jittered box, the rest by a point (default {d.box_fraction})")
     p.add_argument("--clicks", type=int, default=d.clicks, help=f"corrective clicks per instance (default {d.clicks})")
+    p.add_argument("--hflip", action="store_true", help="mirror images left-right at random (augmentation)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="torch CPU threads")
@@ -123,7 +124,7 @@ def add_pretrain_sam(sub) -> None:
 def run_pretrain_sam(args) -> int:
     cfg = PretrainConfig(coco=args.coco, images=args.images, out=args.out, model=args.model, checkpoint=args.checkpoint,
                          epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_instances=args.max_instances,
-                         box_fraction=args.box_fraction, clicks=args.clicks, seed=args.seed, device=args.device,
+                         box_fraction=args.box_fraction, clicks=args.clicks, hflip=args.hflip, seed=args.seed, device=args.device,
                          threads=args.threads)
     save_config(args, args.out)
     try:

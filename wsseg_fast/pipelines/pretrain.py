@@ -74,6 +74,9 @@ class PretrainConfig:
     clicks: int = 1
     """Corrective clicks after the first prompt (each one more decoder pass)."""
 
+    hflip: bool = False
+    """Mirror each image (and its masks and boxes) left-right with probability 1/2 per step."""
+
     focal_weight: float = 20.0
     dice_weight: float = 1.0
     iou_weight: float = 1.0
@@ -243,6 +246,13 @@ def instance_losses(sam, embedding: torch.Tensor, sample: _Sample, chosen: torch
     return total, parts
 
 
+def mirrored(sample: _Sample) -> _Sample:
+    """The sample mirrored left-right in the ``S x S`` input frame (padding included)."""
+    size = sample.pixels.shape[-1]
+    boxes = torch.stack([size - sample.boxes[:, 2], sample.boxes[:, 1], size - sample.boxes[:, 0], sample.boxes[:, 3]], 1)
+    return _Sample(sample.stem, sample.pixels.flip(-1), sample.masks.flip(-1), boxes)
+
+
 def _resume(cfg: PretrainConfig, out: Path, sam, optimizer) -> int:
     path = out / CHECKPOINT_NAME
     if not path.exists():
@@ -285,6 +295,9 @@ def pretrain_sam(cfg: PretrainConfig, progress: bool = True) -> Path:
                    disable=not progress, leave=False)
         for step in bar:
             batch = [samples[i] for i in order[step * cfg.batch_size:(step + 1) * cfg.batch_size]]
+            if cfg.hflip:
+                flips = torch.rand(len(batch), generator=generator) < 0.5
+                batch = [mirrored(s) if flip else s for s, flip in zip(batch, flips.tolist())]
             embeddings = sam.image_encoder(torch.stack([s.pixels for s in batch]).to(device))
             loss = embeddings.new_zeros(())
             count = 0
