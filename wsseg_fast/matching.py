@@ -53,15 +53,18 @@ class HungarianMatcher(nn.Module):
 
     Cost of query q for target t: ``cost_class * -softmax(logits_q)[label_t] +
     cost_prompt * ||prompts_q - prompts_t||_2`` on the flattened ``K x D``
-    tokens (WPS-SAM: alpha = 10, beta = 1).
+    tokens (WPS-SAM: alpha = 10, beta = 1). Outputs with ``pred_boxes`` (a box head) add
+    ``cost_box * L1`` to the targets' ``boxes``, as DETR does.
     """
 
-    def __init__(self, cost_class: float = 10.0, cost_prompt: float = 1.0, *, backend: str = "auto"):
+    def __init__(self, cost_class: float = 10.0, cost_prompt: float = 1.0, *, cost_box: float = 5.0,
+                 backend: str = "auto"):
         super().__init__()
         if cost_class < 0 or cost_prompt < 0 or cost_class + cost_prompt == 0:
             raise ValueError("HungarianMatcher: cost_class and cost_prompt must be >= 0, not both 0")
         self.cost_class = cost_class
         self.cost_prompt = cost_prompt
+        self.cost_box = cost_box
         self.backend = backend
 
     def cost_matrix(
@@ -84,6 +87,8 @@ class HungarianMatcher(nn.Module):
         if labels.shape[1] == 0 or queries == 0:
             return torch.full((batch, queries), -1, dtype=torch.long, device=logits.device)
         cost = self.cost_matrix(logits, prompts, labels, target_prompts)
+        if "pred_boxes" in outputs:
+            cost = cost + self.cost_box * torch.cdist(outputs["pred_boxes"].float(), pad_boxes(targets).float(), p=1)
         # Padding columns cost a constant M above any difference of real
         # matchings: every image then gets the optimum over its own targets,
         # whether Q >= T (all columns matched) or not (as few padding as can be).
@@ -143,6 +148,13 @@ def _check_outputs(outputs: Mapping[str, torch.Tensor], n_targets: int) -> tuple
     return logits, prompts
 
 
+def pad_boxes(targets: Targets) -> torch.Tensor:
+    """The targets' ``boxes`` ``[T, 4]`` -> ``[B, T_max, 4]`` (a box head's targets)."""
+    if any("boxes" not in t for t in targets):
+        raise ValueError("outputs with 'pred_boxes' need targets with 'boxes' [T, 4]")
+    return nn.utils.rnn.pad_sequence([t["boxes"] for t in targets], batch_first=True)
+
+
 class PromptSetCriterion(nn.Module):
     """WPS-SAM's set loss (eq. 4): over the Q queries of each image,
     ``cls_weight * CE`` (unmatched queries target "no object", the last class)
@@ -150,7 +162,9 @@ class PromptSetCriterion(nn.Module):
     its target's, averaged over queries and images.
 
     ``no_object_weight`` down-weights the "no object" class in the CE (DETR
-    uses 0.1; WPS-SAM's paper keeps 1).
+    uses 0.1; WPS-SAM's paper keeps 1). Outputs with ``pred_boxes`` (a box
+    head) add ``box_weight * L1`` between matched boxes and the targets'
+    ``boxes`` ``[T, 4]`` to the regression term, as DETR does.
     """
 
     def __init__(
@@ -161,6 +175,7 @@ class PromptSetCriterion(nn.Module):
         cls_weight: float = 5.0,
         reg_weight: float = 20.0,
         no_object_weight: float = 1.0,
+        box_weight: float = 5.0,
     ):
         super().__init__()
         if num_classes < 1:
@@ -169,6 +184,7 @@ class PromptSetCriterion(nn.Module):
         self.matcher = matcher if matcher is not None else HungarianMatcher()
         self.cls_weight = cls_weight
         self.reg_weight = reg_weight
+        self.box_weight = box_weight
         weight = torch.ones(num_classes + 1)
         weight[-1] = no_object_weight
         self.register_buffer("class_weight", weight)
@@ -191,7 +207,18 @@ class PromptSetCriterion(nn.Module):
             tokens = torch.zeros_like(prompts)
         loss_cls = F.cross_entropy(logits.transpose(1, 2), target_class, weight=self.class_weight.to(logits.dtype))
         per_query = F.smooth_l1_loss(prompts, tokens.to(prompts.dtype), reduction="none").mean(dim=(2, 3))
-        loss_reg = (per_query * matched).sum() / max(per_query.numel(), 1)
+        loss_reg = self.reg_weight * (per_query * matched).sum() / max(per_query.numel(), 1)
+        if "pred_boxes" in outputs:
+            loss_reg = loss_reg + self.box_weight * self._box_l1(outputs["pred_boxes"], targets, index, matched)
         loss_cls = self.cls_weight * loss_cls
-        loss_reg = self.reg_weight * loss_reg
         return {"loss": loss_cls + loss_reg, "loss_cls": loss_cls, "loss_reg": loss_reg, "assignment": assignment}
+
+    @staticmethod
+    def _box_l1(boxes: torch.Tensor, targets: Targets, index: torch.Tensor, matched: torch.Tensor) -> torch.Tensor:
+        """Mean L1 between each matched query's box ``[B, Q, 4]`` and its target's (0 for the others)."""
+        target_boxes = pad_boxes(targets).to(boxes)
+        if target_boxes.shape[1] == 0:
+            return boxes.sum() * 0
+        gathered = target_boxes.gather(1, index[:, :, None].expand(-1, -1, 4))
+        per_query = (boxes - gathered).abs().mean(-1)
+        return (per_query * matched).sum() / max(per_query.numel(), 1)

@@ -58,3 +58,29 @@ def test_prompt_stats_standardise_the_head_and_travel_with_the_weights():
     assert torch.equal(rebuilt(x)["pred_prompts"], m(x)["pred_prompts"])
     with pytest.raises(ValueError, match=r"tokens must be \[N >= 2, 2, 256\]"):
         m.set_prompt_stats(torch.randn(10, 3, 256))
+
+
+def test_box_head_gives_the_tokens_sam_makes_of_its_boxes():
+    from wsseg_fast.sam.model import build_sam
+
+    sam = build_sam("tiny", with_encoder=False)
+    torch.manual_seed(0)
+    m = QueryPrompter(3, num_queries=6, prompt_head="box", **SMALL).eval()
+    m.set_box_encoder(sam.prompt_encoder)
+    out = m(torch.randn(2, 256, 16, 16))
+    boxes = out["pred_boxes"]
+    assert boxes.shape == (2, 6, 4) and (boxes[..., 2:] >= boxes[..., :2]).all()
+    size = sam.prompt_encoder.input_image_size[0]
+    with torch.no_grad():  # SAM encodes pixel boxes (+0.5, the pixel centre) in the input frame
+        sparse, _ = sam.prompt_encoder(points=None, boxes=boxes.reshape(-1, 4) * size - 0.5, masks=None)
+    torch.testing.assert_close(out["pred_prompts"].reshape(-1, 2, 256), sparse, atol=1e-4, rtol=0)
+    rebuilt = QueryPrompter(**m.config()).eval()
+    rebuilt.load_state_dict(m.state_dict())  # SAM's encoding travels with the weights
+    x = torch.randn(1, 256, 16, 16)
+    assert torch.equal(rebuilt(x)["pred_prompts"], m(x)["pred_prompts"])
+    with pytest.raises(ValueError, match="prompt_head must be"):
+        QueryPrompter(3, prompt_head="points", **SMALL)
+    with pytest.raises(ValueError, match="2 corner tokens"):
+        QueryPrompter(3, prompt_head="box", num_tokens=3, **SMALL)
+    with pytest.raises(ValueError, match="token head"):
+        QueryPrompter(3, **SMALL).set_box_encoder(sam.prompt_encoder)

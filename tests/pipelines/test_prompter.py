@@ -107,6 +107,32 @@ def test_overfit_four_images(sam):
             assert (out["pred_logits"][i][q < 0].argmax(-1) == 2).all()
 
 
+def test_box_head_overfits_four_images_and_needs_target_boxes(sam):
+    embs, targets, boxes = _data(sam)
+    for target, b in zip(targets, boxes):
+        target["boxes"] = (b + 0.5) / 256  # fractions of the input frame, as train_prompter gives them
+    torch.manual_seed(0)
+    model = QueryPrompter(2, num_queries=5, prompt_head="box", **SMALL)
+    model.set_box_encoder(sam.prompt_encoder)
+    crit = PromptSetCriterion(2, HungarianMatcher(cost_prompt=0.0), reg_weight=0.0)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    first = train_step(model, crit, opt, embs, targets)
+    for _ in range(300):
+        last = train_step(model, crit, opt, embs, targets)
+    assert last["loss"] < 0.05 * first["loss"] and last["loss_reg"] < 0.1 * first["loss_reg"]
+    model.eval()
+    with torch.no_grad():
+        out = model(embs)
+        assignment = crit.matcher.match(out, targets)
+        for i in range(4):
+            q = assignment[i]
+            mine = decode_prompts(sam, embs[i], out["pred_prompts"][i][q >= 0]).masks
+            teacher = decode_prompts(sam, embs[i], targets[i]["prompts"][q[q >= 0]]).masks
+            assert (mine == teacher).float().mean() > 0.98
+    with pytest.raises(ValueError, match="need targets with 'boxes'"):
+        crit(model(embs), [{k: v for k, v in t.items() if k != "boxes"} for t in targets])
+
+
 def test_inference_resolves_overlaps_by_class_prob_iou_and_confidence(sam):
     torch.manual_seed(0)
     model = QueryPrompter(3, num_queries=8, **SMALL).eval()
@@ -178,6 +204,10 @@ def test_training_resumes_bit_exact_is_deterministic_and_shares_the_cache(demo, 
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(PrompterError, match="other settings"):
         train_prompter(_cfg(demo, tmp_path / "split", epochs=3, lr=5e-4), progress=False)
+    boxed = train_prompter(_cfg(demo, tmp_path / "box", epochs=1, cache=str(cache), prompt_head="box"),
+                           progress=False)
+    prompter, _ = load_prompter(boxed, model="tiny")
+    assert prompter.config()["prompt_head"] == "box" and prompter.box_gaussian.abs().sum() > 0
 
 
 def test_bad_inputs(demo, tmp_path, capsys):

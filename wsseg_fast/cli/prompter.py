@@ -34,6 +34,9 @@ def add_train_prompter(sub) -> None:
     p.add_argument("--decoder-layers", type=int, default=6)
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--stride", type=int, default=2, help="of the 2 downsampling convs (1 keeps tiny's 16x16 grid)")
+    p.add_argument("--prompt-head", choices=("tokens", "box"), default="tokens",
+                   help="tokens: the MLP gives SAM's prompt tokens (the paper's); box: it gives a box, "
+                        "encoded into tokens as SAM does")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true")
@@ -47,7 +50,7 @@ def run_train_prompter(args) -> int:
                          no_object_weight=args.no_object_weight, normalize_prompts=not args.raw_prompts,
                          num_queries=args.queries, d_model=args.d_model, nhead=args.heads, dim_feedforward=args.ffn,
                          num_encoder_layers=args.encoder_layers, num_decoder_layers=args.decoder_layers,
-                         dropout=args.dropout, stride=args.stride, device=args.device, threads=args.threads)
+                         dropout=args.dropout, stride=args.stride, prompt_head=args.prompt_head, device=args.device, threads=args.threads)
     save_config(args, args.out)
     try:
         path = train_prompter(cfg, progress=not args.quiet)

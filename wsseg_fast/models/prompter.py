@@ -6,9 +6,16 @@ DETR-style encoder/decoder transformer with a learned positional embedding ->
 ``num_queries`` learned queries -> ``Linear(d, C+1)`` class head and a 3-layer
 MLP giving ``num_tokens`` prompt tokens of ``prompt_dim`` per query. Defaults
 are the paper's (d=256, 8 heads, FFN 1024, 6+6 layers, 25 queries, 2 tokens).
+
+``prompt_head="box"`` (not the paper's) has the MLP give a box per query instead, turned
+into SAM's 2 corner tokens by SAM's own (frozen) box encoding: random Fourier features of
+the corners plus the two corner embeddings. The tokens then always are ones SAM's prompt
+encoder can produce, and the head regresses 4 numbers, not 512.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -42,16 +49,24 @@ class QueryPrompter(nn.Module):
         dropout: transformer dropout.
         stride: of the two downsampling convs (the paper's 2 takes a 64x64 embedding to 16x16
             tokens; 1 keeps the 16x16 grid of ``tiny`` instead of 4x4).
+        prompt_head: ``"tokens"`` (the paper's: the MLP gives the tokens) or ``"box"`` (the MLP
+            gives a box, encoded as SAM does; call :meth:`set_box_encoder` before use).
 
-    ``forward(embeddings)`` returns ``{"pred_logits": [B, Q, C+1], "pred_prompts": [B, Q, K, D]}``,
-    the format :class:`wsseg_fast.matching.PromptSetCriterion` takes.
+    ``forward(embeddings)`` returns ``{"pred_logits": [B, Q, C+1], "pred_prompts": [B, Q, K, D]}``
+    (with a box head also ``"pred_boxes": [B, Q, 4]``, ``x0, y0, x1, y1`` as fractions of SAM's
+    square input frame), the format :class:`wsseg_fast.matching.PromptSetCriterion` takes.
     """
 
     def __init__(self, num_classes: int, *, embed_dim: int = 256, embed_size: int = 64, d_model: int = 256,
                  nhead: int = 8, dim_feedforward: int = 1024, num_encoder_layers: int = 6,
                  num_decoder_layers: int = 6, num_queries: int = 25, num_tokens: int = 2,
-                 prompt_dim: int = 256, dropout: float = 0.1, stride: int = 2):
+                 prompt_dim: int = 256, dropout: float = 0.1, stride: int = 2, prompt_head: str = "tokens"):
         super().__init__()
+        if prompt_head not in ("tokens", "box"):
+            raise ValueError(f"QueryPrompter: prompt_head must be 'tokens' or 'box', got {prompt_head!r}")
+        if prompt_head == "box" and (num_tokens != 2 or prompt_dim % 2):
+            raise ValueError(f"QueryPrompter: a box head gives SAM's 2 corner tokens of an even width; got "
+                             f"num_tokens={num_tokens}, prompt_dim={prompt_dim}")
         for name, value, low in (("num_classes", num_classes, 1), ("embed_dim", embed_dim, 1),
                                  ("embed_size", embed_size, 4), ("num_queries", num_queries, 1),
                                  ("num_tokens", num_tokens, 1), ("prompt_dim", prompt_dim, 1), ("stride", stride, 1)):
@@ -61,7 +76,7 @@ class QueryPrompter(nn.Module):
             raise ValueError(f"QueryPrompter: d_model ({d_model}) must be divisible by nhead ({nhead})")
         self.num_classes, self.embed_dim, self.embed_size = num_classes, embed_dim, embed_size
         self.num_queries, self.num_tokens, self.prompt_dim = num_queries, num_tokens, prompt_dim
-        self.stride = stride
+        self.stride, self.prompt_head_kind = stride, prompt_head
         self.downsample = nn.Sequential(
             nn.Conv2d(embed_dim, d_model, 3, stride=stride, padding=1), LayerNorm2d(d_model), nn.GELU(),
             nn.Conv2d(d_model, d_model, 3, stride=stride, padding=1), LayerNorm2d(d_model), nn.GELU(),
@@ -77,13 +92,37 @@ class QueryPrompter(nn.Module):
         self.class_head = nn.Linear(d_model, num_classes + 1)
         self.prompt_head = nn.Sequential(
             nn.Linear(d_model, d_model), nn.ReLU(), nn.Linear(d_model, d_model), nn.ReLU(),
-            nn.Linear(d_model, num_tokens * prompt_dim),
+            nn.Linear(d_model, 4 if prompt_head == "box" else num_tokens * prompt_dim),
         )
         # The prompt head predicts standardised tokens; forward maps them back to SAM's
         # token space with the teacher tokens' per-dimension mean and std (set by
         # set_prompt_stats before training, saved with the weights; identity by default).
         self.register_buffer("prompt_mean", torch.zeros(num_tokens, prompt_dim))
         self.register_buffer("prompt_std", torch.ones(num_tokens, prompt_dim))
+        if prompt_head == "box":  # SAM's box encoding, copied from its prompt encoder by set_box_encoder
+            self.register_buffer("box_gaussian", torch.zeros(2, prompt_dim // 2))
+            self.register_buffer("corner_embed", torch.zeros(2, prompt_dim))
+
+    @torch.no_grad()
+    def set_box_encoder(self, prompt_encoder) -> None:
+        """Copy SAM's box encoding (its prompt encoder's random Fourier matrix and the two corner
+        embeddings) into a box head, so that its tokens are the ones SAM would make of the box."""
+        if self.prompt_head_kind != "box":
+            raise ValueError("set_box_encoder: this prompter has a token head (prompt_head='tokens')")
+        gaussian = prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
+        if tuple(gaussian.shape) != tuple(self.box_gaussian.shape):
+            raise ValueError(f"set_box_encoder: SAM's box encoding is {tuple(gaussian.shape)}, the prompter's "
+                             f"{tuple(self.box_gaussian.shape)}")
+        self.box_gaussian.copy_(gaussian)
+        self.corner_embed.copy_(torch.cat([prompt_encoder.point_embeddings[2].weight,
+                                           prompt_encoder.point_embeddings[3].weight]))
+
+    def box_tokens(self, boxes: torch.Tensor) -> torch.Tensor:
+        """``[..., 4]`` boxes (fractions of the input frame) -> ``[..., 2, D]`` SAM corner tokens,
+        as SAM's ``PromptEncoder._embed_boxes`` computes them."""
+        corners = boxes.reshape(*boxes.shape[:-1], 2, 2) * 2 - 1
+        angles = 2 * math.pi * corners @ self.box_gaussian
+        return torch.cat([angles.sin(), angles.cos()], -1) + self.corner_embed
 
     @torch.no_grad()
     def set_prompt_stats(self, tokens: torch.Tensor) -> None:
@@ -105,7 +144,7 @@ class QueryPrompter(nn.Module):
                 "dim_feedforward": layer.linear1.out_features, "num_encoder_layers": len(t.encoder.layers),
                 "num_decoder_layers": len(t.decoder.layers), "num_queries": self.num_queries,
                 "num_tokens": self.num_tokens, "prompt_dim": self.prompt_dim, "dropout": layer.dropout.p,
-                "stride": self.stride}
+                "stride": self.stride, "prompt_head": self.prompt_head_kind}
 
     def forward(self, embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
         expected = (self.embed_dim, self.embed_size, self.embed_size)
@@ -118,6 +157,10 @@ class QueryPrompter(nn.Module):
         tgt = self.query_embed.expand(x.shape[0], -1, -1)
         hs = self.transformer(src, tgt)
         logits = self.class_head(hs)
+        if self.prompt_head_kind == "box":
+            centre, size = self.prompt_head(hs).sigmoid().split(2, -1)
+            boxes = torch.cat([centre - size / 2, centre + size / 2], -1)
+            return {"pred_logits": logits, "pred_prompts": self.box_tokens(boxes), "pred_boxes": boxes}
         prompts = self.prompt_head(hs).view(x.shape[0], self.num_queries, self.num_tokens, self.prompt_dim)
         prompts = prompts * self.prompt_std + self.prompt_mean
         return {"pred_logits": logits, "pred_prompts": prompts}

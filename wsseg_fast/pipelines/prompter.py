@@ -175,6 +175,9 @@ class PrompterConfig(WeakTrainingConfig):
     dropout: float = 0.1
     stride: int = 2
     """Of the two downsampling convs (see :class:`QueryPrompter`)."""
+    prompt_head: str = "tokens"
+    """``tokens`` (the paper's) or ``box``: a box per query, encoded as SAM encodes boxes
+    (see :class:`QueryPrompter`); its L1 to the weak box joins the loss."""
 
 
 def _validate(cfg: PrompterConfig) -> None:
@@ -185,6 +188,8 @@ def _validate(cfg: PrompterConfig) -> None:
             raise PrompterError(f"{name} must be >= 1, got {getattr(cfg, name)}")
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise PrompterError(f"lr must be a positive number, got {cfg.lr}")
+    if cfg.prompt_head not in ("tokens", "box"):
+        raise PrompterError(f"prompt_head must be 'tokens' or 'box', got {cfg.prompt_head!r}")
     if not (0 < cfg.no_object_weight <= 1):
         raise PrompterError(f"no_object_weight must be in (0, 1], got {cfg.no_object_weight}")
 
@@ -242,17 +247,30 @@ def _train(cfg: PrompterConfig, ctx: DistContext, progress: bool) -> Path:
     targets = [{"labels": item.classes.long() - 1,
                 "prompts": teacher_prompts(sam, item.boxes, item.embedding.original_size, item.embedding.input_size)}
                for item in items]
+    if cfg.prompt_head == "box":  # the boxes as fractions of the input frame, where SAM encodes them
+        img_size = sam.prompt_encoder.input_image_size[0]
+        for item, target in zip(items, targets):
+            (h, w), (rh, rw) = item.embedding.original_size, item.embedding.input_size
+            scale = torch.tensor([rw / w, rh / h, rw / w, rh / h])
+            target["boxes"] = (torch.as_tensor(item.boxes, dtype=torch.float32) * scale + 0.5) / img_size
     num_classes = dataset.num_classes - 1
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     prompter = QueryPrompter(num_classes, embed_size=embeddings.shape[-1], d_model=cfg.d_model, nhead=cfg.nhead,
                              dim_feedforward=cfg.dim_feedforward, num_encoder_layers=cfg.num_encoder_layers,
                              num_decoder_layers=cfg.num_decoder_layers, num_queries=cfg.num_queries,
-                             dropout=cfg.dropout, stride=cfg.stride)
-    if cfg.normalize_prompts:
+                             dropout=cfg.dropout, stride=cfg.stride, prompt_head=cfg.prompt_head)
+    if cfg.prompt_head == "box":
+        prompter.set_box_encoder(sam.prompt_encoder)
+    elif cfg.normalize_prompts:
         prompter.set_prompt_stats(torch.cat([t["prompts"] for t in targets]))
     prompter = prompter.to(device)
-    criterion = PromptSetCriterion(num_classes, HungarianMatcher(), no_object_weight=cfg.no_object_weight).to(device)
+    if cfg.prompt_head == "box":  # boxes are matched and regressed as boxes: the tokens follow from them
+        criterion = PromptSetCriterion(num_classes, HungarianMatcher(cost_prompt=0.0), reg_weight=0.0,
+                                       no_object_weight=cfg.no_object_weight)
+    else:
+        criterion = PromptSetCriterion(num_classes, HungarianMatcher(), no_object_weight=cfg.no_object_weight)
+    criterion = criterion.to(device)
     optimizer = torch.optim.Adam(prompter.parameters(), lr=cfg.lr)
     start = _resume(cfg, out, prompter, optimizer)
     model = prompter
