@@ -216,6 +216,23 @@ def test_input_errors():
 
 
 @pytest.mark.triton
+def test_single_problem_fast_path_honours_backend_env(monkeypatch):
+    # B=1 on the CPU goes straight to the compiled op; it must give SciPy's
+    # optimum and still obey $WSSEG_FAST_BACKEND (a bad value is reported).
+    skip_unless_available("batch_linear_assignment", "cpu")
+    cost = torch.rand(1, 25, 20, generator=torch.Generator().manual_seed(3))
+    rows, cols = scipy.optimize.linear_sum_assignment(cost[0].double().numpy())
+    out = batch_linear_assignment(cost)
+    assert out.shape == (1, 25)
+    got = cost[0][out[0] >= 0, out[0][out[0] >= 0]].double().sum()
+    assert got.item() == pytest.approx(cost[0].double().numpy()[rows, cols].sum(), rel=1e-12)
+    monkeypatch.setenv("WSSEG_FAST_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="WSSEG_FAST_BACKEND"):
+        batch_linear_assignment(cost)
+    monkeypatch.setenv("WSSEG_FAST_BACKEND", "torch")
+    assert torch.equal(batch_linear_assignment(cost), out)
+
+
 def test_triton_size_limit_is_explained():
     from wsseg_fast.kernels.linear_assignment import MAX_BLOCK
 
