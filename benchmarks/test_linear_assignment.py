@@ -15,7 +15,7 @@ import torch
 from benchmarks.conftest import impl_params, record
 from wsseg_fast.ops import batch_linear_assignment
 
-SHAPES = [(8, 25, 20), (64, 25, 20), (64, 100, 10), (208, 300, 100), (208, 300, 300)]
+SHAPES = [(1, 25, 20), (8, 25, 20), (64, 25, 20), (64, 100, 10), (208, 300, 100), (208, 300, 300)]
 
 
 def lapjv_loop(cost: torch.Tensor) -> torch.Tensor:
@@ -50,3 +50,24 @@ def test_batch_linear_assignment(benchmark, shape, impl):
     expected = np.array([cost[b].double().numpy()[scipy.optimize.linear_sum_assignment(cost[b].double().numpy())].sum()
                          for b in range(shape[0])])
     np.testing.assert_allclose(total(cost, assignment), expected, rtol=1e-12)
+
+
+def single_problem_overhead() -> None:
+    """B=1 per-call cost, side by side: SciPy, the wrapper (fast and generic paths), the bare op."""
+    import timeit
+
+    cost = torch.rand(1, 25, 20, generator=torch.Generator().manual_seed(0))
+    array = cost[0].double().numpy()
+    op = torch.ops.wsseg_fast.batch_linear_assignment.default
+    calls = [
+        ("scipy.optimize.linear_sum_assignment", lambda: scipy.optimize.linear_sum_assignment(array)),
+        ("batch_linear_assignment (auto, fast path)", lambda: batch_linear_assignment(cost)),
+        ("batch_linear_assignment (backend='cpu', generic path)", lambda: batch_linear_assignment(cost, backend="cpu")),
+        ("torch.ops.wsseg_fast.batch_linear_assignment alone", lambda: op(cost, False, True)),
+    ]
+    for name, fn in calls:
+        print(f"{name}: {min(timeit.repeat(fn, number=3000, repeat=7)) / 3000 * 1e6:.1f} us")
+
+
+if __name__ == "__main__":
+    single_problem_overhead()
