@@ -11,6 +11,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from wsseg_fast.ops.neighbors import neighbor_offsets
+
 
 BLOCK = 128
 
@@ -53,9 +55,6 @@ def _local_affinity_kernel(f_ptr, off_ptr, out_ptr, depth, height, width, n_offs
 
 def offsets_table(radius: int, device) -> torch.Tensor:
     """``neighbor_offsets(radius)`` as a flat int32 (dy, dx, dy, dx, ...) table."""
-    # Imported here: wsseg_fast.ops imports this module, so a top-level import would be circular.
-    from wsseg_fast.ops.neighbors import neighbor_offsets
-
     return neighbor_offsets(radius).to(device=device, dtype=torch.int32).reshape(-1)
 
 

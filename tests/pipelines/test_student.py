@@ -229,6 +229,10 @@ def test_cli_train_predict_evaluate(shapes, tmp_path, capsys):
                  "--epochs", "2", "--workers", "0", "--no-progress",
                  "--val-images", str(shapes / "images"), "--val-gt", str(shapes / "gt")]) == 0
     assert "val mIoU" in capsys.readouterr().out
+    # the run's saved settings repeat it: the same weights, bit for bit
+    assert main(["train-student", "--config", str(ck / "config.yaml"), "--out", str(tmp_path / "again")]) == 0
+    first, again = torch.load(ck / "last.pt", weights_only=False), torch.load(tmp_path / "again" / "last.pt", weights_only=False)
+    assert all(torch.equal(first["model"][k], again["model"][k]) for k in first["model"])
     assert main(["predict", "--checkpoint", str(ck / "last.pt"), "--images", str(shapes / "images"), "--out", str(pred)]) == 0
     assert main(["evaluate", "--pred", str(pred), "--gt", str(shapes / "gt"), "--out", str(report)]) == 0
     assert 0 <= json.loads(report.read_text())["miou"] <= 1

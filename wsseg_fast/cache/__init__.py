@@ -25,14 +25,24 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from safetensors.torch import load, save
 
 from wsseg_fast.io import TMP_PREFIX, atomic_write_bytes, atomic_write_json, file_digest
-from wsseg_fast.sam.prompting import Embedding
 
 FORMAT = "wsseg-fast-embedding-v1"
 STORAGE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 SUFFIX = ".safetensors"
 STALE_TMP_SECONDS = 3600
+
+
+@dataclass
+class Embedding:
+    """The value the cache stores: one image's SAM embedding ``[256, g, g]`` (as stored: fp16 or fp32) with the
+    sizes needed to map prompts in and masks out."""
+
+    tensor: torch.Tensor
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
 
 
 class CorruptEntryWarning(UserWarning):
@@ -42,6 +52,7 @@ class CorruptEntryWarning(UserWarning):
 def pixels_digest(image: np.ndarray) -> str:
     """BLAKE2b-128 of a decoded image (shape, dtype and pixel bytes), so the key does not
     depend on the file's encoding, name or metadata."""
+
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{image.shape}|{image.dtype}".encode())
     h.update(np.ascontiguousarray(image).data)
@@ -106,8 +117,6 @@ class EmbeddingCache:
 
     def put(self, key: str, embedding: Embedding) -> str:
         """Store an embedding (cast to the storage dtype) atomically; returns the path."""
-        from safetensors.torch import save
-
         tensor = embedding.tensor.detach().to("cpu", STORAGE_DTYPES[self.dtype]).contiguous()
         data = tensor.numpy().tobytes()
         meta = {
@@ -123,8 +132,6 @@ class EmbeddingCache:
     @staticmethod
     def _check(raw: bytes, key: str | None) -> Embedding | str:
         """The embedding in ``raw``, or a string saying what is wrong with it."""
-        from safetensors.torch import load
-
         try:
             n = int.from_bytes(raw[:8], "little")
             header = json.loads(raw[8 : 8 + n])

@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from wsseg_fast.cli import cache, data, experiment, info, pseudo_label, sam, student
+from wsseg_fast.cli import cache, cam, data, experiment, info, prompter, pseudo_label, sam, student
 from wsseg_fast.cli.common import UsageError, apply_config
 
-COMMAND_GROUPS = (info, data, pseudo_label, cache, sam, experiment, student)
+COMMAND_GROUPS = (info, data, pseudo_label, cache, sam, experiment, student, cam, prompter)
 
 __all__ = ["UsageError", "build_parser", "main"]
 

@@ -57,7 +57,9 @@ def apply_config(parser: argparse.ArgumentParser, argv: list[str], path: str) ->
     except OSError as exc:
         raise UsageError(f"--config {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise UsageError(f"--config {path}: not valid YAML ({exc})") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise UsageError(f"--config {path}: not valid YAML ({where}{getattr(exc, 'problem', None) or exc})") from None
     if not isinstance(settings, dict):
         raise UsageError(f"--config {path}: expected a mapping of flag names to values, got {type(settings).__name__}")
     actions = {a.dest: a for a in parser._actions if a.dest not in _NOT_SETTINGS | {"help"}}

@@ -10,6 +10,9 @@ import torch
 import wsseg_fast
 from wsseg_fast import _native
 from wsseg_fast.cli.common import UsageError
+from wsseg_fast.matching import HungarianMatcher, PromptSetCriterion
+from wsseg_fast.ops import OP_SPECS, available_backends
+from wsseg_fast.reference.matching import match_per_image
 
 
 def add_info(sub) -> None:
@@ -19,8 +22,6 @@ def add_info(sub) -> None:
 
 
 def run_info(args) -> int:
-    from wsseg_fast.ops import OP_SPECS, available_backends
-
     print(f"wsseg_fast {wsseg_fast.__version__}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
           f"{torch.get_num_threads()} CPU threads, GPU: {torch.cuda.is_available()}")
     print(f"compiled extension: {'loaded' if _native.LOAD_ERROR is None else 'NOT loaded: ' + _native.LOAD_ERROR}")
@@ -43,11 +44,6 @@ def add_ops_demo(sub) -> None:
 def run_ops_demo(args) -> int:
     """Random prompter outputs and targets -> batched matching -> loss -> backward,
     with the per-image SciPy matcher as the check and the baseline."""
-    from wsseg_fast.matching import HungarianMatcher, PromptSetCriterion  # the ops: Triton kernels load here
-    from wsseg_fast.reference.matching import match_per_image
-
-
-
     if args.batch < 1 or args.queries < 1 or args.classes < 1:
         raise UsageError("--batch, --queries and --classes must be >= 1")
     g = torch.Generator().manual_seed(args.seed)

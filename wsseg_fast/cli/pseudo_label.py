@@ -8,8 +8,9 @@ import sys
 
 from wsseg_fast.cli.common import UsageError, default_cache
 from wsseg_fast.data import DataError
-from wsseg_fast.pipelines.methods import METHODS, parse_options
-from wsseg_fast.pipelines.pseudo_label import JobConfig, JobError, run_pseudo_label as run
+from wsseg_fast.pipelines.methods import METHODS, MethodError, parse_options
+from wsseg_fast.pipelines.pseudo_label import JobConfig, JobError
+from wsseg_fast.pipelines.pseudo_label import run_pseudo_label as run
 from wsseg_fast.sam import CheckpointError, EncoderBackendError
 from wsseg_fast.sam.encoder import BACKENDS
 from wsseg_fast.sam.model import MODEL_CONFIGS
@@ -22,6 +23,7 @@ def add_pseudo_label(sub) -> None:
     p.add_argument("--out", help="output directory, re-running resumes (required)")
     p.add_argument("--method", default="sam-box", help="sam-box (default), sam-point, box, ... (see --list-methods)")
     p.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE", help="a method setting (repeatable)")
+    p.add_argument("--refine", choices=("crf",), help="refine every label map after the method: crf = dense CRF (mean field)")
     p.add_argument("--list-methods", action="store_true", help="print the methods and their options, then exit")
     p.add_argument("--model", default="vit_b", choices=sorted(MODEL_CONFIGS))
     p.add_argument("--checkpoint", help="SAM checkpoint (e.g. sam_vit_b_01ec64.pth); none: random weights (pipeline test only)")
@@ -65,7 +67,7 @@ def run_pseudo_label(args) -> int:
         checkpoint=args.checkpoint, finetuned=args.finetuned, backend=args.backend, encoder_file=args.encoder_file,
         precision=args.precision, cache=None if args.no_cache else (args.cache or default_cache()),
         cache_dtype=args.cache_dtype, device=args.device, batch_size=args.batch_size, visualize=args.visualize,
-        gt=args.gt, threads=args.threads,
+        gt=args.gt, threads=args.threads, refine=args.refine,
     )
     if args.checkpoint is None and METHODS[args.method].needs_sam:
         print(f"note: no --checkpoint: SAM {args.model} has random weights; the masks only exercise the pipeline",
@@ -73,7 +75,7 @@ def run_pseudo_label(args) -> int:
     try:
         summary = run(cfg, executor=args.executor, ray_address=args.ray_address, workers=args.workers,
                       overwrite=args.overwrite, progress=not args.quiet)
-    except (DataError, JobError, CheckpointError, EncoderBackendError) as exc:
+    except (DataError, JobError, MethodError, CheckpointError, EncoderBackendError) as exc:
         raise UsageError(str(exc)) from None
     r = summary["run"]
     print(f"{summary['labelled']} images labelled in {args.out} ({r['images_labelled']} this run, "

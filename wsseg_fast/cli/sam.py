@@ -7,8 +7,20 @@ import tempfile
 
 from wsseg_fast.cli.common import UsageError, add_config, name_value, save_config
 from wsseg_fast.data import DataError
-from wsseg_fast.pipelines.finetune import finetune, FinetuneConfig, FinetuneError, TRAINABLE
-from wsseg_fast.sam import build_image_encoder, CheckpointError, EncoderBackendError, export_onnx, export_tensorrt
+from wsseg_fast.pipelines.finetune import (
+    TRAINABLE,
+    FinetuneConfig,
+    FinetuneError,
+    finetune,
+)
+from wsseg_fast.sam import (
+    CheckpointError,
+    EncoderBackendError,
+    build_image_encoder,
+    export_onnx,
+    export_tensorrt,
+)
+from wsseg_fast.sam.encoder import import_tensorrt
 from wsseg_fast.sam.model import MODEL_CONFIGS
 
 
@@ -30,9 +42,7 @@ def run_export_encoder(args) -> int:
         else:
             onnx_path = args.onnx
             if onnx_path is None:
-                from wsseg_fast.sam.encoder import _import_tensorrt
-
-                _import_tensorrt()  # fail before the slow export when TensorRT cannot run here
+                import_tensorrt()  # fail before the slow export when TensorRT cannot run here
                 onnx_path = os.path.join(tempfile.mkdtemp(prefix="wsseg-fast-"), "encoder.onnx")
                 export_onnx(build_image_encoder(args.model, args.checkpoint), onnx_path)
             export_tensorrt(onnx_path, args.out, fp16=args.fp16)

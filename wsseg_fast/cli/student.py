@@ -6,7 +6,7 @@ import os
 
 from wsseg_fast.cli.common import UsageError, add_config, name_value, save_config
 from wsseg_fast.pipelines.evaluate import evaluate, write_report
-from wsseg_fast.pipelines.student import predict, StudentConfig, train_student
+from wsseg_fast.pipelines.student import StudentConfig, predict, train_student
 
 
 def add_train_student(sub) -> None:

@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
+from pycocotools import mask as mask_utils
 
 
 class DataError(ValueError):
@@ -111,8 +113,6 @@ class CocoWeakDataset:
 
     def load_image(self, record: ImageRecord) -> np.ndarray:
         """The image as RGB ``uint8`` ``[H, W, 3]``; :class:`ImageLoadError` when it cannot be read."""
-        from PIL import Image, UnidentifiedImageError
-
         try:
             with Image.open(record.path) as im:
                 image = np.array(im.convert("RGB"))
@@ -138,7 +138,6 @@ class CocoWeakDataset:
     def gt_label_map(self, record: ImageRecord, height: int, width: int) -> np.ndarray | None:
         """A class-index map from the annotations' ``segmentation`` (largest first, so a
         contained object wins over its container), or ``None`` when the image has none."""
-        from pycocotools import mask as mask_utils
 
         anns = [a for a in record.annotations if a.get("segmentation")]
         if not anns:

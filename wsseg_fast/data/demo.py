@@ -21,6 +21,7 @@ import os
 import numpy as np
 
 from wsseg_fast.data.labels import encode_image_png, write_label_png
+from wsseg_fast.data.weak import encode_rle, mask_bbox, weak_labels
 from wsseg_fast.io import atomic_write_bytes
 
 CATEGORIES = ["disc", "cup", "crescent", "rod", "ring", "ell"]
@@ -79,57 +80,6 @@ def _shape_mask(kind: str, rng: np.random.Generator, cy: float, cx: float, grid)
     raise ValueError(kind)
 
 
-def _bbox(mask: np.ndarray) -> list[int]:
-    ys, xs = np.nonzero(mask)
-    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
-
-
-def _skeleton_strokes(skeleton: np.ndarray) -> list[list[tuple[int, int]]]:
-    """The pixels of a skeleton as strokes: walks along 8-connected neighbours, starting
-    from an end (a pixel with one neighbour) when there is one, so consecutive pixels of
-    a stroke touch and the polyline through them stays on the skeleton."""
-    remaining = {(int(y), int(x)) for y, x in np.argwhere(skeleton)}
-    steps = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
-
-    def neighbours(p):
-        return [(p[0] + dy, p[1] + dx) for dy, dx in steps if (p[0] + dy, p[1] + dx) in remaining]
-
-    strokes = []
-    while remaining:
-        ends = sorted(p for p in remaining if len(neighbours(p)) <= 1)
-        p = ends[0] if ends else min(remaining)
-        stroke = []
-        while p is not None:
-            remaining.discard(p)
-            stroke.append(p)
-            nxt = neighbours(p)
-            # 4-neighbours first: a diagonal step would skip the pixel next to it
-            nxt.sort(key=lambda q: (abs(q[0] - p[0]) + abs(q[1] - p[1]), q))
-            p = nxt[0] if nxt else None
-        strokes.append(stroke)
-    return strokes
-
-
-def _weak_labels(visible: np.ndarray, rng: np.random.Generator) -> tuple[list, list]:
-    """One positive point (the visible pixel deepest inside) and scribbles: the visible
-    part's skeleton as strokes of touching pixels (so the polylines stay on the object,
-    even through one-pixel-thin tips; row-major skeleton order drew chords across holes)."""
-    from scipy.ndimage import distance_transform_edt
-    from skimage.morphology import skeletonize
-
-    depth = distance_transform_edt(visible)
-    py, px = np.unravel_index(int(np.argmax(depth)), depth.shape)
-    strokes = [[[x, y] for y, x in stroke] for stroke in _skeleton_strokes(skeletonize(visible))]
-    return [[int(px), int(py)]], strokes or [[[int(px), int(py)]]]
-
-
-def _rle(mask: np.ndarray) -> dict:
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
 def make_image(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """One demo image: RGB ``uint8``, class-index map, and its objects (category, full mask, visible mask)."""
     h, w = SIZE
@@ -145,7 +95,7 @@ def make_image(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[d
             mask, params = _shape_mask(kind, rng, cy, cx, grid)
             if not mask.any() or mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any():
                 continue
-            x, y, bw, bh = _bbox(mask)
+            x, y, bw, bh = mask_bbox(mask)
             box = np.zeros(SIZE, bool)
             box[max(0, y - 6) : y + bh + 6, max(0, x - 6) : x + bw + 6] = True
             if (box & taken).any():
@@ -186,7 +136,6 @@ def make_image(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[d
 def make_demo(out: str | os.PathLike, images: int = 8, seed: int = 0) -> dict:
     """Write the demo dataset under ``out``; returns the COCO dict. Same ``images`` and
     ``seed`` -> the same bytes."""
-    from PIL import Image
 
     if images < 1:
         raise ValueError(f"make_demo: images must be >= 1, got {images}")
@@ -208,17 +157,17 @@ def make_demo(out: str | os.PathLike, images: int = 8, seed: int = 0) -> dict:
         tags = sorted({CATEGORIES.index(o["category"]) + 1 for o in objects})
         coco["images"].append({"id": index + 1, "file_name": stem + ".png", "height": SIZE[0], "width": SIZE[1], "tags": tags})
         for obj in objects:
-            points, scribbles = _weak_labels(obj["visible"], rng)
+            points, scribbles = weak_labels(obj["visible"], rng)
             coco["annotations"].append({
                 "id": len(coco["annotations"]) + 1,
                 "image_id": index + 1,
                 "category_id": CATEGORIES.index(obj["category"]) + 1,
-                "bbox": _bbox(obj["mask"]),
+                "bbox": mask_bbox(obj["mask"]),
                 "area": int(obj["mask"].sum()),
                 "iscrowd": 0,
                 "points": points,
                 "scribbles": scribbles,
-                "segmentation": _rle(obj["mask"]),
+                "segmentation": encode_rle(obj["mask"]),
             })
     atomic_write_bytes(os.path.join(out, "annotations.json"), json.dumps(coco, indent=1).encode())
     return coco

@@ -7,6 +7,7 @@ import io
 import os
 
 import numpy as np
+from PIL import Image
 
 from wsseg_fast.io import atomic_write_bytes
 
@@ -15,6 +16,7 @@ IGNORE = 255
 
 def palette() -> list[int]:
     """768 palette entries: 0 black, 255 white, the others well separated colours."""
+
     colours = [(0, 0, 0)]
     for i in range(1, 255):  # golden-ratio hue walk, alternating brightness
         h = (i * 0.618033988749895) % 1.0
@@ -28,8 +30,6 @@ def palette() -> list[int]:
 
 def encode_label_png(label: np.ndarray) -> bytes:
     """PNG bytes of a ``uint8`` ``[H, W]`` class-index map (deterministic for equal input)."""
-    from PIL import Image
-
     if label.dtype != np.uint8 or label.ndim != 2:
         raise TypeError(f"label must be a uint8 [H, W] array, got {label.dtype} {label.shape}")
     image = Image.frombytes("P", (label.shape[1], label.shape[0]), np.ascontiguousarray(label).tobytes())
@@ -41,7 +41,6 @@ def encode_label_png(label: np.ndarray) -> bytes:
 
 def encode_image_png(image: np.ndarray) -> bytes:
     """PNG bytes of a ``uint8`` RGB ``[H, W, 3]`` image."""
-    from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG", compress_level=6)
@@ -55,8 +54,6 @@ def write_label_png(path: str | os.PathLike, label: np.ndarray) -> None:
 
 def read_label_png(path: str | os.PathLike) -> np.ndarray:
     """The class indices of a label PNG (palette or greyscale) as ``uint8`` ``[H, W]``."""
-    from PIL import Image
-
     with Image.open(path) as im:
         if im.mode not in ("P", "L"):
             raise ValueError(f"{path}: a label PNG must be palette (P) or greyscale (L) mode, got {im.mode}")

@@ -14,9 +14,19 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from wsseg_fast.logic.operators import and_prod, implies_reichenbach, negation, pi_1, pmean, pmean_error, sat_agg
+from wsseg_fast.logic.operators import (
+    and_prod,
+    implies_reichenbach,
+    negation,
+    pi_1,
+    pmean,
+    pmean_error,
+    sat_agg,
+)
 from wsseg_fast.ops.box_constraint import box_constraint_loss
+from wsseg_fast.ops.color import rgb_to_lab
 from wsseg_fast.ops.pairwise_constraint import pairwise_constraint_loss
+from wsseg_fast.reference.logic import box_pixel_bounds
 
 Formula = Callable[[torch.Tensor], torch.Tensor]
 
@@ -116,6 +126,7 @@ class _Image:
 
 def _split(annotations) -> list:
     """One image (a list of annotation dicts, or a dict with "annotations") or a batch of them."""
+
     def is_image(item):
         return isinstance(item, Mapping) and ("annotations" in item or "tags" in item or "absent_tags" in item)
 
@@ -304,7 +315,6 @@ def compile_knowledge_base(annotations, num_classes: int, image_size: tuple[int,
         if images.shape[0] != batch or tuple(images.shape[-2:]) != (height, width):
             raise ValueError(f"compile_knowledge_base: `images` must be [B={batch}, 3, {height}, {width}], "
                              f"got {tuple(images.shape)}")
-        from wsseg_fast.ops.color import rgb_to_lab
 
         lab = rgb_to_lab(images)  # once: the range check reads data
         options = dict(pairwise if isinstance(pairwise, Mapping) else {})
@@ -319,6 +329,7 @@ def compile_knowledge_base(annotations, num_classes: int, image_size: tuple[int,
 
 def _one_class_per_pixel(probs: torch.Tensor, p: float, stable: bool) -> torch.Tensor:
     """∀x ∀ c < c': ¬(p_c(x) ∧ p_c'(x)), one class at a time to keep memory at [B, C, H, W]."""
+
     classes = probs.shape[1]
     if classes < 2:
         return probs.new_ones(())
@@ -341,8 +352,6 @@ def _box_size_formula(boxes: torch.Tensor, labels: torch.Tensor, rho_lo: float, 
                          f"got {(rho_lo, rho_hi)}")
 
     def formula(probs: torch.Tensor) -> torch.Tensor:
-        from wsseg_fast.reference.logic import box_pixel_bounds
-
         bounds = box_pixel_bounds(boxes, probs.shape[2], probs.shape[3])
         truths = []
         for b, k in (labels >= 0).nonzero().tolist():

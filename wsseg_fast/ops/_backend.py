@@ -38,6 +38,10 @@ def _triton_problem() -> str | None:
 TRITON_PROBLEM = _triton_problem()
 TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 CUDA_AVAILABLE = torch.cuda.is_available()
+# Whether Triton kernels can run in this process at all. Only then do the op modules import
+# them: defining a kernel with torch.library.triton_op imports torch._inductor (~1 s), which a
+# CPU-only job without the interpreter should not pay for kernels it cannot run.
+TRITON_RUNNABLE = TRITON_PROBLEM is None and (CUDA_AVAILABLE or TRITON_INTERPRET)
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import torch
 
 from wsseg_fast import reference
-from wsseg_fast.ops._backend import TRITON_PROBLEM, OpSpec, choose
+from wsseg_fast.ops._backend import TRITON_RUNNABLE, OpSpec, choose
 from wsseg_fast.ops.neighbors import disc_offsets, shifted
 
-if TRITON_PROBLEM is None:
+if TRITON_RUNNABLE:
     from wsseg_fast.kernels import affinity as _triton
-else:  # pragma: no cover - triton missing
+else:  # pragma: no cover - Triton cannot run here (see TRITON_RUNNABLE)
     _triton = None
 
 SPEC = OpSpec(

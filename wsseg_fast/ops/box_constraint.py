@@ -20,11 +20,11 @@ import torch
 
 from wsseg_fast import reference
 from wsseg_fast.logic.operators import pmean_error
-from wsseg_fast.ops._backend import TRITON_PROBLEM, OpSpec, choose
+from wsseg_fast.ops._backend import TRITON_RUNNABLE, OpSpec, choose
 
-if TRITON_PROBLEM is None:
+if TRITON_RUNNABLE:
     from wsseg_fast.kernels import box_constraint as _triton
-else:  # pragma: no cover - triton missing
+else:  # pragma: no cover - Triton cannot run here (see TRITON_RUNNABLE)
     _triton = None
 
 SPEC = OpSpec("box_constraint_stats", backends=("torch", "cpu", "triton"),

@@ -12,11 +12,11 @@ import os
 import torch
 
 from wsseg_fast import reference
-from wsseg_fast.ops._backend import ENV_VAR, TRITON_PROBLEM, OpSpec, choose
+from wsseg_fast.ops._backend import ENV_VAR, TRITON_RUNNABLE, OpSpec, choose
 
-if TRITON_PROBLEM is None:
+if TRITON_RUNNABLE:
     from wsseg_fast.kernels import linear_assignment as _triton
-else:  # pragma: no cover - triton missing
+else:  # pragma: no cover - Triton cannot run here (see TRITON_RUNNABLE)
     _triton = None
 
 SPEC = OpSpec(

@@ -18,13 +18,13 @@ import torch
 
 from wsseg_fast import reference
 from wsseg_fast.logic.operators import pmean_error
-from wsseg_fast.ops._backend import TRITON_PROBLEM, OpSpec, choose
+from wsseg_fast.ops._backend import TRITON_RUNNABLE, OpSpec, choose
 from wsseg_fast.ops.color import rgb_to_lab
 from wsseg_fast.ops.neighbors import dilated_offsets
 
-if TRITON_PROBLEM is None:
+if TRITON_RUNNABLE:
     from wsseg_fast.kernels import pairwise_constraint as _triton
-else:  # pragma: no cover - triton missing
+else:  # pragma: no cover - Triton cannot run here (see TRITON_RUNNABLE)
     _triton = None
 
 SPEC = OpSpec("pairwise_constraint_stats", backends=("torch", "cpu", "triton"),

@@ -15,15 +15,23 @@ interrupted experiment re-run continues where it stopped.
 from __future__ import annotations
 
 import io
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from wsseg_fast.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+import torch
 
-ROW_NAMES = ("box", "sbr", "student_sbr", "student_box", "student_gt", "multihead_5pct")
+from wsseg_fast.data import CocoWeakDataset, make_demo
+from wsseg_fast.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from wsseg_fast.pipelines.evaluate import evaluate
+from wsseg_fast.pipelines.finetune import FinetuneConfig, finetune
+from wsseg_fast.pipelines.methods import METHODS
+from wsseg_fast.pipelines.prompter import PrompterConfig, train_prompter
+from wsseg_fast.pipelines.pseudo_label import JobConfig, run_pseudo_label
+from wsseg_fast.pipelines.student import StudentConfig, predict, train_student
+
+ROW_NAMES = ("box", "sbr", "prompter", "sam_gt_box", "student_sbr", "student_box", "student_gt", "multihead_5pct")
 # The demo's domain knowledge: the cup lies inside the disc; one class per pixel; its
 # shapes (rings, crescents, rods, ells) fill at most ~80% of their box.
 PRIORS = "contains: [[cup, disc]]\none_class_per_pixel: true\npairwise: true\nbox_size: [0.1, 0.8]\n"
@@ -49,17 +57,14 @@ class DemoExperimentConfig:
     student_lr: float = 3e-3
     student_class_balance: float = 0.5
     gt_fraction: float = 0.05
+    prompter_epochs: int = 100
+    prompter_batch_size: int = 8
+    prompter_lr: float = 1e-4
     threads: int | None = None
 
 
 def run_demo_experiment(cfg: DemoExperimentConfig, progress: bool = True) -> dict:
     """Run (or finish) the experiment; returns the ``report.json`` content."""
-    import torch
-
-    from wsseg_fast.data import CocoWeakDataset, make_demo
-    from wsseg_fast.pipelines.finetune import FinetuneConfig, finetune
-    from wsseg_fast.pipelines.pseudo_label import JobConfig, run_pseudo_label
-
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     began = time.perf_counter()
@@ -95,6 +100,8 @@ def run_demo_experiment(cfg: DemoExperimentConfig, progress: bool = True) -> dic
                            progress=progress)
     rows.append(_row("sbr", sbr["report"], "train (pseudo-labels vs GT)"))
     step("sbr pseudo-labels")
+    rows += prompter_rows(cfg, progress)
+    step("prompter (train split) and SAM with the test boxes")
 
     labels = {"sbr": out / "pseudo_sbr" / "labels", "box": out / "pseudo_box" / "labels", "gt": out / "train" / "gt"}
     students = {
@@ -118,10 +125,27 @@ def run_demo_experiment(cfg: DemoExperimentConfig, progress: bool = True) -> dic
     return report
 
 
+def prompter_rows(cfg: DemoExperimentConfig, progress: bool = True) -> list[dict]:
+    """Rows ``prompter`` (WPS-SAM's query prompter trained on the train split's boxes, run
+    prompt-free on the test split) and ``sam_gt_box`` (the same SAM prompted with the test
+    split's boxes: the prompter's upper bound). Needs the splits under ``cfg.out``."""
+    out = Path(cfg.out)
+    cache = str(out / "cache")
+    prompter = train_prompter(PrompterConfig(coco=str(out / "train" / "annotations.json"), out=str(out / "prompter"),
+                                             model="tiny", cache=cache, epochs=cfg.prompter_epochs,
+                                             batch_size=cfg.prompter_batch_size, lr=cfg.prompter_lr, seed=cfg.seed,
+                                             threads=cfg.threads), progress=progress)
+    job = dict(coco=str(out / "test" / "annotations.json"), model="tiny", cache=cache, threads=cfg.threads)
+    free = run_pseudo_label(JobConfig(out=str(out / "test_prompter"), method="prompter",
+                                      options={"checkpoint": str(prompter), "threshold": 0.5}, **job), progress=progress)
+    boxed = run_pseudo_label(JobConfig(out=str(out / "test_sam_box"), method="sam-box",
+                                       options=dict(METHODS["sam-box"].options), **job), progress=progress)
+    split = "test (SAM masks vs GT)"
+    return [_row("prompter", free["report"], split), _row("sam_gt_box", boxed["report"], split)]
+
+
 def _student(cfg: DemoExperimentConfig, out: Path, name: str, arch: str, sources: dict, names: list[str],
              progress: bool) -> dict:
-    from wsseg_fast.pipelines.evaluate import evaluate
-    from wsseg_fast.pipelines.student import StudentConfig, predict, train_student
 
     ckpt_dir = out / "students" / name
     config = StudentConfig(images=str(out / "train" / "images"), sources={k: str(v) for k, v in sources.items()},

@@ -21,7 +21,6 @@ deterministic for a seed, and logs every constraint's satisfaction per epoch to
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -30,8 +29,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
+from PIL import Image
+from tqdm.auto import tqdm
 
+from wsseg_fast.cache import EmbeddingCache
+from wsseg_fast.data import CocoWeakDataset, ImageLoadError
 from wsseg_fast.io import append_jsonl, atomic_torch_save
+from wsseg_fast.logic import compile_knowledge_base
+from wsseg_fast.sam.engine import SamEngine
+from wsseg_fast.sam.model import MODEL_CONFIGS, build_sam
+from wsseg_fast.sam.prompting import Embedding, predict_masks, preprocess
 
 CHECKPOINT_NAME = "last.pt"
 FINETUNED_NAME = "finetuned.pth"
@@ -51,13 +59,16 @@ class FinetuneError(ValueError):
 class FinetuneConfig:
     coco: str
     """COCO JSON with the weak annotations."""
+
     out: str
     """Output directory: ``last.pt`` (resumable state), ``finetuned.pth`` (SAM weights), ``log.jsonl``."""
+
     images: str | None = None
     model: str = "tiny"
     checkpoint: str | None = None
     priors: str | None = None
     """YAML/JSON priors file (see :func:`load_priors`)."""
+
     train: str = "decoder"
     epochs: int = 10
     lr: float = 1e-4
@@ -65,14 +76,17 @@ class FinetuneConfig:
     seed: int = 0
     cache: str | None = None
     """Embedding cache directory (frozen-encoder modes); ``None``: embeddings kept in memory."""
+
     device: str = "cpu"
     threads: int | None = None
     weights: dict[str, float] = field(default_factory=dict)
     """Weight of each constraint kind in SatAgg (see :func:`wsseg_fast.logic.compile_knowledge_base`)."""
+
     p_exists: float = 8.0
     """Exponent of the existential quantifier (pMean): large makes ∃ close to max, so a
     box row or column is satisfied by one confident pixel rather than by filling it
     (with p = 2, ∃ is a root-mean-square and rewards masks that fill their box)."""
+
     loss_scale: float = 0.5
     """The constraints are evaluated on the image scaled by this factor (masks, boxes,
     points and colours alike): 0.5 costs a quarter of full resolution."""
@@ -97,7 +111,6 @@ def load_priors(path: str | os.PathLike | None, class_names: list[str]) -> dict:
         text = Path(path).read_text()
     except OSError as exc:
         raise FinetuneError(f"--priors: cannot read {path}: {exc}") from None
-    import yaml
 
     try:
         priors = yaml.safe_load(text) or {}
@@ -126,6 +139,7 @@ def class_truths(instance_logits: torch.Tensor, classes: torch.Tensor, num_class
     """``[N, H, W]`` instance mask logits of one image, their ``[N]`` class indices (1..C-1)
     -> ``[C, H, W]`` truth values: class c = any of its instances (product t-conorm,
     ``1 - prod(1 - p)``), background (0) = no instance."""
+
     miss = torch.nn.functional.logsigmoid(-instance_logits)  # log(1 - p), stable
     miss_by_class = instance_logits.new_zeros((num_classes, *instance_logits.shape[1:]))
     miss_by_class = miss_by_class.index_add(0, classes, miss)
@@ -153,8 +167,6 @@ class _Item:
 
 
 def _load_items(dataset, log) -> list[_Item]:
-    from wsseg_fast.data import ImageLoadError
-
     items = []
     for record in dataset.images:
         try:
@@ -172,8 +184,6 @@ def _load_items(dataset, log) -> list[_Item]:
 
 
 def _validate(cfg: FinetuneConfig) -> None:
-    from wsseg_fast.sam.model import MODEL_CONFIGS
-
     if cfg.train not in TRAINABLE:
         raise FinetuneError(f"train must be one of {', '.join(TRAINABLE)}, got {cfg.train!r}")
     if cfg.model not in MODEL_CONFIGS:
@@ -187,10 +197,6 @@ def _validate(cfg: FinetuneConfig) -> None:
 def finetune(cfg: FinetuneConfig, progress: bool = True) -> Path:
     """Run stage 1; returns the path of ``finetuned.pth`` (SAM weights: the trained
     modules' ``mask_decoder.*`` / ``prompt_encoder.*`` / ``image_encoder.*`` entries)."""
-    from tqdm.auto import tqdm
-
-    from wsseg_fast.data import CocoWeakDataset
-    from wsseg_fast.sam.model import build_sam
 
     _validate(cfg)
     if cfg.threads:
@@ -251,12 +257,9 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> Path:
 
 def _embed_frozen(cfg: FinetuneConfig, items: list[_Item]) -> None:
     """Embeddings of the frozen encoder, through the cache when one is given."""
-    from wsseg_fast.sam.engine import SamEngine
 
     cache = None
     if cfg.cache is not None:
-        from wsseg_fast.cache import EmbeddingCache
-
         cache = EmbeddingCache(cfg.cache)
     engine = SamEngine(cfg.model, cfg.checkpoint, cache=cache, device=cfg.device)
     for item, embedding in zip(items, engine.embed([item.image for item in items])):
@@ -265,6 +268,7 @@ def _embed_frozen(cfg: FinetuneConfig, items: list[_Item]) -> None:
 
 def _resume(cfg: FinetuneConfig, out: Path, sam, optimizer, modules) -> int:
     """The epoch to start from: 0, or where ``out/last.pt`` stopped (same settings only)."""
+
     path = out / CHECKPOINT_NAME
     if not path.exists():
         return 0
@@ -288,7 +292,6 @@ def _loss_size(item: _Item, scale: float) -> tuple[int, int]:
 def image_loss(sam, item: _Item, kb, num_classes: int, device) -> tuple[torch.Tensor, dict]:
     """``1 - SatAgg`` of the image's knowledge base ``kb`` on SAM's masks for its boxes
     (at the knowledge base's resolution), and each constraint's satisfaction."""
-    from wsseg_fast.sam.prompting import Embedding, predict_masks, preprocess
 
     embedding = item.embedding
     if embedding is None:  # the encoder trains: embed with autograd
@@ -303,9 +306,6 @@ def _knowledge_base(item: _Item, dataset, priors: dict, weights: dict, size: tup
     """One image's knowledge base at the loss resolution ``size``: its boxes, points,
     scribbles and tags (COCO boxes are exhaustive: unmentioned classes are absent), the
     priors, and the pairwise colour prior on the resized image."""
-    from PIL import Image
-
-    from wsseg_fast.logic import compile_knowledge_base
 
     image = np.asarray(Image.fromarray(item.image).resize(size[::-1], Image.BILINEAR))
     return compile_knowledge_base(

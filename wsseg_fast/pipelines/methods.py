@@ -19,7 +19,13 @@ from typing import Callable
 
 import numpy as np
 import torch
+from scipy.ndimage import label as connected
+from scipy.ndimage import uniform_filter
 from scipy.special import expit
+
+from wsseg_fast.logic.knowledge_base import rasterise_polyline
+from wsseg_fast.ops.color import rgb_to_lab
+from wsseg_fast.reference.logic import box_pixel_bounds
 
 
 @dataclass
@@ -33,6 +39,10 @@ class MethodInput:
     options: dict
     engine: object = None        # SamEngine, for methods that need SAM
     embedding: object = None     # the image's Embedding, for methods that need SAM
+
+
+class MethodError(ValueError):
+    """A method's options or inputs it cannot use (a bad checkpoint, say); one line from the CLI."""
 
 
 @dataclass
@@ -91,7 +101,7 @@ def parse_options(method: str, pairs: list[str]) -> dict:
     return options
 
 
-def _box_masks(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+def box_masks(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     masks = np.zeros((len(boxes), height, width), bool)
     for i, (x0, y0, x1, y1) in enumerate(np.rint(boxes).astype(int)):
         masks[i, max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)] = True
@@ -102,7 +112,7 @@ def _box_masks(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
 def box_method(ctx: MethodInput) -> Instances:
     """Filled boxes (the baseline); where boxes overlap the smaller box wins."""
     h, w = ctx.image.shape[:2]
-    masks = _box_masks(ctx.boxes, h, w)
+    masks = box_masks(ctx.boxes, h, w)
     area = masks.reshape(len(masks), -1).sum(1).astype(np.float64)
     return Instances(masks, ctx.classes, 1.0 - area / (h * w))
 
@@ -119,15 +129,16 @@ def instances_from_prediction(ctx: MethodInput, prediction) -> Instances:
 
 def instances_from_logits(ctx: MethodInput, logits: np.ndarray, scores: np.ndarray) -> Instances:
     """``[N, H, W]`` mask logits -> instances (``clip_to_box``, ``fallback`` as above)."""
+
     masks = logits > 0
     h, w = ctx.image.shape[:2]
     if ctx.options.get("clip_to_box", True) and len(ctx.boxes):
         margin = float(ctx.options.get("box_margin", 0))
         grown = ctx.boxes + np.array([-margin, -margin, margin, margin], np.float32)
-        masks &= _box_masks(grown, h, w)
+        masks &= box_masks(grown, h, w)
     if ctx.options.get("fallback", True) and len(ctx.boxes):
         empty = ~masks.reshape(len(masks), -1).any(1)
-        masks[empty] = _box_masks(ctx.boxes[empty], h, w)
+        masks[empty] = box_masks(ctx.boxes[empty], h, w)
     return Instances(masks, ctx.classes, np.asarray(scores, np.float64), expit(logits))
 
 
@@ -137,6 +148,7 @@ SAM_OPTIONS = {"multimask": False, "clip_to_box": True, "box_margin": 2.0, "fall
 @register_method("sam-box", needs_sam=True, options=SAM_OPTIONS)
 def sam_box(ctx: MethodInput) -> Instances:
     """SAM prompted with every box of the image in one decoder call."""
+
     prediction = ctx.engine.predict(ctx.embedding, boxes=ctx.boxes, multimask_output=ctx.options["multimask"])
     return instances_from_prediction(ctx, prediction)
 
@@ -144,6 +156,7 @@ def sam_box(ctx: MethodInput) -> Instances:
 @register_method("sam-point", needs_sam=True, options={**SAM_OPTIONS, "multimask": True, "with_box": False})
 def sam_point(ctx: MethodInput) -> Instances:
     """SAM prompted with each object's points (and its box with ``with_box=true``)."""
+
     per_object = []
     for ann, box in zip(ctx.annotations, ctx.boxes):
         pts = ann.get("points") or [[(box[0] + box[2]) / 2, (box[1] + box[3]) / 2]]  # no point: the box centre
@@ -165,6 +178,7 @@ def sam_point(ctx: MethodInput) -> Instances:
                                                  "sam_clip": 2.0})
 def sbr(ctx: MethodInput) -> Instances:
     """SAM fine-tuned under the weak-label constraints (--finetuned from wsseg-fast finetune), box prompts, colour-refined."""
+
     prediction = ctx.engine.predict(ctx.embedding, boxes=ctx.boxes)
     logits = prediction.logits[:, 0].float().cpu().numpy()
     if ctx.options["colour_refine"] and len(ctx.boxes):
@@ -187,10 +201,9 @@ COLOUR_CLIP = 8.0  # log-likelihood ratios beyond this say nothing more: caps on
 SHRINK_SAMPLES = 20.0  # the object's colour spread starts as its surroundings' (same kind of texture)
 
 
-def _box_pixels(boxes: np.ndarray, height: int, width: int, grow: int = 0) -> np.ndarray:
+def box_pixels(boxes: np.ndarray, height: int, width: int, grow: int = 0) -> np.ndarray:
     """``[N, 4]`` int (y0, y1, x0, x1): the pixels of each box as the box constraint reads them
     (:func:`wsseg_fast.reference.logic.box_pixel_bounds`), grown by ``grow`` and clipped to the image."""
-    from wsseg_fast.reference.logic import box_pixel_bounds
 
     boxes = torch.as_tensor(np.asarray(boxes, np.float64).reshape(-1, 4))
     x0, y0, x1, y1 = box_pixel_bounds(boxes, height, width).numpy().T
@@ -201,7 +214,6 @@ def _box_pixels(boxes: np.ndarray, height: int, width: int, grow: int = 0) -> np
 def seed_pixels(annotation: dict, height: int, width: int) -> np.ndarray:
     """``[K, 2]`` (y, x) pixels an annotation marks as its object: its points and its
     scribbles drawn as polylines (as the knowledge base draws them)."""
-    from wsseg_fast.logic.knowledge_base import rasterise_polyline
 
     xy = [np.asarray(annotation.get("points") or [], np.float64).reshape(-1, 2)]
     for line in annotation.get("scribbles") or []:
@@ -216,6 +228,7 @@ def _gaussian_log_density(x: np.ndarray, samples: np.ndarray, prior_cov: np.ndar
     """log N(x; mean, cov) of ``[P, 3]`` features under a Gaussian fitted to ``samples``,
     its covariance shrunk towards ``prior_cov`` as if from ``prior_weight`` more samples
     (the few pixels of a small object's scribble would give a far too narrow one)."""
+
     n = len(samples)
     mean = samples.mean(0)
     cov = np.cov(samples.T, bias=True) if n > 1 else np.zeros((3, 3))
@@ -235,15 +248,12 @@ def colour_evidence(image: np.ndarray, boxes: np.ndarray, annotations: list[dict
     than 3 of them lie in its box), the surroundings' one to the ``ring`` pixels around
     its box (other boxes excluded, except those holding this one: a cup's surroundings
     are its disc). Clipped to ±COLOUR_CLIP; 0 in a box with no colour model."""
-    from scipy.ndimage import uniform_filter
-
-    from wsseg_fast.ops.color import rgb_to_lab
 
     h, w = image.shape[:2]
     lab = rgb_to_lab(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
     lab = uniform_filter(lab.astype(np.float64), size=(3, 3, 1), mode="nearest")
     evidence = np.full((len(boxes), h, w), -COLOUR_CLIP, np.float32)
-    inner, outer = _box_pixels(boxes, h, w), _box_pixels(boxes, h, w, grow=ring)
+    inner, outer = box_pixels(boxes, h, w), box_pixels(boxes, h, w, grow=ring)
     for i, box in enumerate(boxes):
         y0, y1, x0, x1 = inner[i]
         if y1 <= y0 or x1 <= x0:
@@ -278,11 +288,10 @@ def keep_seeded_components(logits: np.ndarray, boxes: np.ndarray, annotations: l
     """Inside each box, pushes the mask's connected parts that no point or scribble of the
     object touches to background (``min(logit, -1)``): stray patches of object-like colour
     in the background. Objects without seeds are kept as they are."""
-    from scipy.ndimage import label as connected
 
     logits = logits.copy()
     h, w = logits.shape[1:]
-    bounds = _box_pixels(boxes, h, w)
+    bounds = box_pixels(boxes, h, w)
     for i in range(min(len(logits), len(annotations), len(boxes))):
         seeds = seed_pixels(annotations[i], h, w)
         if not len(seeds):
@@ -301,6 +310,7 @@ def resolve(instances: Instances, height: int, width: int) -> tuple[np.ndarray, 
     """One class-index map from overlapping instances, and the winning instance of each
     pixel (-1 = background). Each pixel goes to the covering instance with the highest
     ``score * pixel_score`` (ties: the earlier instance)."""
+
     n = len(instances.masks)
     if n == 0:
         return np.zeros((height, width), np.uint8), -np.ones((height, width), np.int64)

@@ -20,6 +20,7 @@ executors run :func:`label_one` per image, so their outputs are byte-identical.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -27,9 +28,27 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from pycocotools import mask as mask_utils
+from tqdm import tqdm
 
-from wsseg_fast.io import TMP_PREFIX, append_jsonl, atomic_write_bytes, atomic_write_json, file_digest
+from wsseg_fast.cache import EmbeddingCache
+from wsseg_fast.data import CocoWeakDataset, ImageLoadError
+from wsseg_fast.data.labels import encode_label_png, palette, read_label_png
+from wsseg_fast.io import (
+    TMP_PREFIX,
+    append_jsonl,
+    atomic_write_bytes,
+    atomic_write_json,
+    file_digest,
+)
+from wsseg_fast.metrics import SegmentationMeter, markdown_table
+from wsseg_fast.pipelines import cam, logic_refine, prompter  # noqa: F401  (register their methods)
+from wsseg_fast.pipelines.classic import crf_refine
 from wsseg_fast.pipelines.methods import METHODS, MethodInput, resolve
+from wsseg_fast.pipelines.ray_executor import run_ray
+from wsseg_fast.sam import SamEngine
 
 OUTPUT_VERSION = 1
 _TEST_DELAY = float(os.environ.get("WSSEG_FAST_TEST_DELAY", "0") or 0)
@@ -59,12 +78,14 @@ class JobConfig:
     visualize: bool = False
     gt: str | None = None             # directory of <stem>.png class maps; default: COCO segmentation
     threads: int | None = None
+    refine: str | None = None         # "crf": a dense-CRF refinement of each label map (classic.crf_refine)
 
     def settings(self, weights: str | None, finetuned: str | None) -> dict:
         """What the outputs depend on: a re-run with other settings must not mix with them."""
         return {"version": OUTPUT_VERSION, "method": self.method, "options": self.options,
                 "model": self.model if METHODS[self.method].needs_sam else None,
-                "weights": weights, "finetuned": finetuned, "coco": file_digest(self.coco)}
+                "weights": weights, "finetuned": finetuned, "coco": file_digest(self.coco),
+                **({"refine": self.refine} if self.refine else {})}
 
 
 class Labeller:
@@ -72,13 +93,11 @@ class Labeller:
     (the local run, or each Ray worker)."""
 
     def __init__(self, cfg: JobConfig):
-        from wsseg_fast.data import CocoWeakDataset
-
         if cfg.method not in METHODS:
             raise JobError(f"unknown method {cfg.method!r}; methods: {', '.join(sorted(METHODS))}")
+        if cfg.refine not in (None, "crf"):
+            raise JobError(f"refine must be 'crf' or none, got {cfg.refine!r}")
         if cfg.threads:
-            import torch
-
             torch.set_num_threads(cfg.threads)
         self.cfg = cfg
         self.method = METHODS[cfg.method]
@@ -86,9 +105,6 @@ class Labeller:
         self.dataset = CocoWeakDataset(cfg.coco, cfg.images)
         self.engine = None
         if self.method.needs_sam:
-            from wsseg_fast.cache import EmbeddingCache
-            from wsseg_fast.sam import SamEngine
-
             cache = EmbeddingCache(cfg.cache, dtype=cfg.cache_dtype) if cfg.cache else None
             self.engine = SamEngine(cfg.model, cfg.checkpoint, backend=cfg.backend, encoder_file=cfg.encoder_file,
                                     cache=cache, finetuned=cfg.finetuned, precision=cfg.precision, device=cfg.device)
@@ -98,7 +114,6 @@ class Labeller:
     def label_one(self, index: int, embedding=None) -> dict:
         """Label image ``index`` of the dataset and write its outputs; returns its part record.
         A bad image gives a ``failed`` record (and no files) instead of an exception."""
-        from wsseg_fast.data import ImageLoadError
 
         record = self.dataset.images[index]
         try:
@@ -108,8 +123,6 @@ class Labeller:
         return self._label(record, image, embedding)
 
     def _label(self, record, image: np.ndarray, embedding=None) -> dict:
-        from wsseg_fast.data.labels import encode_label_png
-
         h, w = image.shape[:2]
         boxes, classes = self.dataset.boxes(record)
         anns = [a for a in record.annotations if "bbox" in a]
@@ -121,6 +134,10 @@ class Labeller:
             label, winner = resolve(instances, h, w)
         else:  # no object: all background
             instances, label, winner = None, np.zeros((h, w), np.uint8), None
+        if self.cfg.refine == "crf" and instances is not None:
+            refined = crf_refine(image, label)
+            winner = np.where(refined == label, winner, -1)  # instances keep the pixels whose class the CRF kept
+            label = refined
         png = encode_label_png(label)
         out = self.cfg.out
         atomic_write_bytes(os.path.join(out, "labels", record.stem + ".png"), png)
@@ -140,9 +157,16 @@ class Labeller:
 
 def _instances_json(record, anns, instances, winner) -> list[dict]:
     """Each instance's final pixels (after overlaps were resolved) as COCO RLE."""
-    from pycocotools import mask as mask_utils
 
     out = []
+    if len(instances.scores) != len(anns):  # prompt-free methods (prompter): instances are not the annotations
+        for i in range(len(instances.scores)):
+            mask = winner == i
+            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            out.append({"source_annotation_id": None, "image_id": record.id, "class_index": int(instances.classes[i]),
+                        "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
+                        "area": int(mask.sum()), "score": round(float(instances.scores[i]), 6)})
+        return out
     for i, ann in enumerate(anns):
         mask = winner == i
         rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
@@ -156,11 +180,6 @@ def _instances_json(record, anns, instances, winner) -> list[dict]:
 
 def overlay(image: np.ndarray, label: np.ndarray, boxes: np.ndarray) -> bytes:
     """PNG bytes: the image with the label's palette colours blended in and the boxes drawn."""
-    import io
-
-    from PIL import Image, ImageDraw
-
-    from wsseg_fast.data.labels import palette
 
     colours = np.array(palette(), np.float32).reshape(256, 3)
     blended = image.astype(np.float32)
@@ -210,6 +229,7 @@ def _prepare_out(cfg: JobConfig, labeller: Labeller, overwrite: bool) -> dict:
 
 def finished_images(cfg: JobConfig, dataset) -> set[int]:
     """Indices of images whose part record (and label PNG) exist and agree."""
+
     done = set()
     for i, record in enumerate(dataset.images):
         part_path = os.path.join(cfg.out, "parts", record.stem + ".json")
@@ -229,6 +249,7 @@ def finished_images(cfg: JobConfig, dataset) -> set[int]:
 def run_pseudo_label(cfg: JobConfig, *, executor: str = "local", ray_address: str | None = None,
                      workers: int | None = None, overwrite: bool = False, progress: bool = True) -> dict:
     """Run the job (resuming where a previous run stopped); returns a summary."""
+
     start = time.perf_counter()
     labeller = Labeller(cfg)
     settings = _prepare_out(cfg, labeller, overwrite)
@@ -237,9 +258,6 @@ def run_pseudo_label(cfg: JobConfig, *, executor: str = "local", ray_address: st
     todo = [i for i in range(len(dataset)) if i not in done]
     failed: dict[int, str] = {}
     remote_hits = remote_encoded = 0
-
-    from tqdm import tqdm
-
     bar = tqdm(total=len(todo), unit="img", desc=f"pseudo-label {cfg.method}", disable=not progress, dynamic_ncols=True)
     if executor == "local":
         for part_index, part in _run_local(labeller, todo):
@@ -248,9 +266,7 @@ def run_pseudo_label(cfg: JobConfig, *, executor: str = "local", ray_address: st
                 bar.write(f"skipped: {part['error']}")
             bar.update(1)
     elif executor == "ray":
-        from wsseg_fast.pipelines.ray_executor import run_ray
-
-        for part_index, part in run_ray(cfg, todo, address=ray_address, workers=workers):
+        for part_index, part in run_ray(Labeller, cfg, todo, address=ray_address, workers=workers):
             remote_hits += part.pop("_cache_hits", 0)
             remote_encoded += part.pop("_encoded", 0)
             if part["status"] != "done":
@@ -278,8 +294,8 @@ def run_pseudo_label(cfg: JobConfig, *, executor: str = "local", ray_address: st
 def _run_local(labeller: Labeller, todo: list[int]):
     """Label images in order; with ``batch_size > 1`` the embeddings of the next
     images are computed in one encoder batch first."""
+
     batch = max(1, labeller.cfg.batch_size)
-    from wsseg_fast.data import ImageLoadError
 
     for start in range(0, len(todo), batch):
         chunk = todo[start : start + batch]
@@ -301,8 +317,6 @@ def _run_local(labeller: Labeller, todo: list[int]):
 
 def finalize(cfg: JobConfig, labeller: Labeller, settings: dict, failed: dict[int, str]) -> dict:
     """Assemble the COCO file, the manifest and the evaluation report from the parts on disk."""
-    from wsseg_fast.data.labels import read_label_png
-    from wsseg_fast.metrics import SegmentationMeter, markdown_table
 
     dataset = labeller.dataset
     images, annotations, entries, errors = [], [], [], []
@@ -323,8 +337,6 @@ def finalize(cfg: JobConfig, labeller: Labeller, settings: dict, failed: dict[in
             annotations.append({"id": len(annotations) + 1, **inst})
         gt = _ground_truth(cfg, dataset, record, label.shape)
         if gt is not None:
-            import torch
-
             meter.update(torch.from_numpy(label.astype(np.int64)), torch.from_numpy(gt.astype(np.int64)))
             evaluated += 1
     atomic_write_json(os.path.join(cfg.out, "pseudo_labels.json"),
@@ -343,8 +355,6 @@ def finalize(cfg: JobConfig, labeller: Labeller, settings: dict, failed: dict[in
 
 
 def _ground_truth(cfg: JobConfig, dataset, record, shape) -> np.ndarray | None:
-    from wsseg_fast.data.labels import read_label_png
-
     if cfg.gt is not None:
         path = os.path.join(cfg.gt, record.stem + ".png")
         return read_label_png(path) if os.path.exists(path) else None

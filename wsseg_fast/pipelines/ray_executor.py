@@ -1,7 +1,7 @@
 """The pseudo-labelling job on Ray Data: the same per-image work, spread over workers.
 
-Each worker builds one :class:`~wsseg_fast.pipelines.pseudo_label.Labeller` (SAM,
-cache, dataset) and runs ``label_one`` on the image indices it gets, writing the
+Each worker builds one labeller (``make_labeller(cfg)``: the job's
+:class:`~wsseg_fast.pipelines.pseudo_label.Labeller` with its SAM, cache and dataset) and runs ``label_one`` on the image indices it gets, writing the
 outputs itself — so the outputs are the local run's, byte for byte, and OUT and
 the cache must be on storage every worker sees (one machine, or a shared
 filesystem on a cluster). The driver only collects the per-image records.
@@ -9,20 +9,17 @@ filesystem on a cluster). The driver only collects the per-image records.
 
 from __future__ import annotations
 
+import json
 import os
 
 
 class _LabelBatch:
-    """Ray Data actor: one Labeller per worker process."""
+    """Ray Data actor: one labeller per worker process."""
 
-    def __init__(self, cfg):
-        from wsseg_fast.pipelines.pseudo_label import Labeller
-
-        self.labeller = Labeller(cfg)
+    def __init__(self, make_labeller, cfg):
+        self.labeller = make_labeller(cfg)
 
     def __call__(self, batch: dict) -> dict:
-        import json
-
         parts = []
         for i in batch["index"]:
             stats = self.labeller.engine.stats if self.labeller.engine else None
@@ -34,11 +31,9 @@ class _LabelBatch:
         return {"index": list(batch["index"]), "part": [json.dumps(p) for p in parts]}
 
 
-def run_ray(cfg, todo: list[int], *, address: str | None = None, workers: int | None = None):
+def run_ray(make_labeller, cfg, todo: list[int], *, address: str | None = None, workers: int | None = None):
     """Yield ``(index, part record)`` for each image of ``todo`` as workers finish them."""
-    import json
-
-    import ray
+    import ray  # optional and heavy (~2 s): only the Ray executor needs it
 
     if not todo:
         return
@@ -51,7 +46,7 @@ def run_ray(cfg, todo: list[int], *, address: str | None = None, workers: int | 
     ctx.execution_options.preserve_order = False
     n = max(1, min(workers or int(ray.available_resources().get("CPU", 1)), len(todo)))
     dataset = ray.data.from_items([{"index": i} for i in todo], override_num_blocks=len(todo))
-    labelled = dataset.map_batches(_LabelBatch, fn_constructor_args=(cfg,), batch_size=1, concurrency=n,
+    labelled = dataset.map_batches(_LabelBatch, fn_constructor_args=(make_labeller, cfg), batch_size=1, concurrency=n,
                                    num_cpus=1, batch_format="numpy")
     for row in labelled.iter_rows():
         yield int(row["index"]), json.loads(row["part"])

@@ -36,11 +36,18 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm.auto import tqdm
 
 from wsseg_fast.io import atomic_torch_save
 from wsseg_fast.metrics import IGNORE_INDEX, SegmentationMeter
 from wsseg_fast.models.student import MultiHeadUNet, build_student
-from wsseg_fast.pipelines.label_maps import label_path, list_images, read_image, read_label, write_label
+from wsseg_fast.pipelines.label_maps import (
+    label_path,
+    list_images,
+    read_image,
+    read_label,
+    write_label,
+)
 
 CHECKPOINT_NAME = "last.pt"
 CHECKPOINT_FORMAT = "wsseg_fast.student/1"
@@ -53,42 +60,54 @@ STD = (0.229, 0.224, 0.225)
 class StudentConfig:
     images: str
     """Directory of training images."""
+
     sources: dict[str, str]
     """Head name -> directory of label maps (``{"pseudo": OUT/labels}``; multihead: several)."""
+
     out: str
     """Checkpoint directory; the checkpoint is ``out/last.pt``."""
+
     arch: str = "unet"
     gt_fraction: float | None = None
     """Multihead: keep the ``gt`` labels of only this fraction of the images (chosen by ``seed``)."""
+
     loss_weights: dict[str, float] = field(default_factory=dict)
     """Multihead: weight of each head's loss (default 1)."""
+
     final_fraction: float = 0.2
     """Multihead: the last ``final_fraction`` of the epochs train the primary head only."""
+
     class_balance: float = 0.0
     """Exponent a of class-balanced cross-entropy: class c weighs ``freq_c ** -a`` (freq from
     each head's own training labels, weights scaled so a pixel weighs 1 on average).
     0: plain cross-entropy; 0.5 keeps thin, rare classes (a rod) from being drowned by background."""
+
     num_classes: int | None = None
     """Classes including background; ``None``: 1 + the largest label found."""
+
     class_names: list[str] | None = None
     size: int = 128
     """Images and labels are resized to ``size`` x ``size`` for training."""
+
     widths: tuple[int, ...] = (16, 32, 64, 128)
     epochs: int = 20
     batch_size: int = 8
     """Per process."""
+
     lr: float = 1e-3
     weight_decay: float = 1e-4
     seed: int = 0
     workers: int = 0
     amp: str = "auto"
     """``auto`` (bf16/fp16 on CUDA, fp32 on CPU), ``bf16``, ``fp16`` or ``off``."""
+
     flip: bool = True
     device: str | None = None
     resume: bool = False
     progress: bool = True
     val_images: str | None = None
     """Optional held-out images, scored after every epoch (rank 0) against ``val_labels``."""
+
     val_labels: str | None = None
 
 
@@ -98,6 +117,7 @@ class StudentConfig:
 
 def _resize_image(image: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 ``[H, W, 3]`` -> normalised float ``[3, size, size]``."""
+
     x = image.permute(2, 0, 1)[None].float().div_(255)
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
     mean = torch.tensor(MEAN).view(3, 1, 1)
@@ -157,6 +177,7 @@ def _primary_head(heads: list[str]) -> str:
 def _gt_subset(stems: list[str], has_gt: list[bool], fraction: float, seed: int) -> list[str]:
     """``round(fraction * #images)`` (at least 1) of the images that have a gt
     label, chosen by a seeded permutation: the same subset on every rank and run."""
+
     candidates = [s for s, has in zip(stems, has_gt) if has]
     if not candidates:
         return []
@@ -167,6 +188,7 @@ def _gt_subset(stems: list[str], has_gt: list[bool], fraction: float, seed: int)
 
 def _training_table(config: StudentConfig):
     """Images, their label files per head, the gt subset, and the number of classes."""
+
     heads = list(config.sources)
     for name, directory in config.sources.items():
         if not Path(directory).is_dir():
@@ -212,6 +234,7 @@ def head_losses(logits: dict[str, torch.Tensor], targets: torch.Tensor, heads: l
     (weighted per class by ``class_weights[head]`` when given), averaged over the
     labelled pixels of the batch (0 when there are none, still part of the graph so
     DDP sees every parameter used)."""
+
     losses = {}
     for k, name in enumerate(heads):
         t = targets[:, k]
@@ -225,6 +248,7 @@ def head_losses(logits: dict[str, torch.Tensor], targets: torch.Tensor, heads: l
 def balanced_class_weights(dataset: "StudentDataset", heads: list[str], exponent: float) -> dict[str, torch.Tensor]:
     """Per head, ``freq_c ** -exponent`` over the pixels of its labels (absent classes count
     as one pixel), scaled so that the mean weight of a labelled pixel is 1."""
+
     counts = torch.zeros(len(heads), dataset.num_classes, dtype=torch.float64)
     for index in range(len(dataset)):
         _, targets = dataset[index]
@@ -353,8 +377,6 @@ def train_student(config: StudentConfig, on_epoch_end: Callable[[int, nn.Module,
 
 
 def _train(config: StudentConfig, ctx: _Dist, on_epoch_end) -> Path:
-    from tqdm.auto import tqdm
-
     device = _device(config, ctx)
     amp_dtype = autocast_dtype(config.amp, device)
     heads = list(config.sources)
@@ -467,6 +489,7 @@ def _train(config: StudentConfig, ctx: _Dist, on_epoch_end) -> Path:
 
 def _validate_epoch(model: nn.Module, meta: dict, images_dir: str, labels_dir: str) -> dict:
     """Pixel accuracy, mIoU, mACC and mDice of the images of ``images_dir`` that have a label map."""
+
     was_training = model.training
     model.eval()
     meter = SegmentationMeter(meta["num_classes"])
@@ -481,6 +504,7 @@ def _validate_epoch(model: nn.Module, meta: dict, images_dir: str, labels_dir: s
 
 def _plain(config: StudentConfig) -> dict:
     """The config as builtins only, so checkpoints load with ``weights_only=True``."""
+
     d = dataclasses.asdict(config)
     d["widths"] = list(d["widths"])
     return d
@@ -492,6 +516,7 @@ def _plain(config: StudentConfig) -> dict:
 
 def load_student(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """The network of a student checkpoint (in eval mode) and its metadata."""
+
     path = Path(checkpoint)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
@@ -511,6 +536,7 @@ def load_student(checkpoint: str | os.PathLike, device: str | torch.device = "cp
 def predict_logits(model: nn.Module, meta: dict, images: list[torch.Tensor]) -> list[torch.Tensor]:
     """uint8 ``[H, W, 3]`` images (any sizes) -> ``[C, H, W]`` logits of each,
     computed at the training size and resized back bilinearly."""
+
     device = next(model.parameters()).device
     x = torch.stack([_resize_image(im, meta["size"]) for im in images]).to(device)
     logits = model.predict(x) if isinstance(model, MultiHeadUNet) else model(x)
@@ -522,7 +548,6 @@ def predict(checkpoint: str | os.PathLike, images_dir: str | os.PathLike, out_di
             batch_size: int = 8, device: str | None = None, progress: bool = True) -> list[Path]:
     """Label every image of ``images_dir``; writes ``out_dir/<stem>.png`` (palette
     PNG of class indices, the image's size) and returns the written paths."""
-    from tqdm.auto import tqdm
 
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")

@@ -15,7 +15,11 @@ from wsseg_fast.reference.logic import box_constraint_loss, pairwise_constraint_
 __all__ += ["box_constraint_loss", "logic", "pairwise_constraint_loss"]
 # --- SLIC superpixels and superpixel modulation (issue 5) ---
 from wsseg_fast.reference.slic import slic, slic_energy  # noqa: E402
-from wsseg_fast.reference.superpixel import activation_modulation, ssc_alignment_loss, superpixel_pool  # noqa: E402
+from wsseg_fast.reference.superpixel import (  # noqa: E402
+    activation_modulation,
+    ssc_alignment_loss,
+    superpixel_pool,
+)
 
 __all__ += ["activation_modulation", "slic", "slic_energy", "ssc_alignment_loss", "superpixel_pool"]
 # --- sparse affinity random walk (issue 4) ---

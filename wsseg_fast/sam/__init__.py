@@ -2,7 +2,13 @@
 checkpoints, the image encoder on several backends, and prompting many objects
 of one image in one batched decoder call from a (cached) embedding."""
 
-from wsseg_fast.sam.encoder import BACKENDS, EncoderBackendError, ImageEncoderRunner, export_onnx, export_tensorrt
+from wsseg_fast.sam.encoder import (
+    BACKENDS,
+    EncoderBackendError,
+    ImageEncoderRunner,
+    export_onnx,
+    export_tensorrt,
+)
 from wsseg_fast.sam.engine import SamEngine
 from wsseg_fast.sam.model import (
     MODEL_CONFIGS,
@@ -11,7 +17,12 @@ from wsseg_fast.sam.model import (
     build_sam,
     load_finetuned,
 )
-from wsseg_fast.sam.prompting import Embedding, MaskPrediction, predict_masks, preprocess
+from wsseg_fast.sam.prompting import (
+    Embedding,
+    MaskPrediction,
+    predict_masks,
+    preprocess,
+)
 
 __all__ = [
     "BACKENDS", "MODEL_CONFIGS", "CheckpointError", "Embedding", "EncoderBackendError", "ImageEncoderRunner",

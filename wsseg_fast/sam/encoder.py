@@ -56,7 +56,7 @@ def export_onnx(encoder: torch.nn.Module, out: str | os.PathLike, *, opset: int 
 
 def export_tensorrt(onnx_path: str | os.PathLike, out: str | os.PathLike, *, fp16: bool = False, max_batch: int = 8) -> str:
     """Build a serialized TensorRT engine from an ONNX encoder file."""
-    trt = _import_tensorrt()
+    trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
@@ -79,7 +79,7 @@ def export_tensorrt(onnx_path: str | os.PathLike, out: str | os.PathLike, *, fp1
     return os.fspath(out)
 
 
-def _import_tensorrt():
+def import_tensorrt():
     try:
         import tensorrt as trt
     except ImportError:
@@ -123,7 +123,7 @@ class ImageEncoderRunner:
                 model_file = export_onnx(encoder, os.path.join(export_dir, "image_encoder.onnx"))
             self._session = self._ort_session(model_file)
         else:
-            trt = _import_tensorrt()
+            trt = import_tensorrt()
             if model_file is None:
                 raise EncoderBackendError("the tensorrt backend needs an engine: wsseg-fast export-encoder --format tensorrt")
             runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))

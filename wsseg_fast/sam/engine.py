@@ -14,10 +14,28 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from wsseg_fast.sam.encoder import BACKENDS, EncoderBackendError, ImageEncoderRunner
-from wsseg_fast.sam.model import (MODEL_CONFIGS, build_image_encoder, build_sam, finetuned_has_encoder, load_finetuned,
-                                  weights_id)
-from wsseg_fast.sam.prompting import PREPROCESSING_ID, Embedding, MaskPrediction, predict_masks, preprocess
+from wsseg_fast.cache import STORAGE_DTYPES, pixels_digest
+from wsseg_fast.sam.encoder import (
+    BACKENDS,
+    EncoderBackendError,
+    ImageEncoderRunner,
+    export_onnx,
+)
+from wsseg_fast.sam.model import (
+    MODEL_CONFIGS,
+    build_image_encoder,
+    build_sam,
+    finetuned_has_encoder,
+    load_finetuned,
+    weights_id,
+)
+from wsseg_fast.sam.prompting import (
+    PREPROCESSING_ID,
+    Embedding,
+    MaskPrediction,
+    predict_masks,
+    preprocess,
+)
 
 
 @dataclass
@@ -88,8 +106,6 @@ class SamEngine:
 
     def _export_into_cache(self) -> str:
         """Export the ONNX encoder once per encoder identity, beside the embeddings."""
-        from wsseg_fast.sam.encoder import export_onnx
-
         tag = hashlib.blake2b(json.dumps(self.identity, sort_keys=True).encode(), digest_size=10).hexdigest()
         path = os.path.join(self.cache.root, "encoders", f"{self.model}-{tag}.onnx")
         if not os.path.exists(path):
@@ -99,7 +115,6 @@ class SamEngine:
     def embed(self, images: list[np.ndarray], batch_size: int = 1, keys: list[str | None] | None = None) -> list[Embedding]:
         """Embeddings of RGB ``uint8`` images: cached ones read (verified), the others encoded
         in batches of ``batch_size`` and stored."""
-        from wsseg_fast.cache import STORAGE_DTYPES, pixels_digest
 
         if keys is None:
             keys = [self.cache.key(pixels_digest(im), self.identity) if self.cache is not None else None for im in images]

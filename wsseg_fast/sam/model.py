@@ -11,7 +11,6 @@ meaningless masks: real pseudo-labels need a real checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import os
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from wsseg_fast.io import file_digest
@@ -127,13 +127,12 @@ def _instantiate(make, state: dict | None, what: str, source: str | None) -> nn.
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A checkpoint's state dict (``torch.save`` file or ``.safetensors``), memory-mapped,
     with a :class:`CheckpointError` naming the file when it cannot be read."""
+
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
             state = load_file(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -153,6 +152,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def load_into(module: nn.Module, state: dict[str, torch.Tensor], what: str, source: str) -> None:
     """``module.load_state_dict(state)`` with one readable :class:`CheckpointError` for
     missing/unexpected keys and shape mismatches (e.g. a vit_l file given for vit_b)."""
+
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -186,6 +186,7 @@ def build_sam(model: str, checkpoint: str | os.PathLike | None = None, *, with_e
             (a placeholder keeps ``img_size``), for runs served from the cache;
             :func:`build_image_encoder` builds it when needed.
     """
+
     cfg = _check_model(model)
     state = None
     if checkpoint is not None:
@@ -200,6 +201,7 @@ def build_sam(model: str, checkpoint: str | os.PathLike | None = None, *, with_e
 def build_image_encoder(model: str, checkpoint: str | os.PathLike | None = None) -> nn.Module:
     """Only SAM's image encoder (``ImageEncoderViT``), with the same weights as
     ``build_sam(model, checkpoint).image_encoder``."""
+
     cfg = _check_model(model)
     state = None
     if checkpoint is not None:
@@ -213,6 +215,7 @@ def load_finetuned(sam: nn.Module, checkpoint: str | os.PathLike) -> None:
     dict, or ``mask_decoder.*`` / ``prompt_encoder.*`` entries (what ``wsseg-fast finetune``
     writes). Weights with ``image_encoder.*`` entries are a whole model: pass them as the
     checkpoint instead (see :func:`finetuned_has_encoder`)."""
+
     state = load_state_dict_file(checkpoint)
     parts = {name: {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
              for name in ("mask_decoder", "prompt_encoder")}

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+from wsseg_fast.cache import Embedding
 from wsseg_fast.sam.model import PIXEL_MEAN, PIXEL_STD
 
 # Part of every cache key: change it whenever preprocess() changes.
@@ -24,7 +26,6 @@ def input_size(original_size: tuple[int, int], img_size: int) -> tuple[int, int]
 def preprocess(image: np.ndarray, img_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """An RGB ``uint8`` ``[H, W, 3]`` image -> the encoder's ``[3, S, S]`` float32 input
     (resized as SAM's predictor does, normalised, zero-padded) and the resized ``(h, w)``."""
-    from PIL import Image
 
     if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
         raise TypeError(f"preprocess: image must be a uint8 [H, W, 3] RGB array, got "
@@ -34,16 +35,6 @@ def preprocess(image: np.ndarray, img_size: int) -> tuple[torch.Tensor, tuple[in
     x = torch.from_numpy(resized.copy()).permute(2, 0, 1).float()
     x = (x - torch.tensor(PIXEL_MEAN).view(3, 1, 1)) / torch.tensor(PIXEL_STD).view(3, 1, 1)
     return F.pad(x, (0, img_size - w, 0, img_size - h)), (h, w)
-
-
-@dataclass
-class Embedding:
-    """One image's SAM embedding ``[256, g, g]`` (as stored: fp16 or fp32) with the
-    sizes needed to map prompts in and masks out."""
-
-    tensor: torch.Tensor
-    original_size: tuple[int, int]
-    input_size: tuple[int, int]
 
 
 @dataclass
@@ -94,6 +85,7 @@ def predict_masks(
     Gradients flow to the decoder's parameters (no ``no_grad`` here): callers that
     only infer wrap the call in ``torch.inference_mode()``.
     """
+
     img_size = sam.prompt_encoder.input_image_size[0]
     if isinstance(embedding, Embedding):
         emb, original, resized = embedding.tensor, tuple(embedding.original_size), tuple(embedding.input_size)

@@ -21,13 +21,13 @@ import math
 import torch
 
 from wsseg_fast import reference
-from wsseg_fast.ops._backend import TRITON_PROBLEM, OpSpec, choose
+from wsseg_fast.ops._backend import TRITON_RUNNABLE, OpSpec, choose
 from wsseg_fast.ops.neighbors import disc_offsets
 from wsseg_fast.reference.affinity import transition
 
-if TRITON_PROBLEM is None:
+if TRITON_RUNNABLE:
     from wsseg_fast.kernels import random_walk as _triton
-else:  # pragma: no cover - triton missing
+else:  # pragma: no cover - Triton cannot run here (see TRITON_RUNNABLE)
     _triton = None
 
 SPEC = OpSpec(

@@ -1,0 +1,214 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from wsseg_fast.cache import EmbeddingCache
+from wsseg_fast.cli import main
+from wsseg_fast.data import CocoWeakDataset, make_demo
+from wsseg_fast.matching import HungarianMatcher, PromptSetCriterion
+from wsseg_fast.models.prompter import QueryPrompter
+from wsseg_fast.pipelines.prompter import (
+    PrompterConfig,
+    PrompterError,
+    decode_prompts,
+    load_prompter,
+    predict_semantic,
+    prompter_instances,
+    teacher_prompts,
+    train_prompter,
+    train_step,
+)
+from wsseg_fast.sam.engine import SamEngine
+from wsseg_fast.sam.model import build_sam
+from wsseg_fast.sam.prompting import Embedding, predict_masks
+
+SMALL = dict(embed_size=16, d_model=32, nhead=4, dim_feedforward=64, num_encoder_layers=1, num_decoder_layers=1,
+             dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def sam():
+    return build_sam("tiny", with_encoder=False).eval()
+
+
+def _data(sam, n=4):
+    g = torch.Generator().manual_seed(1)
+    embs = torch.randn(n, 256, 16, 16, generator=g)
+    targets, boxes = [], []
+    for i in range(n):
+        k = 1 + i % 3
+        xy = torch.randint(0, 120, (k, 2), generator=g).float()
+        wh = torch.randint(40, 120, (k, 2), generator=g).float()
+        b = torch.cat([xy, xy + wh], 1)
+        boxes.append(b)
+        targets.append({"labels": torch.arange(k) % 2, "prompts": teacher_prompts(sam, b, (256, 256), (256, 256))})
+    return embs, targets, boxes
+
+
+def test_teacher_prompts_are_sams_box_tokens(sam):
+    b = torch.tensor([[10.0, 20.0, 100.0, 90.0]])
+    tok = teacher_prompts(sam, b * 2, (512, 512), (256, 256))  # original frame twice the input frame
+    sparse, _ = sam.prompt_encoder(points=None, boxes=b, masks=None)
+    assert tok.shape == (1, 2, 256)
+    torch.testing.assert_close(tok, sparse)
+    with pytest.raises(ValueError, match=r"boxes must be \[N, 4\]"):
+        teacher_prompts(sam, torch.zeros(3), (256, 256), (256, 256))
+
+
+def test_decode_prompts_matches_box_prompting(sam):
+    emb = Embedding(torch.randn(256, 16, 16), (200, 256), (200, 256))
+    b = torch.tensor([[10.0, 20.0, 100.0, 90.0], [50.0, 60.0, 200.0, 190.0]])
+    with torch.no_grad():
+        ours = decode_prompts(sam, emb, teacher_prompts(sam, b, (200, 256), (200, 256)))
+        ref = predict_masks(sam, emb, boxes=b)
+    torch.testing.assert_close(ours.logits, ref.logits)
+    torch.testing.assert_close(ours.scores, ref.scores)
+
+
+def test_step_uses_one_batched_matcher_call(sam, monkeypatch):
+    embs, targets, _ = _data(sam)
+    torch.manual_seed(0)
+    model = QueryPrompter(2, num_queries=5, **SMALL)
+    matcher = HungarianMatcher()
+    calls = []
+    real = matcher.match
+    monkeypatch.setattr(matcher, "match", lambda o, t: calls.append(len(t)) or real(o, t))
+    crit = PromptSetCriterion(2, matcher)
+    losses = train_step(model, crit, torch.optim.Adam(model.parameters(), 1e-4), embs, targets)
+    assert calls == [4]
+    assert set(losses) == {"loss", "loss_cls", "loss_reg"} and losses["loss"] > 0
+
+
+def test_overfit_four_images(sam):
+    embs, targets, _ = _data(sam)
+    torch.manual_seed(0)
+    model = QueryPrompter(2, num_queries=5, **SMALL)
+    crit = PromptSetCriterion(2)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    first = train_step(model, crit, opt, embs, targets)["loss"]
+    for _ in range(300):
+        last = train_step(model, crit, opt, embs, targets)["loss"]
+    assert last < 0.05 * first
+    model.eval()
+    with torch.no_grad():
+        out = model(embs)
+        assignment = crit.matcher.match(out, targets)
+        for i in range(4):
+            q = assignment[i]
+            mine = decode_prompts(sam, embs[i], out["pred_prompts"][i][q >= 0]).masks
+            teacher = decode_prompts(sam, embs[i], targets[i]["prompts"][q[q >= 0]]).masks
+            assert (mine == teacher).float().mean() > 0.98
+            assert torch.equal(out["pred_logits"][i][q >= 0].argmax(-1), targets[i]["labels"][q[q >= 0]])
+            assert (out["pred_logits"][i][q < 0].argmax(-1) == 2).all()
+
+
+def test_inference_resolves_overlaps_by_class_prob_iou_and_confidence(sam):
+    torch.manual_seed(0)
+    model = QueryPrompter(3, num_queries=8, **SMALL).eval()
+    emb = Embedding(torch.randn(256, 16, 16), (100, 120), (213, 256))
+    inst = prompter_instances(model, sam, emb, threshold=0.0)
+    with torch.no_grad():
+        out = model(emb.tensor[None])
+        prob = out["pred_logits"][0].softmax(-1)
+        conf, cls = prob.max(-1)
+        keep = cls < 3
+        pred = decode_prompts(sam, emb, out["pred_prompts"][0][keep])
+    assert len(inst.masks) == int(keep.sum()) >= 2
+    np.testing.assert_array_equal(inst.classes, (cls[keep] + 1).numpy())
+    np.testing.assert_allclose(inst.scores, (conf[keep] * pred.scores[:, 0]).numpy(), rtol=1e-6)
+    # each pixel: among the masks covering it, the highest class prob x IoU x sigmoid(logit)
+    logits = pred.logits[:, 0]
+    rank = (conf[keep] * pred.scores[:, 0])[:, None, None] * torch.sigmoid(logits)
+    rank = torch.where(logits > 0, rank, -1.0)
+    best, index = rank.max(0)
+    expected = torch.where(best >= 0, (cls[keep] + 1)[index], 0)
+    semantic = predict_semantic(model, sam, emb, threshold=0.0)
+    assert semantic.shape == (100, 120)
+    np.testing.assert_array_equal(semantic, expected.numpy())
+    assert (expected > 0).any() and len(np.unique(semantic)) >= 2  # overlaps were really decided
+
+
+def test_predict_semantic_no_queries_kept_is_background(sam):
+    torch.manual_seed(0)
+    model = QueryPrompter(2, num_queries=5, **SMALL).eval()
+    emb = Embedding(torch.randn(256, 16, 16), (100, 120), (213, 256))
+    assert (predict_semantic(model, sam, emb, threshold=1.01) == 0).all()
+    with pytest.raises(ValueError, match="embeddings must be"):
+        predict_semantic(model, sam, Embedding(torch.randn(256, 8, 8), (100, 120), (213, 256)))
+
+
+# --- training on a generated demo dataset (tiny SAM, random weights) ---------------------------------------
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("prompterdemo")
+    make_demo(out, images=3, seed=5)
+    return out
+
+
+def _cfg(demo, out, **kw):
+    base = dict(coco=str(demo / "annotations.json"), out=str(out), model="tiny", epochs=1, batch_size=2, lr=1e-3,
+                num_queries=6, d_model=32, nhead=4, dim_feedforward=64, num_encoder_layers=1, num_decoder_layers=1,
+                threads=1)
+    return PrompterConfig(**{**base, **kw})
+
+
+def test_training_resumes_bit_exact_is_deterministic_and_shares_the_cache(demo, tmp_path):
+    cache = tmp_path / "cache"
+    whole = train_prompter(_cfg(demo, tmp_path / "whole", epochs=2, cache=str(cache)), progress=False)
+    log = [json.loads(line) for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2] and all(r["loss"] > 0 for r in log)
+    entries = sorted(p for p in cache.rglob("*") if p.is_file())
+    assert entries  # the embeddings went into the shared cache ...
+    engine = SamEngine("tiny", cache=EmbeddingCache(str(cache)))
+    dataset = CocoWeakDataset(str(demo / "annotations.json"))
+    engine.embed([dataset.load_image(r) for r in dataset.images])
+    assert engine.stats.encoded == 0  # ... under the keys the other jobs use
+    _, meta = load_prompter(whole, model="tiny", num_classes=dataset.num_classes - 1)
+    assert meta["class_names"] == dataset.class_names
+    # dropout is on (0.1): the RNG state must be resumed too
+    train_prompter(_cfg(demo, tmp_path / "split", epochs=1, cache=str(cache)), progress=False)
+    split = train_prompter(_cfg(demo, tmp_path / "split", epochs=2, cache=str(cache)), progress=False)
+    a, b = torch.load(whole, weights_only=True)["prompter"], torch.load(split, weights_only=True)["prompter"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(PrompterError, match="other settings"):
+        train_prompter(_cfg(demo, tmp_path / "split", epochs=3, lr=5e-4), progress=False)
+
+
+def test_bad_inputs(demo, tmp_path):
+    with pytest.raises(PrompterError, match="batch_size must be >= 1"):
+        train_prompter(_cfg(demo, tmp_path / "a", batch_size=0), progress=False)
+    ckpt = train_prompter(_cfg(demo, tmp_path / "b"), progress=False)
+    with pytest.raises(PrompterError, match="trained on SAM 'tiny' embeddings, not 'vit_b'"):
+        load_prompter(ckpt, model="vit_b")
+    with pytest.raises(PrompterError, match="predicts 6 classes, the dataset has 3"):
+        load_prompter(ckpt, num_classes=3)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(PrompterError, match="cannot be read"):
+        load_prompter(tmp_path / "junk.pt")
+    # a dataset without boxes
+    spec = json.loads((demo / "annotations.json").read_text())
+    for a in spec["annotations"]:
+        a.pop("bbox", None)
+    (demo / "nobox.json").write_text(json.dumps(spec))
+    with pytest.raises((PrompterError, ValueError), match="box"):
+        train_prompter(_cfg(demo, tmp_path / "c", coco=str(demo / "nobox.json")), progress=False)
+
+
+def test_cli_train_prompter_then_prompt_free_pseudo_labels(demo, tmp_path, capsys):
+    args = ["train-prompter", "--coco", str(demo / "annotations.json"), "--model", "tiny", "--epochs", "1",
+            "--queries", "6", "--d-model", "32", "--heads", "4", "--ffn", "64", "--encoder-layers", "1",
+            "--decoder-layers", "1", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "p"), "--quiet",
+            "--threads", "1"]
+    assert main(args) == 0
+    assert (tmp_path / "p" / "prompter.pt").exists() and (tmp_path / "p" / "config.yaml").exists()
+    assert main(["pseudo-label", "--coco", str(demo / "annotations.json"), "--method", "prompter", "--model", "tiny",
+                 "--method-option", f"checkpoint={tmp_path / 'p' / 'prompter.pt'}", "--method-option", "threshold=0.99",
+                 "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "pl"), "--quiet"]) == 0
+    assert len(list((tmp_path / "pl" / "labels").glob("*.png"))) == 3
+    assert "mIoU" in capsys.readouterr().out
+    assert main(["train-prompter", "--coco", str(demo / "annotations.json"), "--out", str(tmp_path / "q"),
+                 "--batch-size", "0", "--quiet"]) == 2
+    assert "batch_size must be >= 1" in capsys.readouterr().err

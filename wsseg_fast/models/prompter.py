@@ -1,0 +1,102 @@
+"""WPS-SAM's query prompter: a SAM image embedding -> Q queries, each a class
+(C classes + "no object") and K prompt tokens for SAM's mask decoder.
+
+Embedding ``[B, 256, g, g]`` -> 2x [3x3 conv stride 2, LayerNorm2d, GELU] ->
+DETR-style encoder/decoder transformer with a learned positional embedding ->
+``num_queries`` learned queries -> ``Linear(d, C+1)`` class head and a 3-layer
+MLP giving ``num_tokens`` prompt tokens of ``prompt_dim`` per query. Defaults
+are the paper's (d=256, 8 heads, FFN 1024, 6+6 layers, 25 queries, 2 tokens).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channels of a ``[B, C, H, W]`` map (as SAM's neck)."""
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class QueryPrompter(nn.Module):
+    """Prompt-free prompter over cached SAM embeddings.
+
+    Args:
+        num_classes: C foreground classes (the class head has C+1 outputs, the last "no object").
+        embed_dim: channels of the SAM embedding (256 for every SAM variant).
+        embed_size: side g of the embedding grid (64 for vit_b/l/h, 16 for ``tiny``).
+        d_model, nhead, dim_feedforward, num_encoder_layers, num_decoder_layers: the transformer.
+        num_queries: Q learned queries.
+        num_tokens, prompt_dim: K prompt tokens of width D per query (SAM: 2 box-corner tokens of 256).
+        dropout: transformer dropout.
+
+    ``forward(embeddings)`` returns ``{"pred_logits": [B, Q, C+1], "pred_prompts": [B, Q, K, D]}``,
+    the format :class:`wsseg_fast.matching.PromptSetCriterion` takes.
+    """
+
+    def __init__(self, num_classes: int, *, embed_dim: int = 256, embed_size: int = 64, d_model: int = 256,
+                 nhead: int = 8, dim_feedforward: int = 1024, num_encoder_layers: int = 6,
+                 num_decoder_layers: int = 6, num_queries: int = 25, num_tokens: int = 2,
+                 prompt_dim: int = 256, dropout: float = 0.1):
+        super().__init__()
+        for name, value, low in (("num_classes", num_classes, 1), ("embed_dim", embed_dim, 1),
+                                 ("embed_size", embed_size, 4), ("num_queries", num_queries, 1),
+                                 ("num_tokens", num_tokens, 1), ("prompt_dim", prompt_dim, 1)):
+            if int(value) < low:
+                raise ValueError(f"QueryPrompter: {name} must be >= {low}, got {value}")
+        if d_model % nhead:
+            raise ValueError(f"QueryPrompter: d_model ({d_model}) must be divisible by nhead ({nhead})")
+        self.num_classes, self.embed_dim, self.embed_size = num_classes, embed_dim, embed_size
+        self.num_queries, self.num_tokens, self.prompt_dim = num_queries, num_tokens, prompt_dim
+        self.downsample = nn.Sequential(
+            nn.Conv2d(embed_dim, d_model, 3, stride=2, padding=1), LayerNorm2d(d_model), nn.GELU(),
+            nn.Conv2d(d_model, d_model, 3, stride=2, padding=1), LayerNorm2d(d_model), nn.GELU(),
+        )
+        side = (((embed_size + 1) // 2) + 1) // 2
+        self.pos_embed = nn.Parameter(torch.randn(1, side * side, d_model) * 0.02)
+        self.query_embed = nn.Parameter(torch.randn(1, num_queries, d_model) * 0.02)
+        self.transformer = nn.Transformer(
+            d_model=d_model, nhead=nhead, num_encoder_layers=num_encoder_layers,
+            num_decoder_layers=num_decoder_layers, dim_feedforward=dim_feedforward, dropout=dropout,
+            batch_first=True,
+        )
+        self.class_head = nn.Linear(d_model, num_classes + 1)
+        self.prompt_head = nn.Sequential(
+            nn.Linear(d_model, d_model), nn.ReLU(), nn.Linear(d_model, d_model), nn.ReLU(),
+            nn.Linear(d_model, num_tokens * prompt_dim),
+        )
+
+    def config(self) -> dict:
+        """The constructor arguments (stored in checkpoints to rebuild and check the model)."""
+        t = self.transformer
+        layer = t.encoder.layers[0] if len(t.encoder.layers) else t.decoder.layers[0]
+        return {"num_classes": self.num_classes, "embed_dim": self.embed_dim, "embed_size": self.embed_size,
+                "d_model": self.pos_embed.shape[-1], "nhead": layer.self_attn.num_heads,
+                "dim_feedforward": layer.linear1.out_features, "num_encoder_layers": len(t.encoder.layers),
+                "num_decoder_layers": len(t.decoder.layers), "num_queries": self.num_queries,
+                "num_tokens": self.num_tokens, "prompt_dim": self.prompt_dim, "dropout": layer.dropout.p}
+
+    def forward(self, embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
+        expected = (self.embed_dim, self.embed_size, self.embed_size)
+        if embeddings.dim() != 4 or tuple(embeddings.shape[1:]) != expected:
+            raise ValueError(f"QueryPrompter: embeddings must be [B, {expected[0]}, {expected[1]}, {expected[2]}] "
+                             f"(the SAM variant it was built for), got {tuple(embeddings.shape)}")
+        param = self.pos_embed
+        x = self.downsample(embeddings.to(device=param.device, dtype=param.dtype))
+        src = x.flatten(2).transpose(1, 2) + self.pos_embed
+        tgt = self.query_embed.expand(x.shape[0], -1, -1)
+        hs = self.transformer(src, tgt)
+        logits = self.class_head(hs)
+        prompts = self.prompt_head(hs).view(x.shape[0], self.num_queries, self.num_tokens, self.prompt_dim)
+        return {"pred_logits": logits, "pred_prompts": prompts}
