@@ -45,13 +45,22 @@ ROWS = {
     "+ a second round (colours refit to the mask)": ("logic-refine", {"rounds": 2}, None),
     "+ pairwise colour prior": ("logic-refine", {"pairwise_weight": 1.0}, None),
     "+ superpixels (400)": ("logic-refine", {"superpixels": 400}, None),
+    # class priors: the option holds the YAML text here; the run writes it to a file
+    "+ one class per pixel": ("logic-refine", {"priors": "one_class_per_pixel: true\n"}, None),
+    "+ things exclude each other": ("logic-refine", {"priors": "excludes: THINGS\n"}, None),
 }
 
 
 def run_row(data: Path, out: Path, name: str, method: str, options: dict, refine: str | None) -> dict:
-    pairs = [f"{k}={v}" for k, v in options.items()]
     row_out = out / "".join(c if c.isalnum() else "_" for c in name)
     shutil.rmtree(row_out, ignore_errors=True)  # time a fresh run, never a resumed one
+    run_options = dict(options)
+    if "priors" in options:  # the YAML text -> a file; THINGS = every pair of the dataset's classes
+        names = [c["name"] for c in json.loads((data / "annotations.json").read_text())["categories"]]
+        pairs = [[a, b] for i, a in enumerate(names) for b in names[i + 1:]]
+        run_options["priors"] = str(out / f"{row_out.name}.yaml")
+        atomic_write_text(run_options["priors"], options["priors"].replace("THINGS", json.dumps(pairs)))
+    pairs = [f"{k}={v}" for k, v in run_options.items()]
     cfg = JobConfig(coco=str(data / "annotations.json"), out=str(row_out),
                     images=str(data / "images"), method=method, options=parse_options(method, pairs), model="tiny",
                     cache=None, gt=str(data / "gt"), threads=1, refine=refine)

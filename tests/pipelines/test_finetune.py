@@ -7,7 +7,9 @@ import torch
 
 from wsseg_fast.cli import main
 from wsseg_fast.data import make_demo
-from wsseg_fast.pipelines.finetune import FinetuneConfig, FinetuneError, class_truths, finetune, load_priors
+from wsseg_fast.logic import class_truths
+from wsseg_fast.logic.priors import PriorsError, load_priors
+from wsseg_fast.pipelines.finetune import FinetuneConfig, FinetuneError, finetune
 from wsseg_fast.sam.engine import SamEngine
 from wsseg_fast.sam.model import load_state_dict_file
 
@@ -50,9 +52,9 @@ def test_priors_file(tmp_path):
                         ("contains: [cup", "not valid YAML"), ("- 1", "mapping"),
                         ("box_size: [0.9, 0.2]", "box_size")]:
         path.write_text(text)
-        with pytest.raises(FinetuneError, match=match):
+        with pytest.raises(PriorsError, match=match):
             load_priors(path, NAMES)
-    with pytest.raises(FinetuneError, match="cannot read"):
+    with pytest.raises(PriorsError, match="cannot read"):
         load_priors(tmp_path / "missing.yaml", NAMES)
 
 

@@ -14,8 +14,11 @@ from wsseg_fast.data import make_demo
 from wsseg_fast.data.labels import write_label_png
 from wsseg_fast.data.weak import make_weak_from_layout
 from wsseg_fast.pipelines.classic import crf_refine
-from wsseg_fast.pipelines.logic_refine import OPTIONS, refine
-from wsseg_fast.pipelines.methods import METHODS, MethodInput, parse_options, resolve
+import torch
+
+from wsseg_fast.logic import class_truths
+from wsseg_fast.pipelines.logic_refine import OPTIONS, _Coupling, refine
+from wsseg_fast.pipelines.methods import METHODS, MethodError, MethodInput, parse_options, resolve
 from wsseg_fast.pipelines.pseudo_label import JobConfig, JobError, run_pseudo_label
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -82,6 +85,87 @@ def test_bad_option():
     image, _, ann = toy()
     with pytest.raises(ValueError, match="object_colour"):
         run_method("logic-refine", image, ann, object_colour="sky")
+
+
+def nested(seed: int = 0):
+    """A blue disc-square with a red cup-square inside; the disc's scribble and the cup's point."""
+    rng = np.random.default_rng(seed)
+    image = np.clip(120 + 10 * rng.standard_normal((64, 64, 3)), 0, 255)
+    image[12:52, 12:52] = np.clip([40, 60, 200] + 10 * rng.standard_normal((40, 40, 3)), 0, 255)
+    image[26:38, 26:38] = np.clip([210, 40, 40] + 10 * rng.standard_normal((12, 12, 3)), 0, 255)
+    boxes = np.array([[12, 12, 52, 52], [26, 26, 38, 38]], np.float32)
+    anns = [{"bbox": [12, 12, 40, 40], "category_id": 1, "scribbles": [[[15, 15], [15, 48], [48, 48]]]},
+            {"bbox": [26, 26, 12, 12], "category_id": 2, "points": [[32, 32]]}]
+    return image.astype(np.uint8), boxes, anns
+
+
+def refine_nested(tmp_path, rules: str, **options):
+    image, boxes, anns = nested()
+    if rules:
+        (tmp_path / "priors.yaml").write_text(rules)
+        options["priors"] = str(tmp_path / "priors.yaml")
+    logits = refine(image, boxes, anns, {**OPTIONS, **options}, classes=np.array([1, 2]),
+                    class_names=("background", "disc", "cup"))
+    p = 1 / (1 + np.exp(-logits))
+    return p[0, 26:38, 26:38].mean(), p[1, 26:38, 26:38].mean()  # the disc and the cup over the cup
+
+
+def test_class_priors_couple_the_instances(tmp_path):
+    disc, cup = refine_nested(tmp_path, "")
+    assert disc > 0.9 and cup > 0.9  # alone, the disc's box covers the cup
+    disc_x, cup_x = refine_nested(tmp_path, "excludes: [[cup, disc]]\n")
+    assert disc_x < 0.5 and cup_x > 0.9  # never both: the bigger box gives way
+    disc_1, _ = refine_nested(tmp_path, "one_class_per_pixel: true\n")
+    assert disc_1 < 0.5
+    disc_s, _ = refine_nested(tmp_path, "", object_colour="seeds")  # the disc's colours from its blue scribble
+    disc_c, cup_c = refine_nested(tmp_path, "contains: [[cup, disc]]\n", object_colour="seeds")
+    assert disc_s < 0.1 and disc_c > disc_s + 0.15 and cup_c > 0.9  # cup -> disc fills the disc's hole
+    assert refine_nested(tmp_path, "excludes: [[cup, disc]]\n", prior_weight=0.0)[0] == disc  # weight 0: off
+    assert refine_nested(tmp_path, "excludes: [[cup, disc]]\n", scale=0.5)[0] < 0.5  # scaled crops too
+
+
+def test_sparse_class_truths_match_the_dense_ones():
+    """The priors' loss on the boxes' pixels equals the knowledge base on class_truths of the pasted maps."""
+    torch.manual_seed(0)
+    h, w = 20, 24
+    bounds = [(2, 12, 3, 15), (6, 18, 10, 22), (0, 5, 0, 4)]
+    classes = torch.tensor([1, 2, 1])
+    names = ["background", "disc", "cup"]
+    rules = {"contains": [["cup", "disc"]], "one_class_per_pixel": True}
+    coupling = _Coupling((rules, classes, names), bounds, h, w)
+    sizes = [(y1 - y0, x1 - x0) for y0, y1, x0, x1 in bounds]
+    z = torch.randn(3, 1, 12, 12, dtype=torch.float64)
+    dense = torch.full((3, h, w), -60.0, dtype=torch.float64)
+    covered = torch.zeros(h, w, dtype=torch.bool)
+    for i, (y0, y1, x0, x1) in enumerate(bounds):
+        dense[i, y0:y1, x0:x1] = z[i, 0, : y1 - y0, : x1 - x0]
+        covered[y0:y1, x0:x1] = True
+    truths = class_truths(dense, classes, 3)[:, covered]
+    torch.testing.assert_close(coupling.loss(z, sizes), coupling.kb(truths[None, :, :, None])[0])
+
+
+def test_bad_class_priors(tmp_path):
+    for text, match in [("excludes: [[cup, lid]]", "pairs of"), ("containz: []", "unknown keys")]:
+        with pytest.raises(MethodError, match="--method-option priors: .*" + match):
+            refine_nested(tmp_path, text)
+    with pytest.raises(MethodError, match="cannot read"):
+        refine_nested(tmp_path, "", priors=str(tmp_path / "missing.yaml"))
+    image, boxes, anns = nested()
+    with pytest.raises(MethodError, match="class names"):
+        refine(image, boxes, anns, {**OPTIONS, "priors": str(tmp_path / "priors.yaml")})
+
+
+def test_class_priors_in_the_job(tmp_path):
+    make_demo(tmp_path / "demo", images=2, seed=4)
+    (tmp_path / "priors.yaml").write_text("contains: [[cup, disc]]\none_class_per_pixel: true\n")
+    cfg = JobConfig(coco=str(tmp_path / "demo/annotations.json"), out=str(tmp_path / "out"), method="logic-refine",
+                    options=parse_options("logic-refine", [f"priors={tmp_path / 'priors.yaml'}", "steps=5"]), threads=1)
+    assert run_pseudo_label(cfg, progress=False)["labelled"] == 2
+    (tmp_path / "bad.yaml").write_text("contains: [[cup, lid]]\n")
+    cfg.options = parse_options("logic-refine", [f"priors={tmp_path / 'bad.yaml'}"])
+    cfg.out = str(tmp_path / "out2")
+    with pytest.raises(MethodError, match="pairs of"):
+        run_pseudo_label(cfg, progress=False)
 
 
 def test_grabcut_finds_a_distinct_object():

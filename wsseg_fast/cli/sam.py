@@ -7,6 +7,7 @@ import tempfile
 
 from wsseg_fast.cli.common import UsageError, add_config, name_value, save_config
 from wsseg_fast.data import DataError
+from wsseg_fast.logic.priors import PriorsError
 from wsseg_fast.pipelines.finetune import (
     TRAINABLE,
     FinetuneConfig,
@@ -88,7 +89,7 @@ def run_finetune(args) -> int:
     save_config(args, args.out)
     try:
         path = finetune(cfg, progress=not args.quiet)
-    except (DataError, FinetuneError, CheckpointError) as exc:
+    except (DataError, FinetuneError, PriorsError, CheckpointError) as exc:
         raise UsageError(str(exc)) from None
     print(f"fine-tuned weights: {path} (use: wsseg-fast pseudo-label --method sbr --finetuned {path} ...)")
     return 0

@@ -13,6 +13,7 @@ from wsseg_fast.logic.operators import (
     and_luk,
     and_min,
     and_prod,
+    class_truths,
     equivalence,
     exists,
     forall,
@@ -52,7 +53,7 @@ def __getattr__(name):
 
 
 __all__ = [
-    "EPS", "Constraint", "KnowledgeBase", "and_luk", "and_min", "and_prod", "box_constraint_loss",
+    "EPS", "Constraint", "KnowledgeBase", "and_luk", "and_min", "and_prod", "box_constraint_loss", "class_truths",
     "compile_knowledge_base", "equivalence", "exists", "forall", "implies_godel", "implies_goguen",
     "implies_kleene_dienes", "implies_luk", "implies_reichenbach", "negation", "or_luk", "or_max",
     "or_prob_sum", "pairwise_constraint_loss", "pi_0", "pi_1", "pmean", "pmean_error", "sat_agg",

@@ -29,14 +29,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image
 from tqdm.auto import tqdm
 
 from wsseg_fast.cache import EmbeddingCache
 from wsseg_fast.data import CocoWeakDataset, ImageLoadError
 from wsseg_fast.io import append_jsonl, atomic_torch_save
-from wsseg_fast.logic import compile_knowledge_base
+from wsseg_fast.logic import class_truths, compile_knowledge_base
+from wsseg_fast.logic.priors import load_priors
 from wsseg_fast.sam.engine import SamEngine
 from wsseg_fast.sam.model import MODEL_CONFIGS, build_sam
 from wsseg_fast.sam.prompting import Embedding, predict_masks, preprocess
@@ -90,62 +90,6 @@ class FinetuneConfig:
     loss_scale: float = 0.5
     """The constraints are evaluated on the image scaled by this factor (masks, boxes,
     points and colours alike): 0.5 costs a quarter of full resolution."""
-
-
-PRIOR_KEYS = ("contains", "excludes", "one_class_per_pixel", "pairwise", "box_size")
-
-
-def load_priors(path: str | os.PathLike | None, class_names: list[str]) -> dict:
-    """The priors file, YAML (or JSON), classes by name::
-
-        contains: [[cup, disc]]        # every cup pixel is a disc pixel (a -> b)
-        excludes: [[rod, ring]]        # never both at one pixel
-        one_class_per_pixel: true
-        pairwise: true                 # neighbours of similar colour share a label (default on)
-        box_size: [0.2, 0.95]          # rho_lo |box| <= sum of p in the box <= rho_hi |box|
-
-    ``None``: no priors but the pairwise colour prior."""
-    if path is None:
-        return {}
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise FinetuneError(f"--priors: cannot read {path}: {exc}") from None
-
-    try:
-        priors = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise FinetuneError(f"--priors: {path} is not valid YAML: {exc}") from None
-    if not isinstance(priors, dict):
-        raise FinetuneError(f"--priors: {path} must hold a mapping, got {type(priors).__name__}")
-    unknown = sorted(set(priors) - set(PRIOR_KEYS))
-    if unknown:
-        raise FinetuneError(f"--priors: unknown keys {unknown} in {path}; known: {', '.join(PRIOR_KEYS)}")
-    for key in ("contains", "excludes"):
-        pairs = priors.get(key) or []
-        if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 and all(c in class_names[1:] for c in p)
-                                                   for p in pairs):
-            raise FinetuneError(f"--priors: {key} must be a list of [class, class] pairs of {class_names[1:]}, got {pairs!r}")
-    size = priors.get("box_size")
-    if size is not None and not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, (int, float)) for v in size)
-                                 and 0 <= size[0] <= size[1] <= 1):
-        raise FinetuneError(f"--priors: box_size must be [rho_lo, rho_hi] with 0 <= rho_lo <= rho_hi <= 1, got {size!r}")
-    if priors.get("pairwise") is True:
-        priors["pairwise"] = {}
-    return priors
-
-
-def class_truths(instance_logits: torch.Tensor, classes: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """``[N, H, W]`` instance mask logits of one image, their ``[N]`` class indices (1..C-1)
-    -> ``[C, H, W]`` truth values: class c = any of its instances (product t-conorm,
-    ``1 - prod(1 - p)``), background (0) = no instance."""
-
-    miss = torch.nn.functional.logsigmoid(-instance_logits)  # log(1 - p), stable
-    miss_by_class = instance_logits.new_zeros((num_classes, *instance_logits.shape[1:]))
-    miss_by_class = miss_by_class.index_add(0, classes, miss)
-    truths = 1 - miss_by_class.exp()
-    truths[0] = miss.sum(0).exp()
-    return truths
 
 
 def _plain_config(cfg: FinetuneConfig) -> dict:

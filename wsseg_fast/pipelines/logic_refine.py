@@ -16,6 +16,10 @@ size and batched; nothing of an instance lies outside its box, so that is exact)
 - **pairwise** (optional, fused pairwise loss): neighbours of similar colour agree;
 - **superpixels** (optional): the evidence averaged over SLIC superpixels first;
 - **rounds** (optional): the object's colours refit to its mask, then optimised again;
+- **class priors** (optional, ``priors=FILE``, the YAML of ``finetune --priors``): ``contains``,
+  ``excludes`` and ``one_class_per_pixel`` couple the instances of an image — each step, the
+  classes' truths (the fuzzy OR of their instances) are formed on the pixels the boxes cover,
+  and the priors' knowledge base is added to the loss (``prior_weight``);
 - **SAM** (``sam-logic-refine``): SAM's box-prompted logits, clipped to ±``sam_clip``, join
   the evidence.
 
@@ -30,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from scipy.special import expit
 
+from wsseg_fast.logic import compile_knowledge_base
+from wsseg_fast.logic.priors import PriorsError, load_priors
 from wsseg_fast.ops.box_constraint import box_constraint_loss
 from wsseg_fast.ops.color import rgb_to_lab
 from wsseg_fast.ops.pairwise_constraint import pairwise_constraint_loss
@@ -38,6 +44,7 @@ from wsseg_fast.ops.superpixel import superpixel_pool
 from wsseg_fast.pipelines.methods import (
     COLOUR_CLIP,
     Instances,
+    MethodError,
     MethodInput,
     box_masks,
     box_pixels,
@@ -65,22 +72,44 @@ OPTIONS = {
     "border": 1.0,         # logit taken off at a box's edge, fading over ~2 px: objects touch their box at few places
     "keep_seeded": True,   # drop mask parts no seed touches
     "rounds": 1,           # rounds of refitting the object's colour model to its current mask
+    "priors": "",          # YAML of class priors (contains / excludes / one_class_per_pixel); "" = none
+    "prior_weight": 1.0,   # weight of the class priors' knowledge base
 }
+# What of a priors file logic-refine uses: the pairwise prior is `pairwise_weight`, and the
+# box prior (`prior`, `border`) stands in for `box_size`.
+CLASS_PRIORS = ("contains", "excludes", "one_class_per_pixel")
+
+
+def _class_priors(path: str, class_names: tuple[str, ...]) -> dict:
+    # Read per image (~1 ms): a cache keyed by path would miss edits to the file.
+    try:
+        priors = load_priors(path, list(class_names), what="--method-option priors")
+    except PriorsError as exc:
+        raise MethodError(str(exc)) from None
+    return {k: v for k, v in priors.items() if k in CLASS_PRIORS and v}
 
 
 def refine(image: np.ndarray, boxes: np.ndarray, annotations: list[dict], options: dict,
-           sam_logits: np.ndarray | None = None) -> np.ndarray:
-    """``[N, H, W]`` refined logits of the instances of one image (see the module docstring)."""
+           sam_logits: np.ndarray | None = None, classes: np.ndarray | None = None,
+           class_names: tuple[str, ...] = ()) -> np.ndarray:
+    """``[N, H, W]`` refined logits of the instances of one image (see the module docstring);
+    ``classes`` (1..C-1) and ``class_names`` (channel 0 the background) are needed by class priors."""
     if options["object_colour"] not in ("box", "seeds", "both"):
         raise ValueError(f"--method-option object_colour must be 'box', 'seeds' or 'both', got {options['object_colour']!r}")
     h, w = image.shape[:2]
     if len(boxes) == 0:
         return np.zeros((0, h, w), np.float32)
+    priors = None
+    if options["priors"] and options["prior_weight"]:
+        if classes is None or not class_names:
+            raise MethodError("--method-option priors: class priors need the instances' classes and the class names")
+        priors = (_class_priors(str(options["priors"]), tuple(class_names)), torch.as_tensor(classes, dtype=torch.long),
+                  list(class_names))
     inside_box = box_masks(boxes, h, w)
     masks = inside_box
     for _ in range(max(1, int(options["rounds"]))):  # later rounds refit the object's colours to its mask
         evidence = _evidence(image, boxes, annotations, masks, inside_box, options, sam_logits)
-        logits = _optimise(image, boxes, annotations, evidence, options)
+        logits = _optimise(image, boxes, annotations, evidence, options, priors)
         found = (logits > 0).reshape(len(logits), -1).any(1)
         masks = np.where(found[:, None, None], logits > 0, inside_box)
     if options["keep_seeded"]:
@@ -106,8 +135,9 @@ def _evidence(image, boxes, annotations, masks, inside_box, options, sam_logits)
     return evidence
 
 
-def _optimise(image, boxes, annotations, evidence, options) -> np.ndarray:
-    """Adam on each box's logits under the box, seed and pairwise constraints (see the module docstring)."""
+def _optimise(image, boxes, annotations, evidence, options, priors=None) -> np.ndarray:
+    """Adam on each box's logits under the box, seed and pairwise constraints, and the class
+    ``priors`` (``(priors dict, classes, class names)`` or None) (see the module docstring)."""
     h, w = image.shape[:2]
     n = len(boxes)
     rgb = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
@@ -142,6 +172,7 @@ def _optimise(image, boxes, annotations, evidence, options) -> np.ndarray:
     optimiser = torch.optim.Adam([z], lr=options["lr"])
     unary = torch.sigmoid(target)
     labels = torch.zeros(n, 1, dtype=torch.long)
+    coupling = _Coupling(priors, bounds, h, w) if priors is not None and priors[0] else None
     for _ in range(int(options["steps"])):
         p = torch.where(inside, torch.sigmoid(z), torch.zeros_like(z))  # nothing outside the box: exact
         loss = options["colour_weight"] * F.binary_cross_entropy(p[inside], unary[inside])
@@ -151,6 +182,8 @@ def _optimise(image, boxes, annotations, evidence, options) -> np.ndarray:
             loss = loss + options["pairwise_weight"] * pairwise_constraint_loss(p, lab=lab)
         if options["seed_weight"] and seeds.any():
             loss = loss + options["seed_weight"] * (1 - p[seeds]).mean()
+        if coupling is not None:
+            loss = loss + options["prior_weight"] * coupling.loss(z, sizes)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -162,6 +195,38 @@ def _optimise(image, boxes, annotations, evidence, options) -> np.ndarray:
                 back = F.interpolate(z[i : i + 1, :, :hc, :wc], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)
                 logits[i, y0:y1, x0:x1] = back[0, 0].numpy()
     return logits
+
+
+class _Coupling:
+    """The class priors over the pixels that some box covers (elsewhere every instance is 0 and
+    every prior holds). Each class's truth is the fuzzy OR of its instances, as
+    :func:`~wsseg_fast.logic.class_truths`, but summed sparsely: one ``index_add`` over the boxes'
+    pixels, not one full map per instance."""
+
+    def __init__(self, priors, bounds, h: int, w: int):
+        rules, classes, names = priors
+        covered = np.zeros((h, w), bool)
+        for y0, y1, x0, x1 in bounds:
+            covered[y0:y1, x0:x1] = True
+        pixel = np.full((h, w), -1, np.int64)
+        pixel[covered] = np.arange(int(covered.sum()))
+        self.pixels, self.num_classes, self.bounds = int(covered.sum()), len(names), bounds
+        # where each box's pixels land in the flat [C * P] class map
+        self.index = torch.from_numpy(np.concatenate(
+            [int(c) * self.pixels + pixel[y0:y1, x0:x1].ravel() for c, (y0, y1, x0, x1) in zip(classes.tolist(), bounds)]))
+        self.kb = compile_knowledge_base({"annotations": []}, len(names), (self.pixels, 1), priors=rules, class_names=names)
+
+    def loss(self, z: torch.Tensor, sizes) -> torch.Tensor:
+        crops = []
+        for i, ((y0, y1, x0, x1), (hc, wc)) in enumerate(zip(self.bounds, sizes)):
+            crop = z[i : i + 1, :, :hc, :wc]
+            if (hc, wc) != (y1 - y0, x1 - x0):  # scaled crops: back to the box's pixels
+                crop = F.interpolate(crop, size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)
+            crops.append(F.logsigmoid(-crop).reshape(-1))  # log(1 - p)
+        miss = z.new_zeros(self.num_classes * self.pixels).index_add(0, self.index, torch.cat(crops))
+        miss = miss.view(self.num_classes, self.pixels)
+        truths = torch.cat([miss.sum(0, keepdim=True).exp(), 1 - miss[1:].exp()])  # background: no instance
+        return self.kb(truths[None, :, :, None])[0]
 
 
 def _edge_falloff(height: int, width: int, hc: int, wc: int, fade: float = 2.0) -> torch.Tensor:
@@ -183,7 +248,8 @@ def _instances(ctx: MethodInput, logits: np.ndarray) -> Instances:
 @register_method("logic-refine", needs_sam=False, options=OPTIONS)
 def logic_refine(ctx: MethodInput) -> Instances:
     """Weight-free: each image's instance masks optimised under its own knowledge base (boxes, seeds, colour, pairwise)."""
-    return _instances(ctx, refine(ctx.image, ctx.boxes, ctx.annotations, ctx.options))
+    return _instances(ctx, refine(ctx.image, ctx.boxes, ctx.annotations, ctx.options, classes=ctx.classes,
+                                  class_names=ctx.class_names))
 
 
 @register_method("sam-logic-refine", needs_sam=True, options=OPTIONS)
@@ -191,4 +257,5 @@ def sam_logic_refine(ctx: MethodInput) -> Instances:
     """``logic-refine`` with SAM's box-prompted logits as one more term (--checkpoint, optionally --finetuned)."""
     prediction = ctx.engine.predict(ctx.embedding, boxes=ctx.boxes)
     sam_logits = prediction.logits[:, 0].float().cpu().numpy()
-    return _instances(ctx, refine(ctx.image, ctx.boxes, ctx.annotations, ctx.options, sam_logits))
+    return _instances(ctx, refine(ctx.image, ctx.boxes, ctx.annotations, ctx.options, sam_logits, ctx.classes,
+                                  ctx.class_names))

@@ -39,6 +39,7 @@ class MethodInput:
     options: dict
     engine: object = None        # SamEngine, for methods that need SAM
     embedding: object = None     # the image's Embedding, for methods that need SAM
+    class_names: tuple = ()      # the dataset's class names, channel 0 the background
 
 
 class MethodError(ValueError):

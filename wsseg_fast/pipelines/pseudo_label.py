@@ -128,7 +128,8 @@ class Labeller:
         anns = [a for a in record.annotations if "bbox" in a]
         if self.method.needs_sam and len(boxes) and embedding is None:
             embedding = self.engine.embed([image], batch_size=1)[0]
-        ctx = MethodInput(image, boxes, classes, anns, self.options, self.engine, embedding)
+        ctx = MethodInput(image, boxes, classes, anns, self.options, self.engine, embedding,
+                          tuple(self.dataset.class_names))
         if len(boxes):
             instances = self.method.fn(ctx)
             label, winner = resolve(instances, h, w)
