@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from wsseg_fast.data import CocoWeakDataset, make_demo
 from wsseg_fast.models.cam import CamClassifier, cam_loss
 from wsseg_fast.ops import ssc_alignment_loss
-from wsseg_fast.pipelines.cam import embed_dataset, image_superpixels, tagged_images
+from wsseg_fast.pipelines.cam import embed_dataset, image_superpixels, letterboxed, tagged_images
 from wsseg_fast.pipelines.cam_refine import grid_prompt_masks, refine_cams
 from wsseg_fast.sam import SamEngine
 
@@ -51,7 +51,7 @@ def main():
     torch.manual_seed(0)
     net = CamClassifier(features.shape[1], targets.shape[1])
     opt = torch.optim.Adam(net.parameters(), 1e-3)
-    sp = image_superpixels(dataset, indices, engine.img_size, features.shape[-1], 64)
+    sp = image_superpixels(*letterboxed(dataset, indices, 4 * features.shape[-1]), 64)
 
     def step(x, ssc):
         logits, _, cams = net(x, valid)

@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+import wsseg_fast
 from wsseg_fast.ops import OP_SPECS
 
 
@@ -86,3 +87,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def torchrun_two_cpu_processes(script, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node 2 script args`` with one OMP thread per process and
+    this checkout on PYTHONPATH (the script may live in a temporary directory, wsseg_fast uninstalled)."""
+    root = os.path.dirname(os.path.dirname(wsseg_fast.__file__))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=root)

@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wsseg_fast.models.cam import CamClassifier, cam_loss, masked_mean, valid_cells
+from wsseg_fast.models.cam import (
+    CamClassifier,
+    CamDecoder,
+    cam_loss,
+    masked_mean,
+    perceptual_loss,
+    resnet50_body,
+    valid_cells,
+    vgg16_features,
+)
 
 
 def test_shapes_and_cams_are_the_head_on_the_features():
@@ -57,3 +66,57 @@ def test_valid_cells_cover_the_resized_image():
     assert valid_cells((64, 48), 64, 4) == (4, 3)
     assert valid_cells((1024, 768), 1024, 64) == (64, 48)
     assert valid_cells((1024, 770), 1024, 64) == (64, 49)  # a partly covered cell counts
+
+
+def test_decoder_reconstructs_at_four_times_the_cam_grid_in_unit_range():
+    torch.manual_seed(0)
+    out = CamDecoder(3, width=8)(torch.randn(2, 3, 5, 6))
+    assert out.shape == (2, 3, 20, 24) and 0 <= out.min() and out.max() <= 1
+
+
+def test_perceptual_loss_matches_a_plain_pytorch_computation():
+    torch.manual_seed(0)
+    vgg = vgg16_features()  # random weights: the formula, not the features, is under test
+    assert not any(p.requires_grad for p in vgg.parameters()) and not vgg.training
+    recon = torch.rand(2, 3, 16, 16, requires_grad=True)
+    target = torch.rand(2, 3, 16, 16)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    plain = ((vgg((recon - mean) / std) - vgg((target - mean) / std)) ** 2).mean()
+    loss = perceptual_loss(vgg, recon, target)
+    assert torch.allclose(loss, plain, rtol=1e-5)
+    loss.backward()
+    assert recon.grad.abs().sum() > 0  # the loss reaches the reconstruction
+    assert perceptual_loss(vgg, target, target) == 0
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        perceptual_loss(vgg, recon, target[:, :, :8])
+
+
+def test_resnet_backbone_cams_at_stride_32_and_weights_of_another_network_refused(tmp_path):
+    torch.manual_seed(0)
+    net = CamClassifier(2048, 3, hidden=8, backbone=resnet50_body())
+    logits, _, cams = net(torch.randn(2, 3, 64, 96))
+    assert logits.shape == (2, 3) and cams.shape == (2, 3, 2, 3)
+    with pytest.raises(ValueError, match=r"images must be \[B, 3, h, w\]"):
+        net(torch.randn(1, 2048, 2, 2))
+    body = resnet50_body()
+    torch.save({"conv1.weight": body[0].weight}, tmp_path / "partial.pt")
+    with pytest.raises(ValueError, match="--backbone-weights .*partial.pt: not a state dict of torchvision's resnet50"):
+        resnet50_body(str(tmp_path / "partial.pt"))
+    torch.save(vgg16_features(layers=2).state_dict(), tmp_path / "vgg.pt")
+    with pytest.raises(ValueError, match="not a state dict of torchvision's resnet50"):
+        resnet50_body(str(tmp_path / "vgg.pt"))
+    # a torchvision resnet50 state dict (fc included) loads
+    full = {f"{name}.{k}": v for name, m in zip(("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"), body)
+            for k, v in m.state_dict().items()}
+    full["fc.weight"] = torch.zeros(1000, 2048)
+    torch.save(full, tmp_path / "r50.pt")
+    assert torch.equal(resnet50_body(str(tmp_path / "r50.pt"))[0].weight, body[0].weight)
+    # VGG weights: whole vgg16 or its features alone
+    torch.save({"features." + k: v for k, v in vgg16_features().state_dict().items()}, tmp_path / "vgg16.pt")
+    assert len(vgg16_features(str(tmp_path / "vgg16.pt")).state_dict()) == 8
+    with pytest.raises(ValueError, match="--vgg-weights .*not a state dict of torchvision's vgg16"):
+        vgg16_features(str(tmp_path / "r50.pt"))
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="--vgg-weights .*junk.pt: not a torch state dict"):
+        vgg16_features(str(tmp_path / "junk.pt"))

@@ -10,11 +10,21 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import torchrun_two_cpu_processes
 from wsseg_fast.cli import main
 from wsseg_fast.data import make_demo, read_label_png
 from wsseg_fast.io import atomic_torch_save
 from wsseg_fast.models.cam import CamClassifier
-from wsseg_fast.pipelines.cam import CHECKPOINT_VERSION, CamConfig, CamError, cam_method, cam_rw, load_cam, train_cam
+from wsseg_fast.pipelines.cam import (
+    CHECKPOINT_VERSION,
+    CamConfig,
+    CamError,
+    cam_method,
+    cam_rw,
+    epoch_shard,
+    load_cam,
+    train_cam,
+)
 from wsseg_fast.pipelines.methods import MethodInput
 from wsseg_fast.pipelines.pseudo_label import JobConfig, run_pseudo_label
 from wsseg_fast.sam.prompting import Embedding
@@ -67,6 +77,11 @@ def test_bad_tags_give_one_clear_error(demo, tmp_path, capsys):
     assert len(err) == 1 and "no image has 'tags'" in err[0]
 
     coco = json.load(open(coco))
+    coco["images"][0]["tags"] = [1]  # one tagged image: trained on it alone, and the run says so
+    (tmp_path / "one.json").write_text(json.dumps(coco))
+    train_cam(CamConfig(coco=str(tmp_path / "one.json"), out=str(tmp_path / "o1"), model="tiny", epochs=1,
+                        hidden=8, progress=False))
+    assert "1 of 4 images have tags" in capsys.readouterr().out
     coco["images"][1]["tags"] = [99]
     (tmp_path / "bad.json").write_text(json.dumps(coco))
     with pytest.raises(CamError, match="tag 99 is not a category id"):
@@ -174,3 +189,76 @@ def test_ssc_and_subclass_terms_are_logged_and_resume_exactly(demo, tmp_path):
     assert net.num_subclasses == 2 * meta["num_classes"]
     with pytest.raises(CamError, match="other settings"):  # resume with other terms is refused
         train_cam(_config(demo, tmp_path, "half", epochs=3, resume=True, ssc_weight=0.5, subclasses=2))
+
+
+def test_reconstruction_term_resumes_exactly_and_the_run_says_its_vgg_is_random(demo, tmp_path, capsys):
+    kw = dict(recon_weight=1.0, hidden=16)
+    full = torch.load(train_cam(_config(demo, tmp_path, "full", epochs=2, **kw)), weights_only=False)
+    assert "VGG16 with RANDOM weights" in capsys.readouterr().out
+    train_cam(_config(demo, tmp_path, "half", epochs=1, **kw))
+    resumed = torch.load(train_cam(_config(demo, tmp_path, "half", epochs=2, resume=True, **kw)), weights_only=False)
+    for part in ("model", "decoder"):
+        for k, v in full[part].items():
+            assert torch.equal(v, resumed[part][k]), (part, k)
+    log = [json.loads(line) for line in open(tmp_path / "full" / "log.jsonl")]
+    assert log[0]["recon"] > 0 and log[0]["vgg_weights"] == "random" and full["meta"]["vgg_weights"] == "random"
+    assert abs(log[0]["total"] - log[0]["bce"] - log[0]["recon"]) < 1e-5
+    with pytest.raises(CamError, match="--vgg-weights is for the reconstruction branch"):
+        train_cam(_config(demo, tmp_path, "v", vgg_weights="x.pt"))
+
+
+def test_resnet50_backbone_trains_on_images_and_its_checkpoint_serves_the_methods(demo, tmp_path, capsys):
+    ckpt = train_cam(_config(demo, tmp_path, "r", epochs=1, backbone="resnet50", image_size=64, hidden=8,
+                             ssc_weight=1.0, ssc_segments=8, subclasses=2))
+    net, meta = load_cam(ckpt, "resnet50")
+    assert meta["model"] == "resnet50" and meta["weights"] == "random" and net.backbone is not None
+    assert not (tmp_path / "cache").exists()  # no SAM embedding for this backbone
+    with pytest.raises(CamError, match="trained on backbone resnet50"):
+        load_cam(ckpt, "sam", "tiny")
+    cfg = JobConfig(coco=str(demo / "annotations.json"), out=str(tmp_path / "pl"), method="cam-rw",
+                    options={"cam": ckpt, "steps": 4, "radius": 1}, model="tiny", cache=str(tmp_path / "cache"))
+    assert run_pseudo_label(cfg, progress=False)["labelled"] == 4
+    # weights of another network for the backbone: one line from the CLI
+    torch.save({"0.weight": torch.zeros(64, 3, 3, 3)}, tmp_path / "vgg.pt")
+    args = ["train-cam", "--coco", str(demo / "annotations.json"), "--no-cache", "--model", "tiny",
+            "--backbone", "resnet50", "--image-size", "64", "--backbone-weights", str(tmp_path / "vgg.pt")]
+    assert main(args + ["--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--backbone-weights" in err[0] and "not a state dict of torchvision's resnet50" in err[0]
+    assert main(args[:8] + ["--image-size", "50", "--out", str(tmp_path / "o2")]) == 2
+    assert "--image-size must be a positive multiple of 32" in capsys.readouterr().err
+
+
+def test_epoch_shards_pad_and_cover_the_epoch():
+    shards = [epoch_shard(5, 0, 3, r, 2) for r in (0, 1)]
+    assert [len(s) for s in shards] == [3, 3]
+    assert set(torch.cat(shards).tolist()) == set(range(5))  # one image repeated to pad
+    assert torch.equal(epoch_shard(5, 0, 3), torch.stack(shards, 1).flatten()[:5])  # interleaved = the one-process order
+
+
+_DDP_SCRIPT = """
+import json, sys
+from wsseg_fast.pipelines.cam import CamConfig, train_cam
+train_cam(CamConfig(**json.loads(sys.argv[1])))
+"""
+
+
+@pytest.mark.slow  # three processes that each import torch: ~25 s here, mostly imports
+def test_torchrun_ddp_two_cpu_processes_equals_one_process_with_both_batches(demo, tmp_path):
+    """With BCE only, 2 ranks of batch 1 take the same steps as 1 process of batch 2 (same
+    images per step, gradients averaged), so the weights agree to float rounding."""
+    one = torch.load(train_cam(_config(demo, tmp_path, "one", epochs=2, hidden=16)), weights_only=False)
+    script = tmp_path / "ddp_cam.py"
+    script.write_text(_DDP_SCRIPT)
+    config = dict(coco=str(demo / "annotations.json"), out=str(tmp_path / "ddp"), cache=str(tmp_path / "cache"),
+                  model="tiny", batch_size=1, lr=1e-2, progress=False, epochs=2, hidden=16)
+    proc = torchrun_two_cpu_processes(script, json.dumps(config))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.count("ignored); DDP over 2 processes") == 1  # rank 0 reports
+    ddp = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)
+    assert ddp["epoch"] == 2
+    for k, v in one["model"].items():
+        assert torch.allclose(v, ddp["model"][k], atol=1e-5), k
+    logs = [json.loads(line) for line in open(tmp_path / "ddp" / "log.jsonl")]
+    ref = [json.loads(line) for line in open(tmp_path / "one" / "log.jsonl")]
+    assert len(logs) == 2 and abs(logs[1]["bce"] - ref[1]["bce"]) < 1e-5  # losses averaged over the ranks

@@ -5,13 +5,14 @@ import json
 import pytest
 import torch
 
+from benchmarks import stage1_real
 from wsseg_fast.cli import main
 from wsseg_fast.data import make_demo
 from wsseg_fast.logic import class_truths
 from wsseg_fast.logic.priors import PriorsError, load_priors
 from wsseg_fast.pipelines.finetune import FinetuneConfig, FinetuneError, finetune
 from wsseg_fast.sam.engine import SamEngine
-from wsseg_fast.sam.model import load_state_dict_file
+from wsseg_fast.sam.model import build_sam, load_state_dict_file
 
 NAMES = ["background", "disc", "cup", "crescent", "rod", "ring", "ell"]
 
@@ -104,3 +105,17 @@ def test_whole_model_training_feeds_sbr_pseudo_labels(demo, tmp_path, capsys):
                  "--out", str(tmp_path / "pl"), "--quiet"]) == 0
     assert len(list((tmp_path / "pl" / "labels").glob("*.png"))) == 2
     assert "mIoU" in capsys.readouterr().out
+
+
+def test_stage1_benchmark_runs_on_a_tiny_dataset(demo, tmp_path):
+    """benchmarks/stage1_real.py on the 2-image demo with a saved checkpoint (CamVid is not needed)."""
+    torch.save(build_sam("tiny").state_dict(), tmp_path / "tiny.pth")
+    rows = ["sam-box", "stage 1 -> sam-box", "stage 1 without boxes -> sbr"]
+    assert stage1_real.main([str(demo), "--checkpoint", str(tmp_path / "tiny.pth"), "--epochs", "1", "--rows", *rows,
+                             "--out", str(tmp_path / "res"), "--work", str(tmp_path / "work")]) == 0
+    result = json.loads((tmp_path / "res/stage1_real.json").read_text())
+    assert [r["name"] for r in result["rows"]] == rows
+    assert set(result["stage1"]) == {"stage 1", "stage 1 without boxes"}  # one fine-tuning per variant
+    assert all(0 <= r["miou"] <= 1 for r in result["rows"]) and result["stage1"]["stage 1"]["seconds_per_step"] > 0
+    assert "| stage 1 -> sam-box |" in (tmp_path / "res/stage1_real.md").read_text()
+    assert stage1_real.main([str(demo), "--checkpoint", str(tmp_path / "missing.pth")]) == 2

@@ -1,9 +1,12 @@
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from tests.helpers import torchrun_two_cpu_processes
 from wsseg_fast.cache import EmbeddingCache
 from wsseg_fast.cli import main
 from wsseg_fast.data import CocoWeakDataset, make_demo
@@ -177,7 +180,7 @@ def test_training_resumes_bit_exact_is_deterministic_and_shares_the_cache(demo, 
         train_prompter(_cfg(demo, tmp_path / "split", epochs=3, lr=5e-4), progress=False)
 
 
-def test_bad_inputs(demo, tmp_path):
+def test_bad_inputs(demo, tmp_path, capsys):
     with pytest.raises(PrompterError, match="batch_size must be >= 1"):
         train_prompter(_cfg(demo, tmp_path / "a", batch_size=0), progress=False)
     ckpt = train_prompter(_cfg(demo, tmp_path / "b"), progress=False)
@@ -185,6 +188,19 @@ def test_bad_inputs(demo, tmp_path):
         load_prompter(ckpt, model="vit_b")
     with pytest.raises(PrompterError, match="predicts 6 classes, the dataset has 3"):
         load_prompter(ckpt, num_classes=3)
+    with pytest.raises(PrompterError, match=r"no_object_weight must be in \(0, 1\]"):
+        train_prompter(_cfg(demo, tmp_path / "a", no_object_weight=0.0), progress=False)
+    # pseudo-labelling a dataset of another class count: one line, no traceback
+    spec = json.loads((demo / "annotations.json").read_text())
+    spec["categories"] = spec["categories"][:3]
+    spec["annotations"] = [a for a in spec["annotations"] if a["category_id"] in {c["id"] for c in spec["categories"]}]
+    (demo / "three.json").write_text(json.dumps(spec))
+    capsys.readouterr()
+    assert main(["pseudo-label", "--coco", str(demo / "three.json"), "--images", str(demo / "images"), "--model", "tiny",
+                 "--method", "prompter", "--prompter", str(ckpt), "--no-cache", "--out", str(tmp_path / "pl"),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "predicts 6 classes, the dataset has 3" in err and "Traceback" not in err
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(PrompterError, match="cannot be read"):
         load_prompter(tmp_path / "junk.pt")
@@ -204,11 +220,73 @@ def test_cli_train_prompter_then_prompt_free_pseudo_labels(demo, tmp_path, capsy
             "--threads", "1"]
     assert main(args) == 0
     assert (tmp_path / "p" / "prompter.pt").exists() and (tmp_path / "p" / "config.yaml").exists()
-    assert main(["pseudo-label", "--coco", str(demo / "annotations.json"), "--method", "prompter", "--model", "tiny",
-                 "--method-option", f"checkpoint={tmp_path / 'p' / 'prompter.pt'}", "--method-option", "threshold=0.99",
-                 "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "pl"), "--quiet"]) == 0
+    ckpt = str(tmp_path / "p" / "prompter.pt")
+    job = ["pseudo-label", "--coco", str(demo / "annotations.json"), "--model", "tiny", "--cache", str(tmp_path / "cache"),
+           "--quiet"]
+    assert main(job + ["--method", "prompter", "--prompter", ckpt, "--method-option", "threshold=0.99",
+                       "--out", str(tmp_path / "pl")]) == 0
     assert len(list((tmp_path / "pl" / "labels").glob("*.png"))) == 3
     assert "mIoU" in capsys.readouterr().out
+    # --prompter is the method option checkpoint=, which still works: the same labels
+    assert main(job + ["--method", "prompter", "--method-option", f"checkpoint={ckpt}", "--method-option",
+                       "threshold=0.99", "--out", str(tmp_path / "pl2")]) == 0
+    for png in (tmp_path / "pl" / "labels").glob("*.png"):
+        assert png.read_bytes() == (tmp_path / "pl2" / "labels" / png.name).read_bytes()
+    # prompt-free: an image without any box is labelled too (box methods leave it background)
+    spec = json.loads((demo / "annotations.json").read_text())
+    first = spec["images"][0]
+    spec["annotations"] = [a for a in spec["annotations"] if a["image_id"] != first["id"]]
+    (demo / "fewer_boxes.json").write_text(json.dumps(spec))
+    assert main(job[:2] + [str(demo / "fewer_boxes.json"), "--images", str(demo / "images")] + job[3:]
+                + ["--method", "prompter", "--prompter", ckpt, "--method-option", "threshold=0.0",
+                   "--out", str(tmp_path / "pl3")]) == 0
+    stem = first["file_name"].rsplit(".", 1)[0]
+    assert (np.asarray(Image.open(tmp_path / "pl3" / "labels" / f"{stem}.png")) > 0).any()
+    capsys.readouterr()
+    for extra, message in ((["--method", "sam-box", "--prompter", ckpt], "--prompter goes with --method prompter"),
+                           (["--method", "prompter", "--prompter", ckpt, "--method-option", f"checkpoint={ckpt}"],
+                            "give the prompter once"),
+                           (["--method", "prompter"], "method prompter needs --prompter")):
+        assert main(job + extra + ["--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
     assert main(["train-prompter", "--coco", str(demo / "annotations.json"), "--out", str(tmp_path / "q"),
                  "--batch-size", "0", "--quiet"]) == 2
     assert "batch_size must be >= 1" in capsys.readouterr().err
+
+
+_DDP_SCRIPT = """
+import json, sys
+from wsseg_fast.pipelines.prompter import PrompterConfig, train_prompter
+train_prompter(PrompterConfig(**json.loads(sys.argv[1])), progress=True)
+"""
+
+
+@pytest.mark.slow  # three processes that each import torch: ~25 s, mostly imports
+def test_torchrun_ddp_equals_one_process_with_the_whole_batch(tmp_path):
+    data = tmp_path / "data"
+    make_demo(data, images=4, seed=5)
+    # 4 images, 2 ranks x batch 1 = the same two steps as one process with batch 2 (no dropout;
+    # a no-object weight of 1 keeps the CE a plain mean, the same over a batch or over the ranks)
+    same = dict(epochs=2, dropout=0.0, no_object_weight=1.0, cache=str(tmp_path / "cache"))
+    single = train_prompter(_cfg(data, tmp_path / "single", **same), progress=False)
+    script = tmp_path / "ddp_prompter.py"
+    script.write_text(_DDP_SCRIPT)
+    config = vars(_cfg(data, tmp_path / "ddp", batch_size=1, **same))
+    proc = torchrun_two_cpu_processes(script, json.dumps(config))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert sorted(os.listdir(tmp_path / "ddp")) == ["last.pt", "log.jsonl", "prompter.pt"]  # rank 0 wrote, once
+    assert proc.stdout.count("epoch 2/2") == 1
+    # the same model (compared by its outputs: Adam turns the float noise of gradients that are
+    # zero in exact arithmetic, e.g. the attention keys' bias, into lr-sized weight differences)
+    a, b = load_prompter(single)[0], load_prompter(tmp_path / "ddp" / "prompter.pt")[0]
+    x = torch.randn(4, 256, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out_a, out_b = a(x), b(x)
+    for k in out_a:
+        torch.testing.assert_close(out_b[k], out_a[k], rtol=1e-4, atol=1e-4)
+    logs = [[json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+            for run in ("single", "ddp")]
+    assert [r["epoch"] for r in logs[1]] == [1, 2]
+    for x, y in zip(*logs):  # the losses are all-reduced over the ranks
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-4)

@@ -5,8 +5,6 @@ Every run is tiny (32 px, widths 8-16-32) so the whole file stays fast."""
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from wsseg_fast.pipelines.label_maps import read_image, read_label, write_label
 from wsseg_fast.pipelines.student import (StudentConfig, StudentDataset, balanced_class_weights, head_losses,
                                           load_student, predict, predict_logits, train_student)
 
+from tests.helpers import torchrun_two_cpu_processes
 from tests.pipelines.synthetic_shapes import make_shapes_dataset
 
 TINY = dict(size=32, widths=(8, 16, 32), batch_size=4, lr=3e-3, progress=False)
@@ -260,10 +259,7 @@ def test_torchrun_ddp_two_cpu_processes(shapes, tmp_path):
     ranks.mkdir()
     config = dict(images=str(shapes / "images"), sources={"pseudo": str(shapes / "gt")}, out=str(tmp_path / "ck"),
                   arch="unet", epochs=2, size=32, widths=[8, 16], batch_size=2, progress=False)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), json.dumps(config), str(ranks)],
-                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    proc = torchrun_two_cpu_processes(script, json.dumps(config), str(ranks))
     assert proc.returncode == 0, proc.stderr[-4000:]
     states = [torch.load(ranks / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert [s["world"] for s in states] == [2, 2]

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from wsseg_fast.sam import CheckpointError, build_image_encoder, build_sam, load_finetuned
+from wsseg_fast.cache import EmbeddingCache
+from wsseg_fast.sam import CheckpointError, SamEngine, build_image_encoder, build_sam, load_finetuned, predict_masks
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +90,20 @@ def test_load_finetuned_decoder(tiny_checkpoint, tmp_path):
     torch.save(original.prompt_encoder.state_dict(), tmp_path / "wrong.pth")
     with pytest.raises(CheckpointError, match="mask decoder"):
         load_finetuned(sam, tmp_path / "wrong.pth")
+
+
+def test_small_stand_in_size(tiny_checkpoint, tmp_path):
+    # the pretrain-sam stand-in: 384 px in, a 24x24 embedding grid, 96x96 low-res masks
+    sam = build_sam("small")
+    assert sam.image_encoder.img_size == 384 and sam.prompt_encoder.image_embedding_size == (24, 24)
+    with torch.no_grad():
+        embedding = sam.image_encoder(torch.zeros(1, 3, 384, 384))[0]
+        masks = predict_masks(sam, embedding, boxes=torch.tensor([[10.0, 20, 200, 300]]), output_size=(96, 96))
+    assert embedding.shape == (256, 24, 24) and masks.low_res_logits.shape == (1, 1, 96, 96)
+    path = tmp_path / "small.pth"
+    torch.save(sam.state_dict(), path)
+    assert _same(build_sam("small", path), sam)
+    engine = SamEngine("small", str(path), backend="torch", cache=EmbeddingCache(tmp_path / "cache"))
+    assert engine.identity["weights"] != SamEngine("small", backend="torch").identity["weights"]  # cache keys see the file
+    with pytest.raises(CheckpointError, match="does not match SAM small"):
+        build_sam("small", tiny_checkpoint[0])

@@ -23,6 +23,7 @@ def add_pseudo_label(sub) -> None:
     p.add_argument("--out", help="output directory, re-running resumes (required)")
     p.add_argument("--method", default="sam-box", help="sam-box (default), sam-point, box, ... (see --list-methods)")
     p.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE", help="a method setting (repeatable)")
+    p.add_argument("--prompter", metavar="CKPT", help="--method prompter: the trained prompter (prompter.pt from train-prompter)")
     p.add_argument("--refine", choices=("crf",), help="refine every label map after the method: crf = dense CRF (mean field)")
     p.add_argument("--list-methods", action="store_true", help="print the methods and their options, then exit")
     p.add_argument("--model", default="vit_b", choices=sorted(MODEL_CONFIGS))
@@ -56,8 +57,15 @@ def run_pseudo_label(args) -> int:
     missing = [flag for flag in ("--coco", "--out") if getattr(args, flag[2:]) is None]
     if missing:
         raise UsageError(f"the following arguments are required: {', '.join(missing)}")
+    pairs = list(args.method_option)
+    if args.prompter is not None:  # the same setting as --method-option checkpoint=, named
+        if args.method != "prompter":
+            raise UsageError(f"--prompter goes with --method prompter, not --method {args.method}")
+        if any(pair.startswith("checkpoint=") for pair in pairs):
+            raise UsageError("give the prompter once: --prompter CKPT or --method-option checkpoint=CKPT")
+        pairs.append(f"checkpoint={args.prompter}")
     try:
-        options = parse_options(args.method, args.method_option)
+        options = parse_options(args.method, pairs)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.batch_size < 1:

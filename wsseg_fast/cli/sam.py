@@ -1,4 +1,4 @@
-"""SAM commands: ``export-encoder`` and stage 1 ``finetune``."""
+"""SAM commands: ``export-encoder``, ``pretrain-sam`` and stage 1 ``finetune``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from wsseg_fast.pipelines.finetune import (
     FinetuneError,
     finetune,
 )
+from wsseg_fast.pipelines.pretrain import PretrainConfig, PretrainError, pretrain_sam
 from wsseg_fast.sam import (
     CheckpointError,
     EncoderBackendError,
@@ -95,6 +96,45 @@ def run_finetune(args) -> int:
     return 0
 
 
+def add_pretrain_sam(sub) -> None:
+    p = sub.add_parser("pretrain-sam", help="promptable, class-agnostic training of SAM from dense instance masks")
+    p.add_argument("--coco", required=True, help="COCO JSON whose annotations have a `segmentation` (instances)")
+    p.add_argument("--images", help="image directory (default: images/ beside the JSON)")
+    p.add_argument("--model", default="tiny", choices=sorted(MODEL_CONFIGS))
+    p.add_argument("--checkpoint", help="weights to start from, e.g. an official SAM (none: seeded random weights)")
+    p.add_argument("--out", required=True, help="output directory (sam.pth, last.pt, log.jsonl); re-running resumes")
+    d = PretrainConfig(coco="", out="")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per step (default {d.batch_size})")
+    p.add_argument("--max-instances", type=int, default=d.max_instances,
+                   help=f"instances prompted per image and step (default {d.max_instances})")
+    p.add_argument("--box-fraction", type=float, default=d.box_fraction,
+                   help=f"share of instances prompted by a jittered box, the rest by a point (default {d.box_fraction})")
+    p.add_argument("--clicks", type=int, default=d.clicks, help=f"corrective clicks per instance (default {d.clicks})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true")
+    add_config(p)
+    p.set_defaults(func=run_pretrain_sam)
+
+
+def run_pretrain_sam(args) -> int:
+    cfg = PretrainConfig(coco=args.coco, images=args.images, out=args.out, model=args.model, checkpoint=args.checkpoint,
+                         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_instances=args.max_instances,
+                         box_fraction=args.box_fraction, clicks=args.clicks, seed=args.seed, device=args.device,
+                         threads=args.threads)
+    save_config(args, args.out)
+    try:
+        path = pretrain_sam(cfg, progress=not args.quiet)
+    except (DataError, PretrainError, CheckpointError) as exc:
+        raise UsageError(str(exc)) from None
+    print(f"SAM weights: {path} (use: --model {args.model} --checkpoint {path})")
+    return 0
+
+
 def register(sub) -> None:
     add_export_encoder(sub)
+    add_pretrain_sam(sub)
     add_finetune(sub)

@@ -41,6 +41,18 @@ class ImageRecord:
         return os.path.splitext(os.path.basename(self.file_name))[0]
 
 
+def decode_segmentation(segmentation, height: int, width: int) -> np.ndarray:
+    """A COCO ``segmentation`` (polygons, RLE or uncompressed RLE) -> ``[H, W]`` bool mask."""
+    if isinstance(segmentation, list):  # polygons
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation.get("counts"), list):  # uncompressed RLE
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    else:
+        counts = segmentation["counts"]
+        rle = {"size": segmentation["size"], "counts": counts.encode() if isinstance(counts, str) else counts}
+    return mask_utils.decode(rle).astype(bool)
+
+
 class CocoWeakDataset:
     """The images and weak annotations of a COCO file.
 
@@ -132,6 +144,10 @@ class CocoWeakDataset:
                          dtype=np.float32).reshape(-1, 4)
         return boxes, np.array([self.class_index[int(a["category_id"])] for a in anns], dtype=np.int64)
 
+    def instance_masks(self, record: ImageRecord, height: int, width: int) -> list[np.ndarray]:
+        """The ``[H, W]`` bool masks of the image's annotations that have a ``segmentation``."""
+        return [decode_segmentation(a["segmentation"], height, width) for a in record.annotations if a.get("segmentation")]
+
     def has_segmentation(self) -> bool:
         return any("segmentation" in a for r in self.images for a in r.annotations)
 
@@ -142,16 +158,8 @@ class CocoWeakDataset:
         anns = [a for a in record.annotations if a.get("segmentation")]
         if not anns:
             return None if not record.annotations else np.zeros((height, width), np.uint8)
-        masks = []
-        for a in anns:
-            seg = a["segmentation"]
-            if isinstance(seg, list):  # polygons
-                rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
-            elif isinstance(seg.get("counts"), list):  # uncompressed RLE
-                rle = mask_utils.frPyObjects(seg, height, width)
-            else:
-                rle = {"size": seg["size"], "counts": seg["counts"].encode() if isinstance(seg["counts"], str) else seg["counts"]}
-            masks.append((mask_utils.decode(rle).astype(bool), self.class_index[int(a["category_id"])]))
+        masks = [(decode_segmentation(a["segmentation"], height, width), self.class_index[int(a["category_id"])])
+                 for a in anns]
         label = np.zeros((height, width), np.uint8)
         for mask, cls in sorted(masks, key=lambda mc: -int(mc[0].sum())):
             label[mask] = cls

@@ -37,6 +37,7 @@ from pycocotools import mask as mask_utils
 from scipy import ndimage
 from skimage.morphology import skeletonize
 
+from wsseg_fast.data.coco import decode_segmentation
 from wsseg_fast.data.labels import IGNORE, write_label_png
 from wsseg_fast.io import atomic_write_bytes, atomic_write_json
 
@@ -310,10 +311,7 @@ def _paint_coco(coco: dict, tmp: Path, image_dir: Path) -> list[Sample]:
         label, instances = np.zeros((h, w), np.uint8), np.zeros((h, w), np.uint8)
         anns = sorted(by_image.get(image["id"], []), key=lambda a: -float(a.get("area", 0)))
         for k, ann in enumerate(anns[:254], start=1):
-            segm = ann["segmentation"]
-            rle = mask_utils.frPyObjects(segm, h, w) if isinstance(segm, list) else segm
-            rle = mask_utils.merge(rle) if isinstance(rle, list) else rle
-            mask = mask_utils.decode(rle).astype(bool)
+            mask = decode_segmentation(ann["segmentation"], h, w)
             label[mask], instances[mask] = value_of[ann["category_id"]], k
         stem = Path(image["file_name"]).stem
         write_label_png(tmp / "labels" / f"{stem}.png", label)

@@ -40,6 +40,8 @@ class QueryPrompter(nn.Module):
         num_queries: Q learned queries.
         num_tokens, prompt_dim: K prompt tokens of width D per query (SAM: 2 box-corner tokens of 256).
         dropout: transformer dropout.
+        stride: of the two downsampling convs (the paper's 2 takes a 64x64 embedding to 16x16
+            tokens; 1 keeps the 16x16 grid of ``tiny`` instead of 4x4).
 
     ``forward(embeddings)`` returns ``{"pred_logits": [B, Q, C+1], "pred_prompts": [B, Q, K, D]}``,
     the format :class:`wsseg_fast.matching.PromptSetCriterion` takes.
@@ -48,22 +50,23 @@ class QueryPrompter(nn.Module):
     def __init__(self, num_classes: int, *, embed_dim: int = 256, embed_size: int = 64, d_model: int = 256,
                  nhead: int = 8, dim_feedforward: int = 1024, num_encoder_layers: int = 6,
                  num_decoder_layers: int = 6, num_queries: int = 25, num_tokens: int = 2,
-                 prompt_dim: int = 256, dropout: float = 0.1):
+                 prompt_dim: int = 256, dropout: float = 0.1, stride: int = 2):
         super().__init__()
         for name, value, low in (("num_classes", num_classes, 1), ("embed_dim", embed_dim, 1),
                                  ("embed_size", embed_size, 4), ("num_queries", num_queries, 1),
-                                 ("num_tokens", num_tokens, 1), ("prompt_dim", prompt_dim, 1)):
+                                 ("num_tokens", num_tokens, 1), ("prompt_dim", prompt_dim, 1), ("stride", stride, 1)):
             if int(value) < low:
                 raise ValueError(f"QueryPrompter: {name} must be >= {low}, got {value}")
         if d_model % nhead:
             raise ValueError(f"QueryPrompter: d_model ({d_model}) must be divisible by nhead ({nhead})")
         self.num_classes, self.embed_dim, self.embed_size = num_classes, embed_dim, embed_size
         self.num_queries, self.num_tokens, self.prompt_dim = num_queries, num_tokens, prompt_dim
+        self.stride = stride
         self.downsample = nn.Sequential(
-            nn.Conv2d(embed_dim, d_model, 3, stride=2, padding=1), LayerNorm2d(d_model), nn.GELU(),
-            nn.Conv2d(d_model, d_model, 3, stride=2, padding=1), LayerNorm2d(d_model), nn.GELU(),
+            nn.Conv2d(embed_dim, d_model, 3, stride=stride, padding=1), LayerNorm2d(d_model), nn.GELU(),
+            nn.Conv2d(d_model, d_model, 3, stride=stride, padding=1), LayerNorm2d(d_model), nn.GELU(),
         )
-        side = (((embed_size + 1) // 2) + 1) // 2
+        side = -(-(-(-embed_size // stride)) // stride)  # ceil twice, as the convs with padding 1
         self.pos_embed = nn.Parameter(torch.randn(1, side * side, d_model) * 0.02)
         self.query_embed = nn.Parameter(torch.randn(1, num_queries, d_model) * 0.02)
         self.transformer = nn.Transformer(
@@ -76,6 +79,22 @@ class QueryPrompter(nn.Module):
             nn.Linear(d_model, d_model), nn.ReLU(), nn.Linear(d_model, d_model), nn.ReLU(),
             nn.Linear(d_model, num_tokens * prompt_dim),
         )
+        # The prompt head predicts standardised tokens; forward maps them back to SAM's
+        # token space with the teacher tokens' per-dimension mean and std (set by
+        # set_prompt_stats before training, saved with the weights; identity by default).
+        self.register_buffer("prompt_mean", torch.zeros(num_tokens, prompt_dim))
+        self.register_buffer("prompt_std", torch.ones(num_tokens, prompt_dim))
+
+    @torch.no_grad()
+    def set_prompt_stats(self, tokens: torch.Tensor) -> None:
+        """Standardise the prompt head's output with the statistics of teacher tokens ``[N, K, D]``."""
+        expected = (self.num_tokens, self.prompt_dim)
+        if tokens.dim() != 3 or tuple(tokens.shape[1:]) != expected or tokens.shape[0] < 2:
+            raise ValueError(f"set_prompt_stats: tokens must be [N >= 2, {expected[0]}, {expected[1]}], "
+                             f"got {tuple(tokens.shape)}")
+        tokens = tokens.to(self.prompt_mean)
+        self.prompt_mean.copy_(tokens.mean(0))
+        self.prompt_std.copy_(tokens.std(0).clamp_min(1e-3))
 
     def config(self) -> dict:
         """The constructor arguments (stored in checkpoints to rebuild and check the model)."""
@@ -85,7 +104,8 @@ class QueryPrompter(nn.Module):
                 "d_model": self.pos_embed.shape[-1], "nhead": layer.self_attn.num_heads,
                 "dim_feedforward": layer.linear1.out_features, "num_encoder_layers": len(t.encoder.layers),
                 "num_decoder_layers": len(t.decoder.layers), "num_queries": self.num_queries,
-                "num_tokens": self.num_tokens, "prompt_dim": self.prompt_dim, "dropout": layer.dropout.p}
+                "num_tokens": self.num_tokens, "prompt_dim": self.prompt_dim, "dropout": layer.dropout.p,
+                "stride": self.stride}
 
     def forward(self, embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
         expected = (self.embed_dim, self.embed_size, self.embed_size)
@@ -99,4 +119,5 @@ class QueryPrompter(nn.Module):
         hs = self.transformer(src, tgt)
         logits = self.class_head(hs)
         prompts = self.prompt_head(hs).view(x.shape[0], self.num_queries, self.num_tokens, self.prompt_dim)
+        prompts = prompts * self.prompt_std + self.prompt_mean
         return {"pred_logits": logits, "pred_prompts": prompts}

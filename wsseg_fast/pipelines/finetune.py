@@ -20,7 +20,6 @@ deterministic for a seed, and logs every constraint's satisfaction per epoch to
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time
@@ -32,12 +31,17 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from wsseg_fast.cache import EmbeddingCache
-from wsseg_fast.data import CocoWeakDataset, ImageLoadError
+from wsseg_fast.data import CocoWeakDataset
 from wsseg_fast.io import append_jsonl, atomic_torch_save
 from wsseg_fast.logic import class_truths, compile_knowledge_base
 from wsseg_fast.logic.priors import load_priors
-from wsseg_fast.sam.engine import SamEngine
+from wsseg_fast.pipelines.weak_training import (
+    WeakItem,
+    WeakTrainingConfig,
+    embed_items,
+    load_weak_items,
+    run_settings,
+)
 from wsseg_fast.sam.model import MODEL_CONFIGS, build_sam
 from wsseg_fast.sam.prompting import Embedding, predict_masks, preprocess
 
@@ -56,29 +60,12 @@ class FinetuneError(ValueError):
 
 
 @dataclass
-class FinetuneConfig:
-    coco: str
-    """COCO JSON with the weak annotations."""
-
-    out: str
-    """Output directory: ``last.pt`` (resumable state), ``finetuned.pth`` (SAM weights), ``log.jsonl``."""
-
-    images: str | None = None
-    model: str = "tiny"
-    checkpoint: str | None = None
+class FinetuneConfig(WeakTrainingConfig):
     priors: str | None = None
     """YAML/JSON priors file (see :func:`load_priors`)."""
 
     train: str = "decoder"
-    epochs: int = 10
-    lr: float = 1e-4
     weight_decay: float = 0.0
-    seed: int = 0
-    cache: str | None = None
-    """Embedding cache directory (frozen-encoder modes); ``None``: embeddings kept in memory."""
-
-    device: str = "cpu"
-    threads: int | None = None
     weights: dict[str, float] = field(default_factory=dict)
     """Weight of each constraint kind in SatAgg (see :func:`wsseg_fast.logic.compile_knowledge_base`)."""
 
@@ -90,41 +77,6 @@ class FinetuneConfig:
     loss_scale: float = 0.5
     """The constraints are evaluated on the image scaled by this factor (masks, boxes,
     points and colours alike): 0.5 costs a quarter of full resolution."""
-
-
-def _plain_config(cfg: FinetuneConfig) -> dict:
-    d = dataclasses.asdict(cfg)
-    return {k: v for k, v in d.items() if k not in ("out", "cache", "threads", "device", "epochs")}
-
-
-@dataclass
-class _Item:
-    """One training image and its weak labels."""
-
-    stem: str
-    image: np.ndarray
-    boxes: torch.Tensor       # [N, 4] x0, y0, x1, y1 pixels
-    classes: torch.Tensor     # [N] class indices 1..C-1
-    annotations: list[dict]   # COCO annotations (points, scribbles), same order as boxes
-    tags: list[int]           # COCO category ids the image is tagged with
-    embedding: object = None  # the cached Embedding when the encoder is frozen
-
-
-def _load_items(dataset, log) -> list[_Item]:
-    items = []
-    for record in dataset.images:
-        try:
-            image = dataset.load_image(record)
-        except ImageLoadError as exc:
-            log(f"skipped: {exc}")
-            continue
-        boxes, classes = dataset.boxes(record)
-        if len(boxes) == 0:
-            log(f"skipped: {record.file_name} has no box to prompt SAM with")
-            continue
-        anns = [a for a in record.annotations if "bbox" in a]
-        items.append(_Item(record.stem, image, torch.from_numpy(boxes), torch.from_numpy(classes), anns, record.tags))
-    return items
 
 
 def _validate(cfg: FinetuneConfig) -> None:
@@ -150,13 +102,13 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> Path:
     log = lambda message: print(message, flush=True) if progress else None  # noqa: E731
     dataset = CocoWeakDataset(cfg.coco, cfg.images)
     priors = load_priors(cfg.priors, dataset.class_names)
-    items = _load_items(dataset, log)
+    items = load_weak_items(dataset, log)
     if not items:
         raise FinetuneError(f"{cfg.coco}: no readable image with a box to train on")
 
     train_encoder = cfg.train == "all"
     if not train_encoder:
-        _embed_frozen(cfg, items)
+        embed_items(cfg, items)
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     sam = build_sam(cfg.model, cfg.checkpoint, with_encoder=train_encoder).to(device)
@@ -191,23 +143,12 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> Path:
         append_jsonl(out / "log.jsonl", record)
         log(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f} "
             + " ".join(f"{k}={v:.3f}" for k, v in record["satisfaction"].items()))
-        atomic_torch_save({"format": CHECKPOINT_FORMAT, "config": _plain_config(cfg), "epoch": epoch + 1,
+        atomic_torch_save({"format": CHECKPOINT_FORMAT, "config": run_settings(cfg), "epoch": epoch + 1,
                            "modules": {name: getattr(sam, name).state_dict() for name in modules},
                            "optimizer": optimizer.state_dict()}, out / CHECKPOINT_NAME)
     weights = {f"{name}.{k}": v for name in modules for k, v in getattr(sam, name).state_dict().items()}
     atomic_torch_save(weights, out / FINETUNED_NAME)
     return out / FINETUNED_NAME
-
-
-def _embed_frozen(cfg: FinetuneConfig, items: list[_Item]) -> None:
-    """Embeddings of the frozen encoder, through the cache when one is given."""
-
-    cache = None
-    if cfg.cache is not None:
-        cache = EmbeddingCache(cfg.cache)
-    engine = SamEngine(cfg.model, cfg.checkpoint, cache=cache, device=cfg.device)
-    for item, embedding in zip(items, engine.embed([item.image for item in items])):
-        item.embedding = embedding
 
 
 def _resume(cfg: FinetuneConfig, out: Path, sam, optimizer, modules) -> int:
@@ -220,7 +161,7 @@ def _resume(cfg: FinetuneConfig, out: Path, sam, optimizer, modules) -> int:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise FinetuneError(f"{path} cannot be read ({exc}); delete it to start over") from None
-    if state.get("format") != CHECKPOINT_FORMAT or state.get("config") != _plain_config(cfg):
+    if state.get("format") != CHECKPOINT_FORMAT or state.get("config") != run_settings(cfg):
         raise FinetuneError(f"{out} holds a fine-tuning run with other settings; use another --out or delete {path}")
     for name in modules:
         getattr(sam, name).load_state_dict(state["modules"][name])
@@ -228,12 +169,12 @@ def _resume(cfg: FinetuneConfig, out: Path, sam, optimizer, modules) -> int:
     return int(state["epoch"])
 
 
-def _loss_size(item: _Item, scale: float) -> tuple[int, int]:
+def _loss_size(item: WeakItem, scale: float) -> tuple[int, int]:
     h, w = item.image.shape[:2]
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
-def image_loss(sam, item: _Item, kb, num_classes: int, device) -> tuple[torch.Tensor, dict]:
+def image_loss(sam, item: WeakItem, kb, num_classes: int, device) -> tuple[torch.Tensor, dict]:
     """``1 - SatAgg`` of the image's knowledge base ``kb`` on SAM's masks for its boxes
     (at the knowledge base's resolution), and each constraint's satisfaction."""
 
@@ -246,7 +187,7 @@ def image_loss(sam, item: _Item, kb, num_classes: int, device) -> tuple[torch.Te
     return kb(truths[None])
 
 
-def _knowledge_base(item: _Item, dataset, priors: dict, weights: dict, size: tuple[int, int], p_exists: float):
+def _knowledge_base(item: WeakItem, dataset, priors: dict, weights: dict, size: tuple[int, int], p_exists: float):
     """One image's knowledge base at the loss resolution ``size``: its boxes, points,
     scribbles and tags (COCO boxes are exhaustive: unmentioned classes are absent), the
     priors, and the pairwise colour prior on the resized image."""

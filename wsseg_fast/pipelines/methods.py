@@ -65,14 +65,16 @@ class Method:
     needs_sam: bool
     options: dict = field(default_factory=dict)
     help: str = ""
+    needs_boxes: bool = True  # False: prompt-free, it labels images without boxes too
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register_method(name: str, *, needs_sam: bool, options: dict | None = None):
+def register_method(name: str, *, needs_sam: bool, options: dict | None = None, needs_boxes: bool = True):
     def deco(fn):
-        METHODS[name] = Method(name, fn, needs_sam, dict(options or {}), (fn.__doc__ or "").strip().splitlines()[0])
+        METHODS[name] = Method(name, fn, needs_sam, dict(options or {}), (fn.__doc__ or "").strip().splitlines()[0],
+                               needs_boxes)
         return fn
 
     return deco

@@ -16,32 +16,39 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+from tqdm.auto import tqdm
 
 from wsseg_fast.data import CocoWeakDataset
 from wsseg_fast.io import append_jsonl, atomic_torch_save
 from wsseg_fast.matching import HungarianMatcher, PromptSetCriterion
 from wsseg_fast.models.prompter import QueryPrompter
-from wsseg_fast.pipelines.finetune import (  # same settings rules
-    _embed_frozen,
-    _load_items,
-    _plain_config,
-)
+from wsseg_fast.pipelines.distributed import DistContext
 from wsseg_fast.pipelines.methods import (
     Instances,
+    MethodError,
     MethodInput,
     register_method,
     resolve,
+)
+from wsseg_fast.pipelines.weak_training import (
+    WeakTrainingConfig,
+    embed_items,
+    load_weak_items,
+    run_settings,
 )
 from wsseg_fast.sam.model import MODEL_CONFIGS, build_sam
 from wsseg_fast.sam.prompting import Embedding, MaskPrediction
 
 CHECKPOINT_NAME = "last.pt"
 PROMPTER_NAME = "prompter.pt"
+LOSS_KEYS = ("loss", "loss_cls", "loss_reg")
 CHECKPOINT_FORMAT = "wsseg_fast.prompter/1"
 
 
-class PrompterError(ValueError):
-    """A setting, dataset or checkpoint the prompter cannot use; the message says which."""
+class PrompterError(MethodError):
+    """A setting, dataset or checkpoint the prompter cannot use; the message says which
+    (a :class:`MethodError`, so ``pseudo-label`` prints it as one line)."""
 
 
 def _frame(sam, embedding: Embedding | torch.Tensor) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
@@ -120,15 +127,16 @@ def predict_semantic(prompter: QueryPrompter, sam, embedding: Embedding, *, thre
 _LOADED: dict = {}
 
 
-@register_method("prompter", needs_sam=True, options={"checkpoint": "", "threshold": 0.5})
+@register_method("prompter", needs_sam=True, options={"checkpoint": "", "threshold": 0.5}, needs_boxes=False)
 def prompter_method(ctx: MethodInput) -> Instances:
-    """WPS-SAM: a trained query prompter (checkpoint=PROMPTER.pt from train-prompter) prompts SAM, no boxes used."""
+    """WPS-SAM: a trained query prompter (--prompter PROMPTER.pt from train-prompter) prompts SAM, no boxes used."""
     path = ctx.options["checkpoint"]
     if not path:
-        raise PrompterError("method prompter needs --method-option checkpoint=PROMPTER.pt (from train-prompter)")
-    key = (path, ctx.engine.model)
+        raise PrompterError("method prompter needs --prompter PROMPTER.pt (from train-prompter)")
+    num_classes = len(ctx.class_names) - 1 if ctx.class_names else None
+    key = (path, ctx.engine.model, num_classes)
     if key not in _LOADED:
-        _LOADED[key] = load_prompter(path, model=ctx.engine.model)[0]
+        _LOADED[key] = load_prompter(path, model=ctx.engine.model, num_classes=num_classes)[0]
     return prompter_instances(_LOADED[key], ctx.engine.sam, ctx.embedding, threshold=ctx.options["threshold"])
 
 
@@ -146,20 +154,18 @@ def train_step(prompter: QueryPrompter, criterion: PromptSetCriterion, optimizer
 
 
 @dataclass
-class PrompterConfig:
-    coco: str
-    """COCO JSON with the weak annotations (boxes are required)."""
-    out: str
-    """Output directory: ``last.pt`` (resumable state), ``prompter.pt``, ``log.jsonl``."""
-    images: str | None = None
-    model: str = "tiny"
-    checkpoint: str | None = None
-    cache: str | None = None
-    """Embedding cache directory shared with pseudo-label / finetune (``None``: in memory)."""
+class PrompterConfig(WeakTrainingConfig):
+    """``out`` gets ``last.pt`` (resumable state), ``prompter.pt`` and ``log.jsonl``;
+    ``cache`` is shared with pseudo-label / finetune; ``coco`` needs boxes."""
+
     epochs: int = 50
     batch_size: int = 16
-    lr: float = 1e-4
-    seed: int = 0
+    no_object_weight: float = 0.1
+    """CE weight of the "no object" class (DETR's eos_coef): with 1, the ~20 unmatched
+    queries of each image outweigh its few objects and no query passes the threshold."""
+    normalize_prompts: bool = True
+    """Standardise the prompt head's output by the teacher tokens' mean and std (see
+    :meth:`QueryPrompter.set_prompt_stats`); the loss stays on SAM's tokens."""
     num_queries: int = 25
     d_model: int = 256
     nhead: int = 8
@@ -167,18 +173,20 @@ class PrompterConfig:
     num_encoder_layers: int = 6
     num_decoder_layers: int = 6
     dropout: float = 0.1
-    device: str = "cpu"
-    threads: int | None = None
+    stride: int = 2
+    """Of the two downsampling convs (see :class:`QueryPrompter`)."""
 
 
 def _validate(cfg: PrompterConfig) -> None:
     if cfg.model not in MODEL_CONFIGS:
         raise PrompterError(f"model must be one of {', '.join(MODEL_CONFIGS)}, got {cfg.model!r}")
-    for name in ("epochs", "batch_size", "num_queries"):
+    for name in ("epochs", "batch_size", "num_queries", "stride"):
         if getattr(cfg, name) < 1:
             raise PrompterError(f"{name} must be >= 1, got {getattr(cfg, name)}")
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise PrompterError(f"lr must be a positive number, got {cfg.lr}")
+    if not (0 < cfg.no_object_weight <= 1):
+        raise PrompterError(f"no_object_weight must be in (0, 1], got {cfg.no_object_weight}")
 
 
 def load_prompter(path, *, model: str | None = None, num_classes: int | None = None) -> tuple[QueryPrompter, dict]:
@@ -203,21 +211,32 @@ def load_prompter(path, *, model: str | None = None, num_classes: int | None = N
 
 
 def train_prompter(cfg: PrompterConfig, progress: bool = True) -> Path:
-    """Train the prompter on the weak boxes of ``cfg.coco``; returns the path of ``prompter.pt``."""
-    from tqdm.auto import tqdm
+    """Train the prompter on the weak boxes of ``cfg.coco``; returns the path of ``prompter.pt``.
 
-
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) it runs DDP (gloo on CPUs, NCCL on GPUs): every
+    rank takes its share of each epoch's batches (``batch_size`` per rank); only rank 0 writes."""
     _validate(cfg)
+    return DistContext.run(lambda ctx: _train(cfg, ctx, progress))
+
+
+def _train(cfg: PrompterConfig, ctx: DistContext, progress: bool) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if ctx.rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    progress = progress and ctx.rank == 0
     log = lambda message: print(message, flush=True) if progress else None  # noqa: E731
     dataset = CocoWeakDataset(cfg.coco, cfg.images)
-    items = _load_items(dataset, log)
+    items = load_weak_items(dataset, log)
     if not items:
         raise PrompterError(f"{cfg.coco}: no readable image with a box: the prompter learns from boxes")
-    _embed_frozen(cfg, items)  # through the shared cache: encodes only the missing embeddings, once
+    # through the shared cache: rank 0 encodes the missing embeddings, once; the others read them
+    if ctx.rank == 0:
+        embed_items(cfg, items)
+    ctx.barrier()
+    if ctx.rank != 0:
+        embed_items(cfg, items)
     sam = build_sam(cfg.model, cfg.checkpoint, with_encoder=False).eval()
     embeddings = torch.stack([item.embedding.tensor.float() for item in items])
     targets = [{"labels": item.classes.long() - 1,
@@ -229,34 +248,45 @@ def train_prompter(cfg: PrompterConfig, progress: bool = True) -> Path:
     prompter = QueryPrompter(num_classes, embed_size=embeddings.shape[-1], d_model=cfg.d_model, nhead=cfg.nhead,
                              dim_feedforward=cfg.dim_feedforward, num_encoder_layers=cfg.num_encoder_layers,
                              num_decoder_layers=cfg.num_decoder_layers, num_queries=cfg.num_queries,
-                             dropout=cfg.dropout).to(device)
-    criterion = PromptSetCriterion(num_classes, HungarianMatcher()).to(device)
+                             dropout=cfg.dropout, stride=cfg.stride)
+    if cfg.normalize_prompts:
+        prompter.set_prompt_stats(torch.cat([t["prompts"] for t in targets]))
+    prompter = prompter.to(device)
+    criterion = PromptSetCriterion(num_classes, HungarianMatcher(), no_object_weight=cfg.no_object_weight).to(device)
     optimizer = torch.optim.Adam(prompter.parameters(), lr=cfg.lr)
     start = _resume(cfg, out, prompter, optimizer)
+    model = prompter
+    if ctx.world > 1:
+        model = nn.parallel.DistributedDataParallel(prompter, device_ids=[device.index] if device.type == "cuda" else None)
     for epoch in range(start, cfg.epochs):
         began = time.perf_counter()
         order = torch.randperm(len(items), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)).tolist()
+        # as DistributedSampler: the permutation wrapped to a multiple of the world, one stride per rank
+        order = (order * ctx.world)[:math.ceil(len(order) / ctx.world) * ctx.world][ctx.rank::ctx.world]
         batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-        sums: dict[str, float] = {}
+        sums = torch.zeros(4, dtype=torch.float64)  # loss, loss_cls, loss_reg sums over images; images
         bar = tqdm(batches, desc=f"train-prompter epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                    disable=not progress, leave=False)
         for batch in bar:
-            losses = train_step(prompter, criterion, optimizer, embeddings[batch].to(device),
+            losses = train_step(model, criterion, optimizer, embeddings[batch].to(device),
                                 [{k: v.to(device) for k, v in targets[i].items()} for i in batch])
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + v * len(batch)
+            sums += torch.tensor([losses["loss"], losses["loss_cls"], losses["loss_reg"], 1.0],
+                                 dtype=torch.float64) * len(batch)
             bar.set_postfix(loss=f"{losses['loss']:.4f}")
-        record = {"epoch": epoch + 1, **{k: v / len(items) for k, v in sums.items()},
+        sums = ctx.all_sum(sums)
+        record = {"epoch": epoch + 1, **{k: (sums[n] / sums[3]).item() for n, k in enumerate(LOSS_KEYS)},
                   "seconds": round(time.perf_counter() - began, 3)}
-        append_jsonl(out / "log.jsonl", record)
-        log(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f} (cls {record['loss_cls']:.4f}, "
-            f"prompt {record['loss_reg']:.4f})")
-        atomic_torch_save({"format": CHECKPOINT_FORMAT, "config": _plain_config(cfg), "epoch": epoch + 1,
-                           "prompter": prompter.state_dict(), "optimizer": optimizer.state_dict(),
-                           "rng": torch.get_rng_state()}, out / CHECKPOINT_NAME)
-    final = {"format": CHECKPOINT_FORMAT, "model": cfg.model, "class_names": list(dataset.class_names),
-             "prompter_config": prompter.config(), "prompter": prompter.state_dict()}
-    atomic_torch_save(final, out / PROMPTER_NAME)
+        if ctx.rank == 0:
+            append_jsonl(out / "log.jsonl", record)
+            log(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f} (cls {record['loss_cls']:.4f}, "
+                f"prompt {record['loss_reg']:.4f})")
+            atomic_torch_save({"format": CHECKPOINT_FORMAT, "config": run_settings(cfg), "epoch": epoch + 1,
+                               "prompter": prompter.state_dict(), "optimizer": optimizer.state_dict(),
+                               "rng": torch.get_rng_state()}, out / CHECKPOINT_NAME)
+    if ctx.rank == 0:
+        final = {"format": CHECKPOINT_FORMAT, "model": cfg.model, "class_names": list(dataset.class_names),
+                 "prompter_config": prompter.config(), "prompter": prompter.state_dict()}
+        atomic_torch_save(final, out / PROMPTER_NAME)
     return out / PROMPTER_NAME
 
 
@@ -269,7 +299,7 @@ def _resume(cfg: PrompterConfig, out: Path, prompter: QueryPrompter, optimizer) 
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise PrompterError(f"{path} cannot be read ({exc}); delete it to start over") from None
-    if state.get("format") != CHECKPOINT_FORMAT or state.get("config") != _plain_config(cfg):
+    if state.get("format") != CHECKPOINT_FORMAT or state.get("config") != run_settings(cfg):
         raise PrompterError(f"{out} holds a prompter run with other settings; use another --out or delete {path}")
     prompter.load_state_dict(state["prompter"])
     optimizer.load_state_dict(state["optimizer"])

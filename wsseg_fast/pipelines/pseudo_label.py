@@ -126,11 +126,12 @@ class Labeller:
         h, w = image.shape[:2]
         boxes, classes = self.dataset.boxes(record)
         anns = [a for a in record.annotations if "bbox" in a]
-        if self.method.needs_sam and len(boxes) and embedding is None:
+        runs = len(boxes) > 0 or not self.method.needs_boxes  # a prompt-free method labels box-less images too
+        if self.method.needs_sam and runs and embedding is None:
             embedding = self.engine.embed([image], batch_size=1)[0]
         ctx = MethodInput(image, boxes, classes, anns, self.options, self.engine, embedding,
                           tuple(self.dataset.class_names))
-        if len(boxes):
+        if runs:
             instances = self.method.fn(ctx)
             label, winner = resolve(instances, h, w)
         else:  # no object: all background

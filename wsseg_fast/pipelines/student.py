@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -41,6 +40,7 @@ from tqdm.auto import tqdm
 from wsseg_fast.io import atomic_torch_save
 from wsseg_fast.metrics import IGNORE_INDEX, SegmentationMeter
 from wsseg_fast.models.student import MultiHeadUNet, build_student
+from wsseg_fast.pipelines.distributed import DistContext
 from wsseg_fast.pipelines.label_maps import (
     label_path,
     list_images,
@@ -276,38 +276,7 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    owned: bool = False  # this call initialised the process group and tears it down
-
-    @classmethod
-    def setup(cls) -> "_Dist":
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return cls()
-        owned = not dist.is_initialized()
-        if owned:
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owned)
-
-    def all_sum(self, values: torch.Tensor) -> torch.Tensor:
-        if self.world > 1:
-            values = values.clone()
-            dist.all_reduce(values)
-        return values
-
-    def close(self, finished: bool) -> None:
-        if self.world > 1:
-            if finished:  # after a failure the other ranks may never arrive
-                dist.barrier()
-            if self.owned:
-                dist.destroy_process_group()
-
-
-def _device(config: StudentConfig, ctx: _Dist) -> torch.device:
+def _device(config: StudentConfig, ctx: DistContext) -> torch.device:
     if config.device is not None:
         return torch.device(config.device)
     if torch.cuda.is_available():
@@ -366,17 +335,10 @@ def train_student(config: StudentConfig, on_epoch_end: Callable[[int, nn.Module,
     checkpoint path ``config.out/last.pt``. ``on_epoch_end(epoch, model, record)``
     is called on every rank after each epoch (``epoch`` counts from 1)."""
     _validate(config)
-    ctx = _Dist.setup()
-    finished = False
-    try:
-        checkpoint = _train(config, ctx, on_epoch_end)
-        finished = True
-        return checkpoint
-    finally:
-        ctx.close(finished)
+    return DistContext.run(lambda ctx: _train(config, ctx, on_epoch_end))
 
 
-def _train(config: StudentConfig, ctx: _Dist, on_epoch_end) -> Path:
+def _train(config: StudentConfig, ctx: DistContext, on_epoch_end) -> Path:
     device = _device(config, ctx)
     amp_dtype = autocast_dtype(config.amp, device)
     heads = list(config.sources)

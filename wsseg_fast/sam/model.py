@@ -1,10 +1,11 @@
 """Building SAM (segment-anything 1.0 modules) and loading a user's checkpoint.
 
-``build_sam("vit_b" | "vit_l" | "vit_h" | "tiny", checkpoint=None)`` gives the
+``build_sam("vit_b" | "vit_l" | "vit_h" | "tiny" | "small", checkpoint=None)`` gives the
 same module tree as ``segment_anything.build_sam_vit_*``, so official
 checkpoints load unchanged. ``tiny`` is a small encoder (256 px input, 16x16
 embedding) with the stock 256-channel neck, prompt encoder and mask decoder:
-for tests and the demo. Without a checkpoint the weights are a seeded random
+for tests and the demo; ``small`` (384 px, 24x24, 4 blocks of width 128) is the size
+``pretrain-sam`` can train from scratch on a CPU. Without a checkpoint the weights are a seeded random
 initialisation (deterministic, so cached embeddings stay valid), which gives
 meaningless masks: real pseudo-labels need a real checkpoint.
 """
@@ -44,6 +45,10 @@ MODEL_CONFIGS = {
     "vit_l": SamConfig(1024, 24, 16, (5, 11, 17, 23)),
     "vit_b": SamConfig(768, 12, 12, (2, 5, 8, 11)),
     "tiny": SamConfig(64, 2, 2, (1,), img_size=256, window_size=8),
+    # a stand-in that can learn shapes on a CPU (pretrain-sam): 384 px in, 24x24 tokens (96x96
+    # low-res masks), 4 blocks of width 128 -- thin things (poles) keep a few pixels, and a
+    # training step costs ~2x tiny's rather than vit_b's ~100x
+    "small": SamConfig(128, 4, 4, (1, 3), img_size=384, window_size=8),
 }
 PATCH_SIZE = 16
 PROMPT_DIM = 256
@@ -179,7 +184,7 @@ def build_sam(model: str, checkpoint: str | os.PathLike | None = None, *, with_e
     """A ``segment_anything.modeling.Sam`` in eval mode, on the CPU.
 
     Args:
-        model: ``vit_b``, ``vit_l``, ``vit_h`` (the official architectures) or ``tiny``.
+        model: ``vit_b``, ``vit_l``, ``vit_h`` (the official architectures), ``tiny`` or ``small``.
         checkpoint: a state dict file of the whole model (the official
             ``sam_vit_*.pth`` files load as they are). ``None``: seeded random weights.
         with_encoder: ``False`` skips building and loading the image encoder

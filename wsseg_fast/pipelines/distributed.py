@@ -1,0 +1,61 @@
+"""``torchrun`` support shared by the trainers (``train-student``, ``train-prompter``): with
+``WORLD_SIZE`` > 1 every process joins one process group (NCCL on GPUs, gloo on CPUs)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    owned: bool = False  # this call initialised the process group and tears it down
+
+    @classmethod
+    def setup(cls) -> "DistContext":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        owned = not dist.is_initialized()
+        if owned:
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owned)
+
+    @classmethod
+    def run(cls, train: Callable[["DistContext"], T]) -> T:
+        """``train(ctx)`` inside the process group: set up before, torn down after (a failed
+        rank skips the final barrier, which the others might never reach)."""
+        ctx = cls.setup()
+        finished = False
+        try:
+            result = train(ctx)
+            finished = True
+            return result
+        finally:
+            ctx.close(finished)
+
+    def all_sum(self, values: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            values = values.clone()
+            dist.all_reduce(values)
+        return values
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def close(self, finished: bool) -> None:
+        if self.world > 1:
+            if finished:  # after a failure the other ranks may never arrive
+                dist.barrier()
+            if self.owned:
+                dist.destroy_process_group()

@@ -1,0 +1,89 @@
+"""What the trainers on a weakly labelled COCO set with a frozen SAM image encoder share
+(``finetune`` and ``train-prompter``): the common settings, the training images with
+their boxes, their embeddings through the shared cache, and the settings a resumed run
+must repeat."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from wsseg_fast.cache import EmbeddingCache
+from wsseg_fast.data import ImageLoadError
+from wsseg_fast.sam.engine import SamEngine
+
+# Settings that change where or how fast a run goes, not what it computes (and epochs:
+# a finished run can be extended); every other setting must match to resume.
+RUNTIME_FIELDS = ("out", "cache", "threads", "device", "epochs")
+
+
+@dataclass
+class WeakTrainingConfig:
+    coco: str
+    """COCO JSON with the weak annotations."""
+
+    out: str
+    """Output directory: ``last.pt`` (resumable state), the trained weights, ``log.jsonl``."""
+
+    images: str | None = None
+    model: str = "tiny"
+    checkpoint: str | None = None
+    cache: str | None = None
+    """Embedding cache directory (frozen-encoder training); ``None``: embeddings kept in memory."""
+
+    epochs: int = 10
+    lr: float = 1e-4
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+
+
+def run_settings(cfg) -> dict:
+    """The dataclass ``cfg`` without :data:`RUNTIME_FIELDS`: stored in ``last.pt`` and compared on resume."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_FIELDS}
+
+
+@dataclass
+class WeakItem:
+    """One training image and its weak labels."""
+
+    stem: str
+    image: np.ndarray
+    boxes: torch.Tensor       # [N, 4] x0, y0, x1, y1 pixels
+    classes: torch.Tensor     # [N] class indices 1..C-1
+    annotations: list[dict]   # COCO annotations (points, scribbles), same order as boxes
+    tags: list[int]           # COCO category ids the image is tagged with
+    embedding: object = None  # the cached Embedding when the encoder is frozen
+
+
+def load_weak_items(dataset, log) -> list[WeakItem]:
+    """The readable images of ``dataset`` that have at least one box (the others are logged and skipped)."""
+    items = []
+    for record in dataset.images:
+        try:
+            image = dataset.load_image(record)
+        except ImageLoadError as exc:
+            log(f"skipped: {exc}")
+            continue
+        boxes, classes = dataset.boxes(record)
+        if len(boxes) == 0:
+            log(f"skipped: {record.file_name} has no box to prompt SAM with")
+            continue
+        anns = [a for a in record.annotations if "bbox" in a]
+        items.append(WeakItem(record.stem, image, torch.from_numpy(boxes), torch.from_numpy(classes), anns,
+                              record.tags))
+    return items
+
+
+def embed_items(cfg: WeakTrainingConfig, items: list[WeakItem]) -> None:
+    """Sets every item's embedding from the frozen encoder, through the cache when one is given
+    (encodes only the missing ones)."""
+    cache = None
+    if cfg.cache is not None:
+        cache = EmbeddingCache(cfg.cache)
+    engine = SamEngine(cfg.model, cfg.checkpoint, cache=cache, device=cfg.device)
+    for item, embedding in zip(items, engine.embed([item.image for item in items])):
+        item.embedding = embedding
