@@ -61,7 +61,8 @@ def batch_linear_assignment(
     Args:
         cost: ``[B, W, T]`` costs of assigning worker (row) ``w`` to task
             (column) ``t``; any real dtype, any device. ``+inf`` forbids a pair
-            (``-inf`` with ``maximize=True``).
+            (``-inf`` with ``maximize=True``); for integer costs the largest
+            int64 does (costs and their path sums must otherwise fit in int64).
         maximize: maximise the total instead.
         check: raise ``ValueError`` (naming the batch index) for a problem with
             NaN, ``-inf`` or no feasible matching. With ``check=False`` such a
