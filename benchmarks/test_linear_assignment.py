@@ -15,7 +15,7 @@ import torch
 from benchmarks.conftest import impl_params, record
 from wsseg_fast.ops import batch_linear_assignment
 
-SHAPES = [(8, 25, 20), (64, 25, 20), (64, 100, 10), (208, 300, 100), (208, 300, 300)]
+SHAPES = [(1, 25, 20), (8, 25, 20), (64, 25, 20), (64, 100, 10), (208, 300, 100), (208, 300, 300)]
 
 
 def lapjv_loop(cost: torch.Tensor) -> torch.Tensor:
@@ -50,3 +50,37 @@ def test_batch_linear_assignment(benchmark, shape, impl):
     expected = np.array([cost[b].double().numpy()[scipy.optimize.linear_sum_assignment(cost[b].double().numpy())].sum()
                          for b in range(shape[0])])
     np.testing.assert_allclose(total(cost, assignment), expected, rtol=1e-12)
+
+
+def single_problem_overhead(problems: int = 256, repeat: int = 15) -> None:
+    """B=1 per-call cost, side by side: SciPy, the wrapper (fast and generic paths), the bare op.
+    Each callable solves the same ``problems`` different 25x20 problems (one fixed problem
+    can be easier or harder than most); best of ``repeat`` passes, in µs per call."""
+    import time
+
+    cost = torch.rand(problems, 25, 20, generator=torch.Generator().manual_seed(0))
+    singles = [cost[b : b + 1].clone() for b in range(problems)]
+    arrays = [c[0].double().numpy() for c in singles]
+    op = torch.ops.wsseg_fast.batch_linear_assignment.default
+    calls = [
+        ("scipy.optimize.linear_sum_assignment (float64 array)", scipy.optimize.linear_sum_assignment, arrays),
+        ("scipy.optimize.linear_sum_assignment (the float32 tensor)",
+         lambda c: scipy.optimize.linear_sum_assignment(c[0]), singles),
+        ("batch_linear_assignment (auto, fast path)", batch_linear_assignment, singles),
+        ("batch_linear_assignment (backend='cpu', generic path)",
+         lambda c: batch_linear_assignment(c, backend="cpu"), singles),
+        ("torch.ops.wsseg_fast.batch_linear_assignment alone", lambda c: op(c, False, True), singles),
+    ]
+    print(f"B=1, {problems} different 25x20 float32 problems, {torch.get_num_threads()} thread(s):")
+    for name, fn, inputs in calls:
+        best = float("inf")
+        for _ in range(repeat):
+            began = time.perf_counter()
+            for x in inputs:
+                fn(x)
+            best = min(best, (time.perf_counter() - began) / problems)
+        print(f"  {name}: {best * 1e6:.2f} us per call")
+
+
+if __name__ == "__main__":
+    single_problem_overhead()

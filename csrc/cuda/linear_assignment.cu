@@ -16,7 +16,6 @@ namespace wsseg {
 namespace {
 
 using lsap::Candidate;
-using lsap::TwoMin;
 
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
@@ -57,24 +56,21 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t b = blockIdx.x;
   const int tid = threadIdx.x;
   const lsap::CostView<scalar_t, acc_t> view{cost + b * nr * nc, nc};
-  int32_t* ints = ints_all + b * (2 * int64_t(nr) + 3 * nc);
+  int32_t* ints = ints_all + b * (int64_t(nr) + 3 * nc);
   uint8_t* bytes = flags_all + b * (int64_t(nr) + nc);
-  const lsap::Workspace<acc_t> ws{u_all + b * nr,        v_all + b * nc,  shortest_all + b * nc,
-                                  ints,                  ints + nc,       ints + nc + nr,
-                                  ints + 2 * nc + nr,    ints + 3 * nc + nr,
-                                  bytes,                 bytes + nr};
+  const lsap::Workspace<acc_t> ws{u_all + b * nr, v_all + b * nc,      shortest_all + b * nc,
+                                  ints,           ints + nc,           ints + nc + nr,
+                                  ints + 2 * nc + nr, bytes,           bytes + nr};
 
   __shared__ Candidate<acc_t> warp_cand[kWarps];
-  __shared__ TwoMin<acc_t> warp_two[kWarps];
   __shared__ acc_t warp_min[kWarps];
-  __shared__ int32_t s_flags, s_ok, s_row, s_sink, s_remaining, s_current, s_n_free, s_next_free, s_steps;
+  __shared__ int32_t s_flags, s_ok, s_row, s_sink, s_remaining;
   __shared__ acc_t s_min_val;
 
   const auto min_acc = [](acc_t a, acc_t c) { return c < a ? c : a; };
   const auto min_cand = [](const Candidate<acc_t>& a, const Candidate<acc_t>& c) {
     return lsap::better(c, a) ? c : a;
   };
-  const auto min_two = [](const TwoMin<acc_t>& a, const TwoMin<acc_t>& c) { return lsap::merge_two_min(a, c); };
 
   // Row reduction, which also validates the entries.
   if (tid == 0) s_flags = 0;
@@ -94,13 +90,7 @@ __global__ void __launch_bounds__(kThreads)
     const int32_t n = nr;
     for (int32_t j = tid; j < n; j += kThreads) lsap::reduce_col(view, ws, n, j);
     __syncthreads();
-    if (tid == 0) {
-      lsap::match_column_minima(ws, n);
-      int32_t n_free = 0;
-      for (int32_t i = 0; i < n; ++i)
-        if (ws.col4row[i] < 0) ws.free_rows[n_free++] = i;
-      s_n_free = n_free;
-    }
+    if (tid == 0) lsap::match_column_minima(ws, n);
     __syncthreads();
     for (int32_t i = 0; i < n; ++i) {  // reduction transfer, row by row
       const int32_t j = ws.col4row[i];
@@ -108,23 +98,6 @@ __global__ void __launch_bounds__(kThreads)
       acc_t m = lsap::min_reduced(view, ws, i, j, tid, n, kThreads);
       m = block_reduce(m, min_acc, warp_min);
       if (tid == 0) ws.v[j] -= m;
-      __syncthreads();
-    }
-    for (int pass = 0; pass < 2 && s_n_free > 0; ++pass) {  // augmenting row reduction
-      if (tid == 0) s_current = s_next_free = s_steps = 0;
-      __syncthreads();
-      while (s_current < s_n_free) {
-        const int32_t i = ws.free_rows[s_current];
-        TwoMin<acc_t> t = lsap::two_min_reduced(view, ws, i, tid, n, kThreads);
-        t = block_reduce(t, min_two, warp_two);
-        if (tid == 0) {
-          int32_t current = s_current + 1, next_free = s_next_free, steps = s_steps + 1;
-          lsap::arr_step(ws, n, i, t, &current, &next_free, &steps);
-          s_current = current, s_next_free = next_free, s_steps = steps;
-        }
-        __syncthreads();
-      }
-      if (tid == 0) s_n_free = s_next_free;
       __syncthreads();
     }
     for (int32_t i = tid; i < n; i += kThreads) lsap::settle_row_dual(view, ws, n, i);
@@ -196,7 +169,7 @@ void launch(const at::Tensor& cost, const ProblemShape& shape, at::Tensor& out, 
   at::Tensor u = at::empty({shape.batch, shape.nr}, acc_opts);
   at::Tensor v = at::empty({shape.batch, shape.nc}, acc_opts);
   at::Tensor shortest = at::empty({shape.batch, shape.nc}, acc_opts);
-  at::Tensor ints = at::empty({shape.batch, 2 * shape.nr + 3 * shape.nc}, cost.options().dtype(at::kInt));
+  at::Tensor ints = at::empty({shape.batch, shape.nr + 3 * shape.nc}, cost.options().dtype(at::kInt));
   at::Tensor bytes = at::empty({shape.batch, shape.nr + shape.nc}, cost.options().dtype(at::kByte));
   lsap_kernel<scalar_t, acc_t><<<shape.batch, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       cost.data_ptr<scalar_t>(), int32_t(shape.nr), int32_t(shape.nc), shape.transposed, shape.workers,

@@ -92,24 +92,32 @@ def test_maximize(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_forbidden_pairs(backend):
-    """+inf forbids a pair; feasible problems keep SciPy's optimum, the others raise or give -1 rows."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int64])
+def test_forbidden_pairs(backend, dtype):
+    """+inf (the largest int64 for integers) forbids a pair; feasible problems keep
+    SciPy's optimum, the others raise or give -1 rows."""
+    if backend == "triton" and dtype == torch.int64:
+        pytest.skip("the interpreter runs the float problems; integer costs share the kernel's code")
     generator = torch.Generator().manual_seed(3)
     n = 40 if backend == "triton" else 400
-    for workers, tasks in [(5, 5), (4, 7), (7, 4)]:
+    for workers, tasks in [(5, 5), (4, 7), (7, 4), (16, 16)]:
         cost = torch.rand(n, workers, tasks, generator=generator)
-        cost[torch.rand(cost.shape, generator=generator) < 0.35] = float("inf")
+        forbidden = torch.rand(cost.shape, generator=generator) < (0.35 if workers < 16 else 0.1)
+        if dtype == torch.int64:
+            cost = (cost * 8).long().masked_fill(forbidden, torch.iinfo(torch.int64).max)
+        else:
+            cost[forbidden] = float("inf")
         assignment = solve(cost, backend, check=False)
-        array = cost.double().numpy()
+        array = cost.double().masked_fill(forbidden, float("inf")).numpy()
         for b in range(n):
             try:
                 rows, cols = scipy.optimize.linear_sum_assignment(array[b])
             except ValueError:  # infeasible
                 assert (assignment[b] == -1).all()
                 continue
-            got = assignment[b]
-            assert np.isfinite(total_cost(cost[b : b + 1], got[None])[0])
-            assert total_cost(cost[b : b + 1], got[None])[0] == pytest.approx(array[b, rows, cols].sum(), abs=1e-9)
+            got = total_cost(torch.from_numpy(array[b : b + 1]), assignment[b][None])[0]
+            assert np.isfinite(got)
+            assert got == pytest.approx(array[b, rows, cols].sum(), abs=1e-9)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -183,6 +191,21 @@ def test_same_matching_as_scipy_on_random_floats(backend):
         assert torch.equal(solve(c, backend), batch_linear_assignment(c, backend="torch"))
 
 
+def test_cpu_float_and_integer_searches_agree_on_ties():
+    """Floating costs take the CPU kernel's SIMD search, int64 costs the serial one
+    (wsseg/lsap.h): on integer-valued problems full of ties, with forbidden pairs
+    and odd widths (the SIMD loops' tails), both pick the same matching."""
+    generator = torch.Generator().manual_seed(13)
+    for workers, tasks in [(20, 25), (25, 20), (7, 7), (9, 13), (1, 5), (33, 33)]:
+        cost = torch.randint(0, 4, (200, workers, tasks), generator=generator)
+        forbidden = torch.rand(cost.shape, generator=generator) < 0.1
+        never = torch.iinfo(torch.int64).max  # int64's "forbidden", as +inf for floats
+        for c in (cost, cost.masked_fill(forbidden, never)):
+            integer = batch_linear_assignment(c, backend="cpu", check=False)
+            floating = c.double().masked_fill(c == never, float("inf"))
+            assert torch.equal(batch_linear_assignment(floating, backend="cpu", check=False), integer)
+
+
 def test_public_convention_example():
     """The example of torch_linear_assignment's README: the same answer."""
     cost = torch.tensor([8, 4, 7, 5, 2, 3, 9, 6, 7, 9, 4, 8]).reshape(1, 4, 3)
@@ -216,6 +239,23 @@ def test_input_errors():
 
 
 @pytest.mark.triton
+def test_single_problem_fast_path_honours_backend_env(monkeypatch):
+    # B=1 on the CPU goes straight to the compiled op; it must give SciPy's
+    # optimum and still obey $WSSEG_FAST_BACKEND (a bad value is reported).
+    skip_unless_available("batch_linear_assignment", "cpu")
+    cost = torch.rand(1, 25, 20, generator=torch.Generator().manual_seed(3))
+    rows, cols = scipy.optimize.linear_sum_assignment(cost[0].double().numpy())
+    out = batch_linear_assignment(cost)
+    assert out.shape == (1, 25)
+    got = cost[0][out[0] >= 0, out[0][out[0] >= 0]].double().sum()
+    assert got.item() == pytest.approx(cost[0].double().numpy()[rows, cols].sum(), rel=1e-12)
+    monkeypatch.setenv("WSSEG_FAST_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="WSSEG_FAST_BACKEND"):
+        batch_linear_assignment(cost)
+    monkeypatch.setenv("WSSEG_FAST_BACKEND", "torch")
+    assert torch.equal(batch_linear_assignment(cost), out)
+
+
 def test_triton_size_limit_is_explained():
     from wsseg_fast.kernels.linear_assignment import MAX_BLOCK
 

@@ -7,10 +7,12 @@ so it can be swapped in.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from wsseg_fast import reference
-from wsseg_fast.ops._backend import TRITON_RUNNABLE, OpSpec, choose
+from wsseg_fast.ops._backend import ENV_VAR, TRITON_RUNNABLE, OpSpec, choose
 
 if TRITON_RUNNABLE:
     from wsseg_fast.kernels import linear_assignment as _triton
@@ -28,6 +30,14 @@ if SPEC.compiled["cpu"] or SPEC.compiled["cuda"]:
     @torch.library.register_fake("wsseg_fast::batch_linear_assignment")
     def _(cost, maximize=False, check=True):
         return cost.new_empty(cost.shape[:2], dtype=torch.long)
+
+
+# The CPU kernel's own dtypes: a CPU tensor of one of these with backend="auto"
+# (and no $WSSEG_FAST_BACKEND) goes straight to the cached op overload, which
+# keeps the per-call overhead of a single small problem (B=1) near the
+# dispatcher's own.
+_KERNEL_DTYPES = (torch.float32, torch.float64, torch.int64)
+_CPU_OP = torch.ops.wsseg_fast.batch_linear_assignment.default if SPEC.compiled["cpu"] else None
 
 
 def _as_solver_dtype(cost: torch.Tensor) -> torch.Tensor:
@@ -51,7 +61,8 @@ def batch_linear_assignment(
     Args:
         cost: ``[B, W, T]`` costs of assigning worker (row) ``w`` to task
             (column) ``t``; any real dtype, any device. ``+inf`` forbids a pair
-            (``-inf`` with ``maximize=True``).
+            (``-inf`` with ``maximize=True``); for integer costs the largest
+            int64 does (costs and their path sums must otherwise fit in int64).
         maximize: maximise the total instead.
         check: raise ``ValueError`` (naming the batch index) for a problem with
             NaN, ``-inf`` or no feasible matching. With ``check=False`` such a
@@ -65,6 +76,16 @@ def batch_linear_assignment(
         cost (SciPy's optimum; ties may pick another matching of equal cost).
         Integer costs are solved exactly in int64; floating costs in float64.
     """
+    if (
+        _CPU_OP is not None
+        and backend == "auto"
+        and type(cost) is torch.Tensor
+        and cost.device.type == "cpu"
+        and cost.dtype in _KERNEL_DTYPES
+        and cost.dim() == 3
+        and not os.environ.get(ENV_VAR)
+    ):
+        return _CPU_OP(cost, maximize, check)
     if not isinstance(cost, torch.Tensor):
         raise TypeError(f"batch_linear_assignment: `cost` must be a torch.Tensor, got {type(cost).__name__}")
     if cost.dim() != 3:

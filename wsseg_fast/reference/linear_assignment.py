@@ -11,6 +11,10 @@ import scipy.optimize
 import torch
 
 
+# For integer costs the largest int64 forbids a pair, as +inf does for floats.
+FORBIDDEN_INT = torch.iinfo(torch.int64).max
+
+
 def invalid_message(b: int, maximize: bool) -> str:
     bad = "+inf (with maximize=True, -inf marks a forbidden pair)" if maximize else "-inf"
     return f"batch_linear_assignment: cost[{b}] contains NaN or {bad}"
@@ -36,6 +40,8 @@ def batch_linear_assignment(cost: torch.Tensor, *, maximize: bool = False, check
     if host.dtype in (torch.float16, torch.bfloat16):
         host = host.float()
     array = host.numpy()
+    if host.dtype == torch.int64 and (host == FORBIDDEN_INT).any():
+        array = np.where(array == FORBIDDEN_INT, np.inf, array.astype(np.float64))
     for b in range(batch):
         try:
             rows, cols = scipy.optimize.linear_sum_assignment(array[b], maximize=maximize)
