@@ -17,8 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from wsseg_fast.pipelines.experiment import make_splits
-from wsseg_fast.pipelines.methods import METHODS
+from wsseg_fast.pipelines.experiment import SAM_GT_BOX_OPTIONS, make_splits
 from wsseg_fast.pipelines.prompter import PrompterConfig, train_prompter
 from wsseg_fast.pipelines.pseudo_label import JobConfig, run_pseudo_label
 
@@ -53,7 +52,7 @@ def main(argv=None) -> int:
                                 progress=False, overwrite=True)
         rows[f"{split} prompter"] = round(100 * free["report"]["miou"], 1)
     boxed = run_pseudo_label(JobConfig(out=str(args.out / "test_sam_gt_box"), method="sam-box",
-                                       options={**METHODS["sam-box"].options, "clip_to_box": False, "fallback": False},
+                                       options=SAM_GT_BOX_OPTIONS,
                                        coco=str(args.out / "test" / "annotations.json"), model="tiny",
                                        checkpoint=args.checkpoint, cache=str(args.out / "cache"), threads=args.threads),
                              progress=False, overwrite=True)

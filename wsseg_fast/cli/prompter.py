@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from wsseg_fast.cli.common import UsageError, add_config, save_config
 from wsseg_fast.data import DataError
+from wsseg_fast.models.prompter import PROMPT_HEADS
 from wsseg_fast.pipelines.prompter import PrompterConfig, PrompterError, train_prompter
 from wsseg_fast.sam import CheckpointError
 from wsseg_fast.sam.model import MODEL_CONFIGS
@@ -34,7 +35,7 @@ def add_train_prompter(sub) -> None:
     p.add_argument("--decoder-layers", type=int, default=6)
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--stride", type=int, default=2, help="of the 2 downsampling convs (1 keeps tiny's 16x16 grid)")
-    p.add_argument("--prompt-head", choices=("tokens", "box"), default="tokens",
+    p.add_argument("--prompt-head", choices=PROMPT_HEADS, default="tokens",
                    help="tokens: the MLP gives SAM's prompt tokens (the paper's); box: it gives a box, "
                         "encoded into tokens as SAM does")
     p.add_argument("--device", default="cpu")

@@ -22,6 +22,9 @@ from torch import nn
 from torch.nn import functional as F
 
 
+PROMPT_HEADS = ("tokens", "box")
+
+
 class LayerNorm2d(nn.Module):
     """LayerNorm over the channels of a ``[B, C, H, W]`` map (as SAM's neck)."""
 
@@ -62,8 +65,8 @@ class QueryPrompter(nn.Module):
                  num_decoder_layers: int = 6, num_queries: int = 25, num_tokens: int = 2,
                  prompt_dim: int = 256, dropout: float = 0.1, stride: int = 2, prompt_head: str = "tokens"):
         super().__init__()
-        if prompt_head not in ("tokens", "box"):
-            raise ValueError(f"QueryPrompter: prompt_head must be 'tokens' or 'box', got {prompt_head!r}")
+        if prompt_head not in PROMPT_HEADS:
+            raise ValueError(f"QueryPrompter: prompt_head must be one of {', '.join(PROMPT_HEADS)}, got {prompt_head!r}")
         if prompt_head == "box" and (num_tokens != 2 or prompt_dim % 2):
             raise ValueError(f"QueryPrompter: a box head gives SAM's 2 corner tokens of an even width; got "
                              f"num_tokens={num_tokens}, prompt_dim={prompt_dim}")

@@ -152,6 +152,11 @@ def make_splits(out: Path, train_images: int, test_images: int, seed: int) -> No
             make_demo(out / split, images=n, seed=split_seed)
 
 
+# sam-box as the prompter's upper bound: SAM's masks unclipped and without the box fallback
+# (see prompter_rows)
+SAM_GT_BOX_OPTIONS = {**METHODS["sam-box"].options, "clip_to_box": False, "fallback": False}
+
+
 def prompter_rows(cfg: DemoExperimentConfig, progress: bool = True) -> list[dict]:
     """Rows ``prompter`` (WPS-SAM's query prompter trained on the train split's boxes, run
     prompt-free on the test split) and ``sam_gt_box`` (the same SAM prompted with the test
@@ -173,8 +178,7 @@ def prompter_rows(cfg: DemoExperimentConfig, progress: bool = True) -> list[dict
     free = run_pseudo_label(JobConfig(out=str(out / "test_prompter"), method="prompter",
                                       options={"checkpoint": str(prompter), "threshold": 0.5}, **job), progress=progress)
     boxed = run_pseudo_label(JobConfig(out=str(out / "test_sam_box"), method="sam-box",
-                                       options={**METHODS["sam-box"].options, "clip_to_box": False, "fallback": False},
-                                       **job), progress=progress)
+                                       options=SAM_GT_BOX_OPTIONS, **job), progress=progress)
     split = "test (SAM masks vs GT)"
     return [_row("prompter", free["report"], split), _row("sam_gt_box", boxed["report"], split)]
 

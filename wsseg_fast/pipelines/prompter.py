@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from wsseg_fast.data import CocoWeakDataset
 from wsseg_fast.io import append_jsonl, atomic_torch_save
 from wsseg_fast.matching import HungarianMatcher, PromptSetCriterion
-from wsseg_fast.models.prompter import QueryPrompter
+from wsseg_fast.models.prompter import PROMPT_HEADS, QueryPrompter
 from wsseg_fast.pipelines.distributed import DistContext
 from wsseg_fast.pipelines.methods import (
     Instances,
@@ -65,10 +65,16 @@ def teacher_prompts(sam, boxes, original_size: tuple[int, int], input_size: tupl
     boxes = torch.as_tensor(boxes, dtype=torch.float32, device=param.device)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise ValueError(f"teacher_prompts: boxes must be [N, 4] (x0, y0, x1, y1), got shape {tuple(boxes.shape)}")
-    scale = torch.tensor([input_size[1] / original_size[1], input_size[0] / original_size[0]], device=param.device)
     with torch.no_grad():
-        sparse, _ = sam.prompt_encoder(points=None, boxes=(boxes.view(-1, 2, 2) * scale).view(-1, 4), masks=None)
+        sparse, _ = sam.prompt_encoder(points=None, boxes=input_frame_boxes(boxes, original_size, input_size),
+                                       masks=None)
     return sparse
+
+
+def input_frame_boxes(boxes: torch.Tensor, original_size: tuple[int, int], input_size: tuple[int, int]) -> torch.Tensor:
+    """``[N, 4]`` boxes in original pixels -> the same boxes in SAM's input frame (resized image)."""
+    scale = torch.tensor([input_size[1] / original_size[1], input_size[0] / original_size[0]], device=boxes.device)
+    return (boxes.view(-1, 2, 2) * scale).view(-1, 4)
 
 
 def decode_prompts(sam, embedding: Embedding | torch.Tensor, tokens: torch.Tensor) -> MaskPrediction:
@@ -188,8 +194,8 @@ def _validate(cfg: PrompterConfig) -> None:
             raise PrompterError(f"{name} must be >= 1, got {getattr(cfg, name)}")
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise PrompterError(f"lr must be a positive number, got {cfg.lr}")
-    if cfg.prompt_head not in ("tokens", "box"):
-        raise PrompterError(f"prompt_head must be 'tokens' or 'box', got {cfg.prompt_head!r}")
+    if cfg.prompt_head not in PROMPT_HEADS:
+        raise PrompterError(f"prompt_head must be one of {', '.join(PROMPT_HEADS)}, got {cfg.prompt_head!r}")
     if not (0 < cfg.no_object_weight <= 1):
         raise PrompterError(f"no_object_weight must be in (0, 1], got {cfg.no_object_weight}")
 
@@ -247,12 +253,12 @@ def _train(cfg: PrompterConfig, ctx: DistContext, progress: bool) -> Path:
     targets = [{"labels": item.classes.long() - 1,
                 "prompts": teacher_prompts(sam, item.boxes, item.embedding.original_size, item.embedding.input_size)}
                for item in items]
-    if cfg.prompt_head == "box":  # the boxes as fractions of the input frame, where SAM encodes them
+    if cfg.prompt_head == "box":  # fractions of the input frame, at the pixel centres SAM encodes (+0.5)
         img_size = sam.prompt_encoder.input_image_size[0]
         for item, target in zip(items, targets):
-            (h, w), (rh, rw) = item.embedding.original_size, item.embedding.input_size
-            scale = torch.tensor([rw / w, rh / h, rw / w, rh / h])
-            target["boxes"] = (torch.as_tensor(item.boxes, dtype=torch.float32) * scale + 0.5) / img_size
+            boxes = input_frame_boxes(torch.as_tensor(item.boxes, dtype=torch.float32), item.embedding.original_size,
+                                      item.embedding.input_size)
+            target["boxes"] = (boxes + 0.5) / img_size
     num_classes = dataset.num_classes - 1
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
