@@ -11,8 +11,9 @@ Rows (each a fresh pseudo-labelling run scored against the dataset's ``gt/``):
 - ``stage 1 -> sam-box`` and ``stage 1 -> sbr``: after ``finetune`` on the dataset's own weak
   labels (boxes, points, scribbles, tags, the pairwise colour prior and ``--priors``);
 - ``stage 1 without <kind> -> sam-box / sbr``: the same with one constraint kind's weight set to 0
-  (boxes; points and scribbles; the pairwise prior; the priors file's rules), so each kind's
-  contribution is measured.
+  (boxes; points and scribbles; the pairwise prior; tags; the priors file's rules), so each kind's
+  contribution is measured; ``stage 1 only <kind> -> ...``: every other kind's weight set to 0
+  (what a kind does alone, where the others carry the same information).
 
 Writes ``stage1_real.json`` / ``stage1_real.md`` (mIoU, per-class IoU, s/img, and stage 1's
 seconds per step) into ``--out``. The dataset is never written into the repository.
@@ -32,6 +33,7 @@ import torch
 
 from wsseg_fast.io import atomic_write_json, atomic_write_text
 from wsseg_fast.pipelines.finetune import FinetuneConfig, finetune
+from wsseg_fast.pipelines.methods import parse_options
 from wsseg_fast.pipelines.pseudo_label import JobConfig, run_pseudo_label
 from wsseg_fast.sam.model import MODEL_CONFIGS
 
@@ -44,14 +46,27 @@ ABLATIONS = {
     "priors file": ("contains", "excludes", "one_class_per_pixel", "box_size"),
 }
 ROWS = ["box", "sam-box", "sbr", "stage 1 -> sam-box", "stage 1 -> sbr",
-        *(f"stage 1 without {kind} -> {method}" for kind in ABLATIONS for method in ("sam-box", "sbr"))]
+        *(f"stage 1 {how} {kind} -> {method}" for how in ("without", "only") for kind in ABLATIONS
+          for method in ("sam-box", "sbr"))]
+
+
+def _variant(name: str) -> tuple[str, tuple[str, ...]]:
+    """A ``stage 1 ...`` row's fine-tuning: its name (``stage 1 without boxes``) and the weights set to 0."""
+    variant = name[: name.index(" -> ")]
+    how, _, kind = variant[len("stage 1 "):].partition(" ")
+    if how == "without":
+        return variant, ABLATIONS[kind]
+    if how == "only":
+        return variant, tuple(w for other, weights in ABLATIONS.items() if other != kind for w in weights)
+    return variant, ()
 
 
 def _label(args, work: Path, name: str, method: str, finetuned: str | None) -> dict:
     out = work / "".join(c if c.isalnum() else "_" for c in name)
     shutil.rmtree(out, ignore_errors=True)  # time a fresh run, never a resumed one
+    pairs = [option.partition(":")[2] for option in args.method_option if option.partition(":")[0] == method]
     cfg = JobConfig(coco=str(args.data / "annotations.json"), images=str(args.data / "images"), out=str(out),
-                    method=method, model=args.model, checkpoint=args.checkpoint, finetuned=finetuned,
+                    method=method, options=parse_options(method, pairs), model=args.model, checkpoint=args.checkpoint, finetuned=finetuned,
                     cache=str(work / "cache"), gt=str(args.data / "gt"), threads=1)
     summary = run_pseudo_label(cfg, overwrite=True, progress=False)
     report = summary["report"]
@@ -84,7 +99,8 @@ def markdown(result: dict) -> str:
     base = next((r["miou"] for r in rows if r["name"] == "sam-box"), None)
     lines = [f"# Stage 1 with a given SAM: {result['data']}", "",
              f"{rows[0]['images']} images, 1 CPU thread; SAM `{result['model']}` from `{result['checkpoint']}`; "
-             f"stage 1: `finetune --train {result['train']}`, {result['epochs']} epochs, lr {result['lr']}.", "",
+             f"stage 1: `finetune --train {result['train']}`, {result['epochs']} epochs, lr {result['lr']}"
+             + "".join(f"; `{o}`" for o in result.get("method_options", [])) + ".", "",
              "| row | mIoU | vs sam-box | " + " | ".join(classes) + " | s/img |",
              "|---|---|---|" + "---|" * len(classes) + "---|"]
     for r in rows:
@@ -109,6 +125,8 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--loss-scale", type=float, default=0.5)
+    parser.add_argument("--method-option", action="append", default=[], metavar="METHOD:KEY=VALUE",
+                        help="an option for one method's rows, e.g. sam-box:zoom=true (repeatable)")
     parser.add_argument("--rows", nargs="+", choices=ROWS, metavar="ROW", help=f"rows to run (default: all): {ROWS}")
     parser.add_argument("--out", default="benchmarks/results/stage1_real", help="where the tables go")
     parser.add_argument("--work", default=os.path.join("/tmp", "wsseg-stage1-real"), help="where runs go")
@@ -122,22 +140,22 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     work = Path(args.work)
     wanted = args.rows or ROWS
-    if not args.priors:  # without a priors file that ablation is stage 1 itself
+    if not args.priors:  # without a priors file, "without" it is stage 1 itself and "only" it is nothing
         wanted = [name for name in wanted if "priors file" not in name]
     rows, stage1, finetuned = [], {}, {}
     for name in wanted:
         method = "box" if name == "box" else ("sam-box" if name.endswith("sam-box") else "sbr")
         weights = None
         if name.startswith("stage 1"):
-            kind = name[len("stage 1 without "):name.index(" -> ")] if "without" in name else ""
-            if kind not in finetuned:
-                finetuned[kind], stage1[f"stage 1{' without ' + kind if kind else ''}"] = _stage1(
-                    args, work, kind or "all", ABLATIONS.get(kind, ()))
-            weights = finetuned[kind]
+            variant, zero = _variant(name)
+            if variant not in finetuned:
+                finetuned[variant], stage1[variant] = _stage1(args, work, variant, zero)
+            weights = finetuned[variant]
         rows.append(_label(args, work, name, method, weights))
         print(f"{name}: mIoU {100 * rows[-1]['miou']:.1f}", flush=True)
     result = {"data": str(args.data), "model": args.model, "checkpoint": args.checkpoint, "train": args.train,
-              "epochs": args.epochs, "lr": args.lr, "priors": args.priors, "rows": rows, "stage1": stage1}
+              "epochs": args.epochs, "lr": args.lr, "priors": args.priors, "method_options": args.method_option,
+              "rows": rows, "stage1": stage1}
     out = Path(args.out)
     atomic_write_json(out / "stage1_real.json", result)
     atomic_write_text(out / "stage1_real.md", markdown(result))

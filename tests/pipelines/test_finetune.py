@@ -110,12 +110,15 @@ def test_whole_model_training_feeds_sbr_pseudo_labels(demo, tmp_path, capsys):
 def test_stage1_benchmark_runs_on_a_tiny_dataset(demo, tmp_path):
     """benchmarks/stage1_real.py on the 2-image demo with a saved checkpoint (CamVid is not needed)."""
     torch.save(build_sam("tiny").state_dict(), tmp_path / "tiny.pth")
-    rows = ["sam-box", "stage 1 -> sam-box", "stage 1 without boxes -> sbr"]
+    rows = ["sam-box", "stage 1 -> sam-box", "stage 1 without boxes -> sbr", "stage 1 only boxes -> sam-box"]
     assert stage1_real.main([str(demo), "--checkpoint", str(tmp_path / "tiny.pth"), "--epochs", "1", "--rows", *rows,
                              "--out", str(tmp_path / "res"), "--work", str(tmp_path / "work")]) == 0
     result = json.loads((tmp_path / "res/stage1_real.json").read_text())
     assert [r["name"] for r in result["rows"]] == rows
-    assert set(result["stage1"]) == {"stage 1", "stage 1 without boxes"}  # one fine-tuning per variant
+    assert set(result["stage1"]) == {"stage 1", "stage 1 without boxes", "stage 1 only boxes"}  # one per variant
+    assert stage1_real._variant("stage 1 without boxes -> sbr") == ("stage 1 without boxes", ("boxes",))
+    only = stage1_real._variant("stage 1 only pairwise prior -> sam-box")
+    assert only[0] == "stage 1 only pairwise prior" and "pairwise" not in only[1] and {"boxes", "points", "tags_present"} <= set(only[1])
     assert all(0 <= r["miou"] <= 1 for r in result["rows"]) and result["stage1"]["stage 1"]["seconds_per_step"] > 0
     assert "| stage 1 -> sam-box |" in (tmp_path / "res/stage1_real.md").read_text()
     assert stage1_real.main([str(demo), "--checkpoint", str(tmp_path / "missing.pth")]) == 2
