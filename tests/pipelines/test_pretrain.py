@@ -2,22 +2,31 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from wsseg_fast.cli import main
 from wsseg_fast.data import CocoWeakDataset, make_demo
+from wsseg_fast.data.weak import encode_rle, mask_bbox
 from wsseg_fast.pipelines.pretrain import (
     MAX_JITTER_PX,
     PretrainConfig,
     PretrainError,
+    _lr_at,
     corrective_click,
     mirrored,
     prepare_samples,
     pretrain_sam,
     sample_prompts,
+    zoomed,
 )
 from wsseg_fast.sam.model import build_sam, load_state_dict_file
+from wsseg_fast.sam.prompting import MIN_ZOOM, preprocess, zoom_factor, zoom_window
+
+# pycocotools 2.0 calls np.array(copy=False) on NumPy 2: not ours to fix
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
@@ -87,18 +96,94 @@ def test_mirroring_keeps_masks_and_boxes_together(shapes, tmp_path):
         assert xs.min() * cell >= box[0] - cell and (xs.max() + 1) * cell <= box[2] + cell
     weights = pretrain_sam(config(shapes, tmp_path / "flip", epochs=1, hflip=True), progress=False)
     plain = pretrain_sam(config(shapes, tmp_path / "plain", epochs=1), progress=False)
-    a, b = load_state_dict_file(weights), load_state_dict_file(plain)
+    low = pretrain_sam(config(shapes, tmp_path / "low", epochs=1, loss_resolution="low"), progress=False)
+    a, b, c = load_state_dict_file(weights), load_state_dict_file(plain), load_state_dict_file(low)
     assert any(not torch.equal(a[k], b[k]) for k in a)  # the flips changed what was trained on
+    assert any(not torch.equal(c[k], b[k]) for k in c)  # so did the losses' resolution
 
 
-def test_resume_is_bit_exact(shapes, tmp_path):
-    straight = pretrain_sam(config(shapes, tmp_path / "a"), progress=False)
-    pretrain_sam(config(shapes, tmp_path / "b", epochs=1), progress=False)
-    resumed = pretrain_sam(config(shapes, tmp_path / "b"), progress=False)  # picks up at epoch 2
+def test_thin_things_keep_their_pixels_at_the_input_resolution(tmp_path):
+    """A 3-px pole in a 512-px photo is 1.5 px at 256 px in: under half of every 4-px low-res
+    pixel, so at the low resolution its target is empty and its box is taught an empty mask."""
+    image = np.zeros((512, 512, 3), np.uint8)
+    pole = np.zeros((512, 512), bool)
+    pole[100:400, 201:204] = True
+    (tmp_path / "images").mkdir()
+    Image.fromarray(image).save(tmp_path / "images/a.png")
+    coco = {"images": [{"id": 1, "file_name": "a.png", "height": 512, "width": 512}],
+            "categories": [{"id": 1, "name": "pole"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": mask_bbox(pole), "iscrowd": 0,
+                             "area": int(pole.sum()), "segmentation": encode_rle(pole)}]}
+    (tmp_path / "a.json").write_text(json.dumps(coco))
+    dataset = CocoWeakDataset(str(tmp_path / "a.json"))
+    [sample] = prepare_samples(dataset, 256, lambda message: None)
+    [low] = prepare_samples(dataset, 256, lambda message: None, loss_resolution="low")
+    assert sample.masks.dtype == torch.bool and sample.masks.shape == (1, 256, 256) and low.masks.shape == (1, 64, 64)
+    columns = torch.nonzero(sample.masks[0].any(0))[:, 0]
+    assert 1 <= len(columns) <= 2 and 100 <= columns.float().mean() <= 102  # 201-203 / 2
+    assert sample.masks[0].sum(0).max() >= 140 and low.masks.max() < 0.5
+    _, _, points = sample_prompts(sample.masks.float(), sample.boxes, 256, 1.0, 0.1, torch.Generator().manual_seed(0))
+    assert sample.masks[0, int(points[0, 0, 1]), int(points[0, 0, 0])]  # a point on the pole itself
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (fp16 on a CPU is ~5x slower than fp32)")
+
+
+def test_zoomed_windows_show_small_instances_larger(shapes, tmp_path):
+    samples = prepare_samples(CocoWeakDataset(str(shapes / "annotations.json")), 256, lambda message: None,
+                              keep_originals=True)
+    sample = samples[0]
+    image, boxes = sample.original.image, sample.original.boxes
+    h, w = image.shape[:2]
+    windows = {zoom_window(box, h, w) for box in boxes if zoom_factor(zoom_window(box, h, w), h, w) >= MIN_ZOOM}
+    assert windows, "the demo has small instances"
+    g = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        view = zoomed(sample, 256, "input", g)
+        window = next(win for win in windows
+                      if torch.equal(view.pixels, preprocess(np.ascontiguousarray(image[win[1]:win[3], win[0]:win[2]]), 256)[0]))
+        x0, y0, x1, y1 = window
+        inside = (boxes[:, 0] >= x0) & (boxes[:, 1] >= y0) & (boxes[:, 2] <= x1) & (boxes[:, 3] <= y1)
+        assert len(view.masks) == inside.sum() >= 1 and view.masks.shape[1:] == (256, 256)
+        scale = 256 / max(x1 - x0, y1 - y0)
+        for mask, box, original in zip(view.masks, view.boxes, boxes[inside]):
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            assert xs.min() >= box[0] - 1 and xs.max() < box[2] + 1 and ys.min() >= box[1] - 1 and ys.max() < box[3] + 1
+            expected = torch.from_numpy(original - np.array([x0, y0, x0, y0], np.float32)) * scale
+            assert torch.allclose(box, expected, atol=0.5)  # the same box, zoomed
+    assert zoomed(sample, 256, "low", g).masks.dtype == torch.float32  # shares of the low-res pixels
+    sample.original.boxes = np.array([[0, 0, w, h]] * len(boxes), np.float32)  # nothing small: the whole image
+    assert zoomed(sample, 256, "input", g) is sample
+    weights = pretrain_sam(config(shapes, tmp_path / "zoom", epochs=1, zoom=0.5), progress=False)
+    assert build_sam("tiny", weights) is not None
+
+
+@pytest.mark.parametrize("amp, device", [("off", "cpu"), ("bf16", "cpu"), pytest.param("fp16", "cuda", marks=CUDA)])
+def test_resume_is_bit_exact(shapes, tmp_path, amp, device):
+    straight = pretrain_sam(config(shapes, tmp_path / "a", amp=amp, device=device), progress=False)
+    first = load_state_dict_file(pretrain_sam(config(shapes, tmp_path / "b", epochs=1, amp=amp, device=device),
+                                              progress=False))
+    resumed = pretrain_sam(config(shapes, tmp_path / "b", amp=amp, device=device), progress=False)  # from epoch 2
     a, b = load_state_dict_file(straight), load_state_dict_file(resumed)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a) and all(v.dtype == torch.float32 for v in a.values())
+    log = [json.loads(line) for line in (tmp_path / "a/log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all(np.isfinite(r["loss"]) for r in log)
+    if amp != "off":  # mixed precision computes in another precision, into fp32 weights
+        fp32 = load_state_dict_file(pretrain_sam(config(shapes, tmp_path / "fp32", epochs=1, device=device), progress=False))
+        assert any(not torch.equal(first[k], fp32[k]) for k in first)
     with pytest.raises(PretrainError, match="other settings"):
-        pretrain_sam(config(shapes, tmp_path / "b", lr=1e-2), progress=False)
+        pretrain_sam(config(shapes, tmp_path / "b", lr=1e-2, amp=amp, device=device), progress=False)
+
+
+def test_cosine_schedule_spans_the_run(shapes, tmp_path):
+    cfg = config(shapes, tmp_path / "c", epochs=3, lr=1e-3, lr_schedule="cosine")
+    assert [_lr_at(cfg, step, 8) for step in (0, 4, 8)] == pytest.approx([1e-3, 5e-4, 0.0])
+    assert _lr_at(config(shapes, tmp_path, lr=1e-3), 7, 8) == 1e-3  # constant
+    pretrain_sam(config(shapes, tmp_path / "c", epochs=1, lr=1e-3, lr_schedule="cosine"), progress=False)
+    [record] = [json.loads(line) for line in (tmp_path / "c/log.jsonl").read_text().splitlines()]
+    assert record["lr"] == pytest.approx(_lr_at(config(shapes, tmp_path, lr=1e-3, lr_schedule="cosine", epochs=1), 0, 1))
+    with pytest.raises(PretrainError, match="other settings"):  # more epochs would change the schedule already run
+        pretrain_sam(cfg, progress=False)
 
 
 def test_bad_inputs(shapes, tmp_path, capsys):
@@ -114,7 +199,9 @@ def test_bad_inputs(shapes, tmp_path, capsys):
     with pytest.raises(PretrainError, match="no readable image has a non-empty instance mask"):
         pretrain_sam(config(shapes, tmp_path / "o", coco=str(tmp_path / "empty.json"), images=str(shapes / "images")))
     for bad, match in [({"epochs": 0}, "epochs"), ({"clicks": -1}, "clicks"), ({"box_fraction": 2.0}, "box_fraction"),
-                       ({"model": "vit_x"}, "model")]:
+                       ({"model": "vit_x"}, "model"), ({"loss_resolution": "full"}, "loss_resolution"), ({"amp": "fp8"}, "amp"),
+                       ({"lr_schedule": "step"}, "lr_schedule"),
+                       ({"zoom": 1.5}, "zoom")]:
         with pytest.raises(PretrainError, match=match):
             pretrain_sam(config(shapes, tmp_path / "o", **bad))
     assert main(["pretrain-sam", "--coco", str(tmp_path / "boxes_only.json"), "--images", str(shapes / "images"),

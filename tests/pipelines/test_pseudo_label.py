@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from wsseg_fast.cli import main
 from wsseg_fast.data import make_demo, read_label_png
@@ -183,3 +184,37 @@ def test_batched_encoding_and_point_prompts(demo, tmp_path):
                                            **common), progress=False)
         assert one["run"]["encoded"] == three["run"]["encoded"] == 4  # no cache: always encoded
         assert snapshot(tmp_path / f"{method}-1") == snapshot(tmp_path / f"{method}-3")
+
+
+def test_sam_box_zoom_redecodes_small_boxes_on_their_windows(demo):
+    from wsseg_fast.data import CocoWeakDataset
+    from wsseg_fast.pipelines.methods import OUTSIDE_WINDOW_LOGIT, MethodInput, sam_box
+    from wsseg_fast.sam import SamEngine
+    from wsseg_fast.sam.prompting import MIN_ZOOM, zoom_factor, zoom_window
+
+    dataset = CocoWeakDataset(str(demo / "annotations.json"))
+    record = dataset.images[0]
+    image = dataset.load_image(record)
+    h, w = image.shape[:2]
+    boxes = np.array([[10, 12, 30, 40], [0, 0, w - 1, h - 1]], np.float32)  # a small box and the whole image
+    engine = SamEngine("tiny")
+    [embedding] = engine.embed([image])
+
+    def run(zoom: bool):
+        ctx = MethodInput(image=image, boxes=boxes, classes=np.array([1, 2]), annotations=[{}, {}], engine=engine,
+                          embedding=embedding, options=parse_options("sam-box", ["fallback=false", f"zoom={zoom}"]))
+        return sam_box(ctx)
+
+    plain, zoomed = run(False), run(True)
+    window = zoom_window(boxes[0], h, w)
+    assert zoom_factor(window, h, w) >= MIN_ZOOM and zoom_factor(zoom_window(boxes[1], h, w), h, w) < MIN_ZOOM
+    assert np.array_equal(zoomed.masks[1], plain.masks[1]) and zoomed.scores[1] == plain.scores[1]  # large: as before
+    x0, y0, x1, y1 = window
+    outside = np.ones((h, w), bool)
+    outside[y0:y1, x0:x1] = False
+    assert np.allclose(zoomed.pixel_scores[0][outside], 1 / (1 + np.exp(-OUTSIDE_WINDOW_LOGIT)))
+    assert not np.allclose(zoomed.pixel_scores[0][~outside], plain.pixel_scores[0][~outside])  # decoded anew
+    crop = np.ascontiguousarray(image[y0:y1, x0:x1])  # ... from the window's own embedding
+    [window_embedding] = engine.embed([crop])
+    expected = engine.predict(window_embedding, boxes=boxes[:1] - np.array([x0, y0, x0, y0], np.float32))
+    assert np.allclose(zoomed.pixel_scores[0][y0:y1, x0:x1], torch.sigmoid(expected.logits[0, 0]).numpy(), atol=1e-6)

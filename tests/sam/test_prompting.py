@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from wsseg_fast.sam import Embedding, build_sam, predict_masks, preprocess
+from wsseg_fast.sam.prompting import MAX_ZOOM, ZOOM_CONTEXT, zoom_factor, zoom_window
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,8 @@ def test_prompts_are_mapped_to_the_input_frame(sam, embedding):
         a = predict_masks(sam, embedding, boxes=box)
         b = predict_masks(sam, embedding.tensor, boxes=box * np.array([256 / 200, 154 / 120] * 2))
     torch.testing.assert_close(a.low_res_logits, b.low_res_logits, atol=1e-5, rtol=1e-5)
-    assert b.logits.shape[-2:] == (256, 256)
+    assert b.logits.shape[-2:] == (256, 256)  # the input frame: one resize, bit-equal to SAM's two
+    assert torch.equal(b.logits, sam.postprocess_masks(b.low_res_logits, input_size=(256, 256), original_size=(256, 256)))
 
 
 def test_output_size_upsamples_the_low_res_masks_once(sam, embedding):
@@ -90,3 +92,16 @@ def test_preprocess_matches_segment_anything():
     torch.testing.assert_close(ours, theirs)
     with pytest.raises(TypeError, match="uint8"):
         preprocess(image.astype(np.float32), 256)
+
+
+@pytest.mark.parametrize("box, height, width", [((100, 100, 114, 114), 360, 480), ((200, 50, 206, 200), 360, 480),
+                                                ((0, 0, 20, 20), 360, 480), ((470, 350, 480, 360), 360, 480),
+                                                ((10, 10, 300, 300), 360, 480), ((5, 2, 30, 600), 640, 40)])
+def test_zoom_windows_hold_their_box_inside_the_image(box, height, width):
+    x0, y0, x1, y1 = window = zoom_window(box, height, width)
+    assert 0 <= x0 <= box[0] and 0 <= y0 <= box[1] and box[2] <= x1 <= width and box[3] <= y1 <= height
+    side = max(ZOOM_CONTEXT * max(box[2] - box[0], box[3] - box[1]), max(height, width) / MAX_ZOOM)
+    assert x1 - x0 == min(width, np.ceil(side)) and y1 - y0 == min(height, np.ceil(side))  # square unless clipped
+    assert 1 <= zoom_factor(window, height, width) <= MAX_ZOOM
+    if x1 - x0 < width:  # centred on the box, unless the image's border is nearer
+        assert abs((x0 + x1) - (box[0] + box[2])) <= 1 or x0 == 0 or x1 == width

@@ -14,7 +14,7 @@ from wsseg_fast.pipelines.finetune import (
     FinetuneError,
     finetune,
 )
-from wsseg_fast.pipelines.pretrain import PretrainConfig, PretrainError, pretrain_sam
+from wsseg_fast.pipelines.pretrain import LOSS_RESOLUTIONS, LR_SCHEDULES, PretrainConfig, PretrainError, pretrain_sam
 from wsseg_fast.sam import (
     CheckpointError,
     EncoderBackendError,
@@ -106,6 +106,8 @@ def add_pretrain_sam(sub) -> None:
     d = PretrainConfig(coco="", out="")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
+                   help="constant (default), or cosine from --lr to 0 over --epochs (resuming then needs the same --epochs)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per step (default {d.batch_size})")
     p.add_argument("--max-instances", type=int, default=d.max_instances,
                    help=f"instances prompted per image and step (default {d.max_instances})")
@@ -113,6 +115,14 @@ def add_pretrain_sam(sub) -> None:
                    help=f"share of instances prompted by a jittered box, the rest by a point (default {d.box_fraction})")
     p.add_argument("--clicks", type=int, default=d.clicks, help=f"corrective clicks per instance (default {d.clicks})")
     p.add_argument("--hflip", action="store_true", help="mirror images left-right at random (augmentation)")
+    p.add_argument("--zoom", type=float, default=d.zoom,
+                   help="share of images per step shown zoomed on one of their small instances, as "
+                        "`sam-box zoom=true` decodes small boxes (default 0)")
+    p.add_argument("--loss-resolution", choices=LOSS_RESOLUTIONS, default=d.loss_resolution,
+                   help="mask losses on the logits upsampled to the input frame (default), or at the decoder's "
+                        "low resolution against each mask's share of its pixels (thin things vanish there)")
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default=d.amp,
+                   help="mixed precision (default auto: bf16/fp16 on CUDA, fp32 on CPU; bf16 pays on CPUs with AMX)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="torch CPU threads")
@@ -123,9 +133,10 @@ def add_pretrain_sam(sub) -> None:
 
 def run_pretrain_sam(args) -> int:
     cfg = PretrainConfig(coco=args.coco, images=args.images, out=args.out, model=args.model, checkpoint=args.checkpoint,
-                         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_instances=args.max_instances,
-                         box_fraction=args.box_fraction, clicks=args.clicks, hflip=args.hflip, seed=args.seed, device=args.device,
-                         threads=args.threads)
+                         epochs=args.epochs, lr=args.lr, lr_schedule=args.lr_schedule, batch_size=args.batch_size,
+                         max_instances=args.max_instances, box_fraction=args.box_fraction, clicks=args.clicks,
+                         hflip=args.hflip, zoom=args.zoom, loss_resolution=args.loss_resolution, amp=args.amp, seed=args.seed,
+                         device=args.device, threads=args.threads)
     save_config(args, args.out)
     try:
         path = pretrain_sam(cfg, progress=not args.quiet)

@@ -26,6 +26,7 @@ from scipy.special import expit
 from wsseg_fast.logic.knowledge_base import rasterise_polyline
 from wsseg_fast.ops.color import rgb_to_lab
 from wsseg_fast.reference.logic import box_pixel_bounds
+from wsseg_fast.sam.prompting import MIN_ZOOM, zoom_factor, zoom_window
 
 
 @dataclass
@@ -120,14 +121,39 @@ def box_method(ctx: MethodInput) -> Instances:
     return Instances(masks, ctx.classes, 1.0 - area / (h * w))
 
 
+def best_candidates(prediction) -> tuple[np.ndarray, np.ndarray]:
+    """``[N, H, W]`` logits and ``[N]`` scores of each prompt's best candidate by predicted IoU."""
+    logits, scores = prediction.logits.float(), prediction.scores.float()
+    best = scores.argmax(1)
+    index = torch.arange(len(best))
+    return logits[index, best].cpu().numpy(), scores[index, best].cpu().numpy()
+
+
 def instances_from_prediction(ctx: MethodInput, prediction) -> Instances:
     """SAM's output for N prompts -> instances: the best of the candidate masks by predicted
     IoU, clipped to the prompt box (``clip_to_box``, the object lies inside its box),
     pixel scores = sigmoid(logit). An empty mask falls back to the filled box (``fallback``)."""
-    logits, scores = prediction.logits.float(), prediction.scores.float()
-    best = scores.argmax(1)
-    index = torch.arange(len(best))
-    return instances_from_logits(ctx, logits[index, best].cpu().numpy(), scores[index, best].cpu().numpy())
+    return instances_from_logits(ctx, *best_candidates(prediction))
+
+
+OUTSIDE_WINDOW_LOGIT = -20.0  # a zoomed box's mask outside its window: certainly not the object
+
+
+def zoomed_box_predictions(ctx: MethodInput, logits: np.ndarray, scores: np.ndarray, multimask: bool) -> None:
+    """Re-decode in place every box small enough to be zoomed (:func:`zoom_window`) on its own
+    window, encoded at the model's input size: a thing a few pixels wide in the whole image
+    gets up to MAX_ZOOM times the pixels. The windows' embeddings go through the job's cache."""
+    h, w = ctx.image.shape[:2]
+    windows = [zoom_window(box, h, w) for box in ctx.boxes]
+    small = [i for i, window in enumerate(windows) if zoom_factor(window, h, w) >= MIN_ZOOM]
+    crops = [np.ascontiguousarray(ctx.image[windows[i][1]:windows[i][3], windows[i][0]:windows[i][2]]) for i in small]
+    for i, embedding in zip(small, ctx.engine.embed(crops, batch_size=8)):
+        x0, y0, x1, y1 = windows[i]
+        box = ctx.boxes[i : i + 1] - np.array([x0, y0, x0, y0], np.float32)
+        crop_logits, crop_scores = best_candidates(ctx.engine.predict(embedding, boxes=box, multimask_output=multimask))
+        logits[i] = OUTSIDE_WINDOW_LOGIT
+        logits[i, y0:y1, x0:x1] = crop_logits[0]
+        scores[i] = crop_scores[0]
 
 
 def instances_from_logits(ctx: MethodInput, logits: np.ndarray, scores: np.ndarray) -> Instances:
@@ -148,12 +174,16 @@ def instances_from_logits(ctx: MethodInput, logits: np.ndarray, scores: np.ndarr
 SAM_OPTIONS = {"multimask": False, "clip_to_box": True, "box_margin": 2.0, "fallback": True}
 
 
-@register_method("sam-box", needs_sam=True, options=SAM_OPTIONS)
+@register_method("sam-box", needs_sam=True, options={**SAM_OPTIONS, "zoom": False})
 def sam_box(ctx: MethodInput) -> Instances:
-    """SAM prompted with every box of the image in one decoder call."""
+    """SAM prompted with every box of the image in one decoder call (``zoom``: small boxes
+    again, each on its own zoomed window -- for a SAM pre-trained with ``--zoom``)."""
 
     prediction = ctx.engine.predict(ctx.embedding, boxes=ctx.boxes, multimask_output=ctx.options["multimask"])
-    return instances_from_prediction(ctx, prediction)
+    logits, scores = best_candidates(prediction)
+    if ctx.options["zoom"] and len(ctx.boxes):
+        zoomed_box_predictions(ctx, logits, scores, ctx.options["multimask"])
+    return instances_from_logits(ctx, logits, scores)
 
 
 @register_method("sam-point", needs_sam=True, options={**SAM_OPTIONS, "multimask": True, "with_box": False})

@@ -37,6 +37,36 @@ def preprocess(image: np.ndarray, img_size: int) -> tuple[torch.Tensor, tuple[in
     return F.pad(x, (0, img_size - w, 0, img_size - h)), (h, w)
 
 
+# Small objects are shown to SAM zoomed (pretrain-sam --zoom, sam-box zoom=true): a square
+# window ZOOM_CONTEXT times the box's longer side, at least the image's longer side / MAX_ZOOM,
+# used for a box when it enlarges the image at least MIN_ZOOM times.
+ZOOM_CONTEXT = 2.0
+MAX_ZOOM = 8.0
+MIN_ZOOM = 1.5
+
+
+def zoom_window(box, height: int, width: int) -> tuple[int, int, int, int]:
+    """The window ``(x0, y0, x1, y1)`` (whole pixels, inside the image, holding the box) in which
+    a box ``x0, y0, x1, y1`` is shown zoomed: a square centred on the box, shifted inside the
+    image, clipped where the image is narrower."""
+    bx0, by0, bx1, by1 = (float(v) for v in box)
+    side = int(np.ceil(max(ZOOM_CONTEXT * max(bx1 - bx0, by1 - by0), max(height, width) / MAX_ZOOM)))
+
+    def place(lo: float, hi: float, size: int) -> tuple[int, int]:
+        span = min(side, size)
+        start = min(max(int(round((lo + hi - span) / 2)), 0), size - span)
+        return min(start, int(np.floor(lo))), max(start + span, int(np.ceil(hi)))
+
+    (x0, x1), (y0, y1) = place(bx0, bx1, width), place(by0, by1, height)
+    return max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+
+
+def zoom_factor(window: tuple[int, int, int, int], height: int, width: int) -> float:
+    """How much larger the window shows things than the whole image does."""
+    x0, y0, x1, y1 = window
+    return max(height, width) / max(x1 - x0, y1 - y0, 1)
+
+
 @dataclass
 class MaskPrediction:
     """``logits`` ``[N, M, H, W]`` at the output size, ``scores`` ``[N, M]`` (predicted IoU),
@@ -135,5 +165,8 @@ def predict_masks(
         multimask_output=multimask_output,
     )
     out_size = original if output_size is None else tuple(int(v) for v in output_size)
-    logits = sam.postprocess_masks(low_res, input_size=resized, original_size=out_size)
+    if out_size == resized == (img_size, img_size):  # the input frame: SAM's second resize would be the identity
+        logits = F.interpolate(low_res, out_size, mode="bilinear", align_corners=False)
+    else:
+        logits = sam.postprocess_masks(low_res, input_size=resized, original_size=out_size)
     return MaskPrediction(logits=logits, scores=scores, low_res_logits=low_res)
