@@ -208,12 +208,13 @@ def sam_point(ctx: MethodInput) -> Instances:
 
 @register_method("sbr", needs_sam=True, options={"clip_to_box": True, "box_margin": 2.0, "fallback": True,
                                                  "colour_refine": True, "colour_ring": 6, "colour_weight": 1.0,
-                                                 "sam_clip": 2.0})
+                                                 "sam_clip": 2.0, "zoom": False})
 def sbr(ctx: MethodInput) -> Instances:
     """SAM fine-tuned under the weak-label constraints (--finetuned from wsseg-fast finetune), box prompts, colour-refined."""
 
-    prediction = ctx.engine.predict(ctx.embedding, boxes=ctx.boxes)
-    logits = prediction.logits[:, 0].float().cpu().numpy()
+    logits, scores = best_candidates(ctx.engine.predict(ctx.embedding, boxes=ctx.boxes))
+    if ctx.options["zoom"] and len(ctx.boxes):  # small boxes on their own windows, as sam-box zoom=true
+        zoomed_box_predictions(ctx, logits, scores, multimask=False)
     if ctx.options["colour_refine"] and len(ctx.boxes):
         sam_clip = ctx.options["sam_clip"]
         logits = np.clip(logits, -sam_clip, sam_clip) + ctx.options["colour_weight"] * colour_evidence(
