@@ -186,27 +186,37 @@ def test_batched_encoding_and_point_prompts(demo, tmp_path):
         assert snapshot(tmp_path / f"{method}-1") == snapshot(tmp_path / f"{method}-3")
 
 
-@pytest.mark.parametrize("method, options", [("sam-box", []), ("sbr", ["colour_refine=false"])])
-def test_zoom_redecodes_small_boxes_on_their_windows(demo, method, options):
+@pytest.fixture(scope="module")
+def one_image(demo):
+    """The first demo image, a tiny SAM engine and the image's embedding."""
     from wsseg_fast.data import CocoWeakDataset
-    from wsseg_fast.pipelines.methods import METHODS, OUTSIDE_WINDOW_LOGIT, MethodInput
     from wsseg_fast.sam import SamEngine
-    from wsseg_fast.sam.prompting import MIN_ZOOM, zoom_factor, zoom_window
 
     dataset = CocoWeakDataset(str(demo / "annotations.json"))
-    record = dataset.images[0]
-    image = dataset.load_image(record)
+    image = dataset.load_image(dataset.images[0])
+    engine = SamEngine("tiny")
+    return image, engine, engine.embed([image])[0]
+
+
+def run_method(one_image, method: str, boxes: np.ndarray, options: list[str]):
+    from wsseg_fast.pipelines.methods import METHODS, MethodInput
+
+    image, engine, embedding = one_image
+    ctx = MethodInput(image=image, boxes=boxes, classes=np.arange(1, len(boxes) + 1), annotations=[{}] * len(boxes),
+                      engine=engine, embedding=embedding, options=parse_options(method, options))
+    return METHODS[method].fn(ctx)
+
+
+@pytest.mark.parametrize("method, options", [("sam-box", []), ("sbr", ["colour_refine=false"])])
+def test_zoom_redecodes_small_boxes_on_their_windows(one_image, method, options):
+    from wsseg_fast.pipelines.methods import OUTSIDE_WINDOW_LOGIT
+    from wsseg_fast.sam.prompting import MIN_ZOOM, zoom_factor, zoom_window
+
+    image, engine, _ = one_image
     h, w = image.shape[:2]
     boxes = np.array([[10, 12, 30, 40], [0, 0, w - 1, h - 1]], np.float32)  # a small box and the whole image
-    engine = SamEngine("tiny")
-    [embedding] = engine.embed([image])
-
-    def run(zoom: bool):
-        ctx = MethodInput(image=image, boxes=boxes, classes=np.array([1, 2]), annotations=[{}, {}], engine=engine,
-                          embedding=embedding, options=parse_options(method, ["fallback=false", f"zoom={zoom}", *options]))
-        return METHODS[method].fn(ctx)
-
-    plain, zoomed = run(False), run(True)
+    plain, zoomed = (run_method(one_image, method, boxes, ["fallback=false", f"zoom={zoom}", *options])
+                     for zoom in (False, True))
     window = zoom_window(boxes[0], h, w)
     assert zoom_factor(window, h, w) >= MIN_ZOOM and zoom_factor(zoom_window(boxes[1], h, w), h, w) < MIN_ZOOM
     assert np.array_equal(zoomed.masks[1], plain.masks[1]) and np.array_equal(zoomed.pixel_scores[1], plain.pixel_scores[1])
@@ -219,3 +229,23 @@ def test_zoom_redecodes_small_boxes_on_their_windows(demo, method, options):
     [window_embedding] = engine.embed([crop])
     expected = engine.predict(window_embedding, boxes=boxes[:1] - np.array([x0, y0, x0, y0], np.float32))
     assert np.allclose(zoomed.pixel_scores[0][y0:y1, x0:x1], torch.sigmoid(expected.logits[0, 0]).numpy(), atol=1e-6)
+
+
+def test_min_score_falls_back_to_the_boxes_sam_doubts(one_image):
+    from wsseg_fast.pipelines.methods import box_masks
+    from wsseg_fast.sam import SamEngine
+
+    image, _, embedding = one_image
+    engine = SamEngine("tiny")
+    with torch.no_grad():  # the untrained IoU head scores about 0: lift it to a trained one's range
+        engine.sam.mask_decoder.iou_prediction_head.layers[-1].bias += 0.5
+    h, w = image.shape[:2]
+    boxes = np.array([[10, 12, 60, 70], [30, 5, 120, 90]], np.float32)
+    trusted = run_method((image, engine, embedding), "sam-box", boxes, ["clip_to_box=false", "fallback=false"])
+    threshold = float(trusted.scores.mean())  # between the two scores
+    assert threshold > 0 and (trusted.scores < threshold).sum() == 1
+    doubted = run_method((image, engine, embedding), "sam-box", boxes, ["clip_to_box=false", f"min_score={threshold}"])
+    filled = box_masks(boxes, h, w)
+    for i, score in enumerate(trusted.scores):
+        assert np.array_equal(doubted.masks[i], filled[i] if score < threshold else trusted.masks[i])
+    assert not np.array_equal(trusted.masks, doubted.masks)

@@ -157,7 +157,8 @@ def zoomed_box_predictions(ctx: MethodInput, logits: np.ndarray, scores: np.ndar
 
 
 def instances_from_logits(ctx: MethodInput, logits: np.ndarray, scores: np.ndarray) -> Instances:
-    """``[N, H, W]`` mask logits -> instances (``clip_to_box``, ``fallback`` as above)."""
+    """``[N, H, W]`` mask logits -> instances (``clip_to_box``, ``fallback`` as above; with
+    ``min_score`` a mask whose predicted IoU is below it falls back to its box too)."""
 
     masks = logits > 0
     h, w = ctx.image.shape[:2]
@@ -167,11 +168,13 @@ def instances_from_logits(ctx: MethodInput, logits: np.ndarray, scores: np.ndarr
         masks &= box_masks(grown, h, w)
     if ctx.options.get("fallback", True) and len(ctx.boxes):
         empty = ~masks.reshape(len(masks), -1).any(1)
-        masks[empty] = box_masks(ctx.boxes[empty], h, w)
+        min_score = float(ctx.options.get("min_score", 0.0))  # 0: off (an untrained IoU head can go below 0)
+        doubted = (np.asarray(scores) < min_score) & (min_score > 0)  # SAM itself expects a poor mask
+        masks[empty | doubted] = box_masks(ctx.boxes[empty | doubted], h, w)
     return Instances(masks, ctx.classes, np.asarray(scores, np.float64), expit(logits))
 
 
-SAM_OPTIONS = {"multimask": False, "clip_to_box": True, "box_margin": 2.0, "fallback": True}
+SAM_OPTIONS = {"multimask": False, "clip_to_box": True, "box_margin": 2.0, "fallback": True, "min_score": 0.0}
 
 
 @register_method("sam-box", needs_sam=True, options={**SAM_OPTIONS, "zoom": False})
