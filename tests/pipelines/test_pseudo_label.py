@@ -225,6 +225,8 @@ def test_zoom_redecodes_small_boxes_on_their_windows(one_image, method, options)
     outside[y0:y1, x0:x1] = False
     assert np.allclose(zoomed.pixel_scores[0][outside], 1 / (1 + np.exp(-OUTSIDE_WINDOW_LOGIT)))
     assert not np.allclose(zoomed.pixel_scores[0][~outside], plain.pixel_scores[0][~outside])  # decoded anew
+    unzoomed = run_method(one_image, method, boxes, ["fallback=false", "zoom=true", "zoom_min=100", *options])
+    assert np.array_equal(unzoomed.pixel_scores, plain.pixel_scores)  # zoom_min: only boxes enlarged that much
     crop = np.ascontiguousarray(image[y0:y1, x0:x1])  # ... from the window's own embedding
     [window_embedding] = engine.embed([crop])
     expected = engine.predict(window_embedding, boxes=boxes[:1] - np.array([x0, y0, x0, y0], np.float32))
