@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 import torch.nn.functional as F
+from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
 from wsseg_fast.data import CocoWeakDataset, ImageLoadError
