@@ -82,7 +82,7 @@ def _stage1(args, work: Path, name: str, zero: tuple[str, ...]) -> tuple[str, di
     cfg = FinetuneConfig(coco=str(args.data / "annotations.json"), images=str(args.data / "images"), out=str(out),
                          model=args.model, checkpoint=args.checkpoint, priors=args.priors, train=args.train,
                          epochs=args.epochs, lr=args.lr, seed=0, cache=str(work / "cache"), threads=1,
-                         weights={kind: 0.0 for kind in zero}, loss_scale=args.loss_scale)
+                         weights={kind: 0.0 for kind in zero}, loss_scale=args.loss_scale, distill=args.distill)
     began = time.perf_counter()
     path = finetune(cfg, progress=False)
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -100,6 +100,7 @@ def markdown(result: dict) -> str:
     lines = [f"# Stage 1 with a given SAM: {result['data']}", "",
              f"{rows[0]['images']} images, 1 CPU thread; SAM `{result['model']}` from `{result['checkpoint']}`; "
              f"stage 1: `finetune --train {result['train']}`, {result['epochs']} epochs, lr {result['lr']}"
+             + (f", distill {result['distill']}" if result.get("distill") else "")
              + "".join(f"; `{o}`" for o in result.get("method_options", [])) + ".", "",
              "| row | mIoU | vs sam-box | " + " | ".join(classes) + " | s/img |",
              "|---|---|---|" + "---|" * len(classes) + "---|"]
@@ -125,6 +126,7 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--loss-scale", type=float, default=0.5)
+    parser.add_argument("--distill", type=float, default=0.0, help="finetune --distill")
     parser.add_argument("--method-option", action="append", default=[], metavar="METHOD:KEY=VALUE",
                         help="an option for one method's rows, e.g. sam-box:zoom=true (repeatable)")
     parser.add_argument("--rows", nargs="+", choices=ROWS, metavar="ROW", help=f"rows to run (default: all): {ROWS}")
@@ -154,7 +156,8 @@ def main(argv=None) -> int:
         rows.append(_label(args, work, name, method, weights))
         print(f"{name}: mIoU {100 * rows[-1]['miou']:.1f}", flush=True)
     result = {"data": str(args.data), "model": args.model, "checkpoint": args.checkpoint, "train": args.train,
-              "epochs": args.epochs, "lr": args.lr, "priors": args.priors, "method_options": args.method_option,
+              "epochs": args.epochs, "lr": args.lr, "distill": args.distill, "priors": args.priors,
+              "method_options": args.method_option,
               "rows": rows, "stage1": stage1}
     out = Path(args.out)
     atomic_write_json(out / "stage1_real.json", result)

@@ -7,7 +7,7 @@ import torch
 
 from benchmarks import stage1_real
 from wsseg_fast.cli import main
-from wsseg_fast.data import make_demo
+from wsseg_fast.data import CocoWeakDataset, make_demo
 from wsseg_fast.logic import class_truths
 from wsseg_fast.logic.priors import PriorsError, load_priors
 from wsseg_fast.pipelines.finetune import FinetuneConfig, FinetuneError, finetune
@@ -88,6 +88,28 @@ def test_decoder_training_logs_constraints_resumes_exactly_and_is_deterministic(
     # Other settings in the same directory are refused rather than mixed.
     with pytest.raises(FinetuneError, match="other settings"):
         finetune(config(demo, tmp_path / "split", epochs=3, lr=5e-4), progress=False)
+
+
+def test_distillation_keeps_the_masks_near_the_starting_sam(demo, tmp_path):
+    dataset = CocoWeakDataset(str(demo / "annotations.json"))
+    base = SamEngine("tiny")
+
+    def drift(weights) -> float:
+        tuned = SamEngine("tiny", finetuned=str(weights))
+        total = 0.0
+        for record in dataset.images:
+            image = dataset.load_image(record)
+            [embedding] = base.embed([image])
+            boxes = dataset.boxes(record)[0]
+            total += float((torch.sigmoid(tuned.predict(embedding, boxes=boxes).logits)
+                            - torch.sigmoid(base.predict(embedding, boxes=boxes).logits)).abs().mean())
+        return total / len(dataset.images)
+
+    free = drift(finetune(config(demo, tmp_path / "free", epochs=3), progress=False))
+    kept = drift(finetune(config(demo, tmp_path / "kept", epochs=3, distill=20.0), progress=False))
+    assert kept < 0.5 * free, (kept, free)
+    with pytest.raises(FinetuneError, match="distill"):
+        finetune(config(demo, tmp_path / "bad", distill=-1.0), progress=False)
 
 
 def test_whole_model_training_feeds_sbr_pseudo_labels(demo, tmp_path, capsys):

@@ -70,6 +70,8 @@ def add_finetune(sub) -> None:
     p.add_argument("--weight", action="append", default=[], metavar="KIND=W", help="a constraint kind's weight in SatAgg")
     p.add_argument("--loss-scale", type=float, default=0.5, help="evaluate the constraints on the image scaled by this (default 0.5)")
     p.add_argument("--p-exists", type=float, default=8.0, help="exponent of the existential quantifier (default 8: close to max)")
+    p.add_argument("--distill", type=float, default=0.0,
+                   help="weight of a cross-entropy to the un-fine-tuned SAM's masks: keeps what it knows (default 0: off)")
     p.add_argument("--cache", help="embedding cache directory (frozen encoder)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="torch CPU threads")
@@ -86,7 +88,7 @@ def run_finetune(args) -> int:
     cfg = FinetuneConfig(coco=args.coco, images=args.images, out=args.out, model=args.model, checkpoint=args.checkpoint,
                          priors=args.priors, train=args.train, epochs=args.epochs, lr=args.lr, seed=args.seed,
                          weights=weights, cache=args.cache, device=args.device, threads=args.threads,
-                         loss_scale=args.loss_scale, p_exists=args.p_exists)
+                         loss_scale=args.loss_scale, p_exists=args.p_exists, distill=args.distill)
     save_config(args, args.out)
     try:
         path = finetune(cfg, progress=not args.quiet)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -78,6 +79,11 @@ class FinetuneConfig(WeakTrainingConfig):
     """The constraints are evaluated on the image scaled by this factor (masks, boxes,
     points and colours alike): 0.5 costs a quarter of full resolution."""
 
+    distill: float = 0.0
+    """Weight of a term that keeps what the SAM already knows: the binary cross-entropy between
+    the masks and the un-fine-tuned SAM's mask probabilities (0: off). The constraints alone pull
+    a SAM whose masks beat the boxes back towards the boxes."""
+
 
 def _validate(cfg: FinetuneConfig) -> None:
     if cfg.train not in TRAINABLE:
@@ -88,6 +94,8 @@ def _validate(cfg: FinetuneConfig) -> None:
         raise FinetuneError(f"epochs must be >= 1, got {cfg.epochs}")
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise FinetuneError(f"lr must be a positive number, got {cfg.lr}")
+    if not (cfg.distill >= 0 and math.isfinite(cfg.distill)):
+        raise FinetuneError(f"distill must be a number >= 0, got {cfg.distill}")
 
 
 def finetune(cfg: FinetuneConfig, progress: bool = True) -> Path:
@@ -123,6 +131,12 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> Path:
     start = _resume(cfg, out, sam, optimizer, modules)
     kbs = [_knowledge_base(item, dataset, priors, cfg.weights, _loss_size(item, cfg.loss_scale), cfg.p_exists)
            for item in items]
+    teachers = [None] * len(items)
+    if cfg.distill > 0:  # the starting SAM's masks, from the starting weights even when resuming
+        teacher = build_sam(cfg.model, cfg.checkpoint, with_encoder=train_encoder).to(device)
+        with torch.no_grad():
+            teachers = [torch.sigmoid(mask_logits(teacher, item, kb, device)) for item, kb in zip(items, kbs)]
+        del teacher
     for epoch in range(start, cfg.epochs):
         sam.train()
         began = time.perf_counter()
@@ -130,7 +144,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> Path:
         loss_sum, sat_sums = 0.0, {}
         bar = tqdm(order.tolist(), desc=f"finetune epoch {epoch + 1}/{cfg.epochs}", unit="img", disable=not progress, leave=False)
         for i in bar:
-            loss, satisfaction = image_loss(sam, items[i], kbs[i], dataset.num_classes, device)
+            loss, satisfaction = image_loss(sam, items[i], kbs[i], dataset.num_classes, device, teachers[i], cfg.distill)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -174,17 +188,26 @@ def _loss_size(item: WeakItem, scale: float) -> tuple[int, int]:
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
-def image_loss(sam, item: WeakItem, kb, num_classes: int, device) -> tuple[torch.Tensor, dict]:
-    """``1 - SatAgg`` of the image's knowledge base ``kb`` on SAM's masks for its boxes
-    (at the knowledge base's resolution), and each constraint's satisfaction."""
-
+def mask_logits(sam, item: WeakItem, kb, device) -> torch.Tensor:
+    """``[N, h, w]`` SAM's mask logits for the image's boxes at the knowledge base's resolution."""
     embedding = item.embedding
     if embedding is None:  # the encoder trains: embed with autograd
         x, resized = preprocess(item.image, sam.image_encoder.img_size)
         embedding = Embedding(sam.image_encoder(x[None].to(device))[0], tuple(item.image.shape[:2]), resized)
-    logits = predict_masks(sam, embedding, boxes=item.boxes, output_size=kb.image_size).logits
-    truths = class_truths(logits[:, 0].float(), item.classes.to(device), num_classes)
-    return kb(truths[None])
+    return predict_masks(sam, embedding, boxes=item.boxes, output_size=kb.image_size).logits[:, 0].float()
+
+
+def image_loss(sam, item: WeakItem, kb, num_classes: int, device, teacher: torch.Tensor | None = None,
+               distill: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """``1 - SatAgg`` of the image's knowledge base ``kb`` on SAM's masks for its boxes
+    (at the knowledge base's resolution), and each constraint's satisfaction; plus ``distill``
+    times the cross-entropy to the ``teacher`` mask probabilities, if given."""
+
+    logits = mask_logits(sam, item, kb, device)
+    loss, satisfaction = kb(class_truths(logits, item.classes.to(device), num_classes)[None])
+    if teacher is not None and distill > 0:
+        loss = loss + distill * F.binary_cross_entropy_with_logits(logits, teacher)
+    return loss, satisfaction
 
 
 def _knowledge_base(item: WeakItem, dataset, priors: dict, weights: dict, size: tuple[int, int], p_exists: float):
