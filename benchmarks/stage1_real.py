@@ -66,7 +66,8 @@ def _label(args, work: Path, name: str, method: str, finetuned: str | None) -> d
     shutil.rmtree(out, ignore_errors=True)  # time a fresh run, never a resumed one
     pairs = [option.partition(":")[2] for option in args.method_option if option.partition(":")[0] == method]
     cfg = JobConfig(coco=str(args.data / "annotations.json"), images=str(args.data / "images"), out=str(out),
-                    method=method, options=parse_options(method, pairs), model=args.model, checkpoint=args.checkpoint, finetuned=finetuned,
+                    method=method, options=parse_options(method, pairs), model=args.model, checkpoint=args.checkpoint,
+                    finetuned=finetuned,
                     cache=str(work / "cache"), gt=str(args.data / "gt"), threads=1)
     summary = run_pseudo_label(cfg, overwrite=True, progress=False)
     report = summary["report"]
@@ -136,6 +137,13 @@ def main(argv=None) -> int:
     if not (args.data / "annotations.json").is_file() or not (args.data / "gt").is_dir():
         print(f"{args.data}: expected annotations.json and gt/ (write them with `wsseg-fast make-weak`)", file=sys.stderr)
         return 2
+    for option in args.method_option:  # refused before any run, not after a fine-tuning
+        method, _, pair = option.partition(":")
+        try:
+            parse_options(method, [pair])
+        except ValueError as exc:
+            print(f"--method-option {option!r}: {exc}", file=sys.stderr)
+            return 2
     if args.checkpoint and not Path(args.checkpoint).is_file():
         print(f"--checkpoint: no such file: {args.checkpoint}", file=sys.stderr)
         return 2

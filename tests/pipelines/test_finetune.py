@@ -144,3 +144,5 @@ def test_stage1_benchmark_runs_on_a_tiny_dataset(demo, tmp_path):
     assert all(0 <= r["miou"] <= 1 for r in result["rows"]) and result["stage1"]["stage 1"]["seconds_per_step"] > 0
     assert "| stage 1 -> sam-box |" in (tmp_path / "res/stage1_real.md").read_text()
     assert stage1_real.main([str(demo), "--checkpoint", str(tmp_path / "missing.pth")]) == 2
+    for bad in ("sam-box:nope=1", "nomethod:zoom=true", "sam-box:zoom=maybe"):
+        assert stage1_real.main([str(demo), "--method-option", bad]) == 2
