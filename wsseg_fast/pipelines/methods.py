@@ -26,7 +26,7 @@ from scipy.special import expit
 from wsseg_fast.logic.knowledge_base import rasterise_polyline
 from wsseg_fast.ops.color import rgb_to_lab
 from wsseg_fast.reference.logic import box_pixel_bounds
-from wsseg_fast.sam.prompting import MIN_ZOOM, zoom_factor, zoom_window
+from wsseg_fast.sam.prompting import MIN_ZOOM, zoom_windows
 
 
 @dataclass
@@ -143,12 +143,9 @@ def zoomed_box_predictions(ctx: MethodInput, logits: np.ndarray, scores: np.ndar
     """Re-decode in place every box whose :func:`zoom_window` enlarges it at least ``zoom_min``
     times on that window, encoded at the model's input size: a thing a few pixels wide in the
     whole image gets up to MAX_ZOOM times the pixels. The windows' embeddings go through the job's cache."""
-    h, w = ctx.image.shape[:2]
-    windows = [zoom_window(box, h, w) for box in ctx.boxes]
-    least = float(ctx.options.get("zoom_min", MIN_ZOOM))
-    small = [i for i, window in enumerate(windows) if zoom_factor(window, h, w) >= least]
-    crops = [np.ascontiguousarray(ctx.image[windows[i][1]:windows[i][3], windows[i][0]:windows[i][2]]) for i in small]
-    for i, embedding in zip(small, ctx.engine.embed(crops, batch_size=8)):
+    windows = zoom_windows(ctx.boxes, *ctx.image.shape[:2], float(ctx.options.get("zoom_min", MIN_ZOOM)))
+    crops = [np.ascontiguousarray(ctx.image[y0:y1, x0:x1]) for x0, y0, x1, y1 in windows.values()]
+    for i, embedding in zip(windows, ctx.engine.embed(crops, batch_size=8)):
         x0, y0, x1, y1 = windows[i]
         box = ctx.boxes[i : i + 1] - np.array([x0, y0, x0, y0], np.float32)
         crop_logits, crop_scores = best_candidates(ctx.engine.predict(embedding, boxes=box, multimask_output=multimask))

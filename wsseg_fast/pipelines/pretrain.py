@@ -41,7 +41,7 @@ from wsseg_fast.io import append_jsonl, atomic_torch_save
 from wsseg_fast.pipelines.student import autocast_dtype
 from wsseg_fast.pipelines.weak_training import run_settings
 from wsseg_fast.sam.model import MODEL_CONFIGS, PATCH_SIZE, build_sam
-from wsseg_fast.sam.prompting import MIN_ZOOM, predict_masks, preprocess, zoom_factor, zoom_window
+from wsseg_fast.sam.prompting import predict_masks, preprocess, zoom_windows
 
 CHECKPOINT_NAME = "last.pt"
 WEIGHTS_NAME = "sam.pth"
@@ -208,12 +208,10 @@ def zoomed(sample: _Sample, img_size: int, loss_resolution: str, generator: torc
     window ``sam-box zoom=true`` decodes that box in), with the instances lying wholly inside it;
     the sample itself if no instance is small enough to be zoomed."""
     original = sample.original
-    h, w = original.image.shape[:2]
-    windows = [zoom_window(box, h, w) for box in original.boxes]
-    small = [i for i, window in enumerate(windows) if zoom_factor(window, h, w) >= MIN_ZOOM]
-    if not small:
+    windows = list(zoom_windows(original.boxes, *original.image.shape[:2]).values())
+    if not windows:
         return sample
-    x0, y0, x1, y1 = windows[small[int(torch.randint(len(small), (1,), generator=generator))]]
+    x0, y0, x1, y1 = windows[int(torch.randint(len(windows), (1,), generator=generator))]
     inside = np.nonzero((original.boxes[:, 0] >= x0) & (original.boxes[:, 1] >= y0)
                         & (original.boxes[:, 2] <= x1) & (original.boxes[:, 3] <= y1))[0]
     masks = mask_utils.decode([original.rles[i] for i in inside]).transpose(2, 0, 1)[:, y0:y1, x0:x1].astype(bool)

@@ -67,6 +67,12 @@ def zoom_factor(window: tuple[int, int, int, int], height: int, width: int) -> f
     return max(height, width) / max(x1 - x0, y1 - y0, 1)
 
 
+def zoom_windows(boxes, height: int, width: int, least: float = MIN_ZOOM) -> dict[int, tuple[int, int, int, int]]:
+    """The boxes their :func:`zoom_window` enlarges at least ``least`` times: index -> window."""
+    windows = {i: zoom_window(box, height, width) for i, box in enumerate(boxes)}
+    return {i: window for i, window in windows.items() if zoom_factor(window, height, width) >= least}
+
+
 @dataclass
 class MaskPrediction:
     """``logits`` ``[N, M, H, W]`` at the output size, ``scores`` ``[N, M]`` (predicted IoU),
