@@ -38,7 +38,7 @@ from wsseg_fast.pipelines.weak_training import (
     run_settings,
 )
 from wsseg_fast.sam.model import MODEL_CONFIGS, build_sam
-from wsseg_fast.sam.prompting import Embedding, MaskPrediction
+from wsseg_fast.sam.prompting import Embedding, MaskPrediction, input_frame_boxes
 
 CHECKPOINT_NAME = "last.pt"
 PROMPTER_NAME = "prompter.pt"
@@ -69,12 +69,6 @@ def teacher_prompts(sam, boxes, original_size: tuple[int, int], input_size: tupl
         sparse, _ = sam.prompt_encoder(points=None, boxes=input_frame_boxes(boxes, original_size, input_size),
                                        masks=None)
     return sparse
-
-
-def input_frame_boxes(boxes: torch.Tensor, original_size: tuple[int, int], input_size: tuple[int, int]) -> torch.Tensor:
-    """``[N, 4]`` boxes in original pixels -> the same boxes in SAM's input frame (resized image)."""
-    scale = torch.tensor([input_size[1] / original_size[1], input_size[0] / original_size[0]], device=boxes.device)
-    return (boxes.view(-1, 2, 2) * scale).view(-1, 4)
 
 
 def decode_prompts(sam, embedding: Embedding | torch.Tensor, tokens: torch.Tensor) -> MaskPrediction:

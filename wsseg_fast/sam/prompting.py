@@ -37,6 +37,12 @@ def preprocess(image: np.ndarray, img_size: int) -> tuple[torch.Tensor, tuple[in
     return F.pad(x, (0, img_size - w, 0, img_size - h)), (h, w)
 
 
+def input_frame_boxes(boxes: torch.Tensor, original_size: tuple[int, int], input_size: tuple[int, int]) -> torch.Tensor:
+    """``[N, 4]`` boxes in original pixels -> the same boxes in SAM's input frame (resized image)."""
+    scale = torch.tensor([input_size[1] / original_size[1], input_size[0] / original_size[0]], device=boxes.device)
+    return (boxes.view(-1, 2, 2) * scale).view(-1, 4)
+
+
 # Small objects are shown to SAM zoomed (pretrain-sam --zoom, sam-box zoom=true): a square
 # window ZOOM_CONTEXT times the box's longer side, at least the image's longer side / MAX_ZOOM,
 # used for a box when it enlarges the image at least MIN_ZOOM times.
@@ -140,7 +146,7 @@ def predict_masks(
     n = None
     if boxes is not None:
         boxes = _as_float("boxes", boxes, (4,), device, "[N, 4] (x0, y0, x1, y1)")
-        boxes = (boxes.view(-1, 2, 2) * scale).view(-1, 4)
+        boxes = input_frame_boxes(boxes, original, resized)
         n = boxes.shape[0]
     point_pair = None
     if points is not None or point_labels is not None:
