@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from wsseg_fast.pipelines.experiment import SAM_GT_BOX_OPTIONS, make_splits
+from wsseg_fast.pipelines.experiments.common import make_splits
+from wsseg_fast.pipelines.experiments.demo import SAM_GT_BOX_OPTIONS
 from wsseg_fast.pipelines.prompter import PrompterConfig, train_prompter
 from wsseg_fast.pipelines.pseudo_label import JobConfig, run_pseudo_label
 
@@ -48,14 +49,14 @@ def main(argv=None) -> int:
         job = dict(coco=str(args.out / split / "annotations.json"), model="tiny", checkpoint=args.checkpoint,
                    cache=str(args.out / "cache"), threads=args.threads)
         free = run_pseudo_label(JobConfig(out=str(run / f"{split}_prompter"), method="prompter",
-                                          options={"checkpoint": str(prompter), "threshold": 0.5}, **job),
-                                progress=False, overwrite=True)
+                                          options={"checkpoint": str(prompter), "threshold": 0.5}, overwrite=True,
+                                          **job), progress=False)
         rows[f"{split} prompter"] = round(100 * free["report"]["miou"], 1)
     boxed = run_pseudo_label(JobConfig(out=str(args.out / "test_sam_gt_box"), method="sam-box",
                                        options=SAM_GT_BOX_OPTIONS,
                                        coco=str(args.out / "test" / "annotations.json"), model="tiny",
-                                       checkpoint=args.checkpoint, cache=str(args.out / "cache"), threads=args.threads),
-                             progress=False, overwrite=True)
+                                       checkpoint=args.checkpoint, cache=str(args.out / "cache"), threads=args.threads,
+                                       overwrite=True), progress=False)
     rows["test sam_gt_box"] = round(100 * boxed["report"]["miou"], 1)
     rows["prompter / sam_gt_box"] = round(rows["test prompter"] / rows["test sam_gt_box"], 3)
     (run / "rows.json").write_text(json.dumps(rows, indent=1))

@@ -63,9 +63,9 @@ def run_row(data: Path, out: Path, name: str, method: str, options: dict, refine
     pairs = [f"{k}={v}" for k, v in run_options.items()]
     cfg = JobConfig(coco=str(data / "annotations.json"), out=str(row_out),
                     images=str(data / "images"), method=method, options=parse_options(method, pairs), model="tiny",
-                    cache=None, gt=str(data / "gt"), threads=1, refine=refine)
+                    cache=None, gt=str(data / "gt"), threads=1, refine=refine, overwrite=True)
     start = time.perf_counter()
-    summary = run_pseudo_label(cfg, overwrite=True, progress=False)
+    summary = run_pseudo_label(cfg, progress=False)
     seconds = time.perf_counter() - start
     report = summary["report"]
     return {"name": name, "method": method, "options": options, "refine": refine, "miou": report["miou"],

@@ -68,8 +68,8 @@ def _label(args, work: Path, name: str, method: str, finetuned: str | None) -> d
     cfg = JobConfig(coco=str(args.data / "annotations.json"), images=str(args.data / "images"), out=str(out),
                     method=method, options=parse_options(method, pairs), model=args.model, checkpoint=args.checkpoint,
                     finetuned=finetuned,
-                    cache=str(work / "cache"), gt=str(args.data / "gt"), threads=1)
-    summary = run_pseudo_label(cfg, overwrite=True, progress=False)
+                    cache=str(work / "cache"), gt=str(args.data / "gt"), threads=1, overwrite=True)
+    summary = run_pseudo_label(cfg, progress=False)
     report = summary["report"]
     return {"name": name, "method": method, "finetuned": finetuned is not None, "miou": report["miou"],
             "per_class": {k: v["iou"] for k, v in report["per_class"].items()}, "images": summary["labelled"],

@@ -47,7 +47,7 @@ def main() -> None:
                 shutil.copy(data / sub / f"{s}.png", split[part] / sub / f"{s}.png")
     tr = split["train"]
     common = dict(images=str(tr / "images"), size=args.size, widths=(16, 32, 64), epochs=args.epochs,
-                  batch_size=8, lr=3e-3, progress=False)
+                  batch_size=8, lr=3e-3)
     runs = {
         "student_gt": dict(sources={"pseudo": str(tr / "gt")}),
         "student_box": dict(sources={"pseudo": str(tr / "box")}),
@@ -58,7 +58,7 @@ def main() -> None:
     rows = []
     for name, kw in runs.items():
         began = time.perf_counter()
-        ck = train_student(StudentConfig(out=str(work / name), **common, **kw))
+        ck = train_student(StudentConfig(out=str(work / name), **common, **kw), progress=False)
         seconds = time.perf_counter() - began
         predict(ck, split["val"] / "images", work / f"{name}_pred", progress=False)
         r = evaluate(work / f"{name}_pred", split["val"] / "gt")

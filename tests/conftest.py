@@ -28,3 +28,10 @@ def pytest_collection_modifyitems(config, items):
 def _no_backend_env(monkeypatch):
     """Tests choose backends explicitly; a developer's WSSEG_FAST_BACKEND must not leak in."""
     monkeypatch.delenv("WSSEG_FAST_BACKEND", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _own_default_cache(monkeypatch, tmp_path_factory):
+    """The default embedding cache of commands run without --cache: the test session's, never the
+    developer's ~/.cache."""
+    monkeypatch.setenv("WSSEG_FAST_CACHE", str(tmp_path_factory.getbasetemp() / "default-cache"))

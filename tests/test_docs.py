@@ -61,10 +61,11 @@ def test_the_docs_show_commands():
 def test_invocation_matches_the_parser(path, args):
     subparsers = build_parser()._subparsers._group_actions[0].choices
     assert args and args[0] in subparsers, f"{path.name}: unknown command in `wsseg-fast {' '.join(args)}`"
-    parser = subparsers[args[0]]
+    parser, rest = subparsers[args[0]], args[1:]
+    while parser._subparsers is not None and rest and rest[0] in parser._subparsers._group_actions[0].choices:
+        parser, rest = parser._subparsers._group_actions[0].choices[rest[0]], rest[1:]  # experiment demo
     options = parser._option_string_actions
     positionals = [a for a in parser._actions if not a.option_strings and a.dest != "help"]
-    rest = args[1:]
     for i, token in enumerate(rest):
         if token.startswith("--"):
             flag, _, inline = token.partition("=")

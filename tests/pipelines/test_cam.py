@@ -15,17 +15,12 @@ from wsseg_fast.cli import main
 from wsseg_fast.data import make_demo, read_label_png
 from wsseg_fast.io import atomic_torch_save
 from wsseg_fast.models.cam import CamClassifier
-from wsseg_fast.pipelines.cam import (
-    CHECKPOINT_VERSION,
-    CamConfig,
-    CamError,
-    cam_method,
-    cam_rw,
-    epoch_shard,
-    load_cam,
-    train_cam,
-)
+from wsseg_fast.errors import CheckpointError, ConfigError, DataError
+from wsseg_fast.pipelines.cam import CamConfig, load_cam, subclass_targets, train_cam
+from wsseg_fast.pipelines.cam.load import LEGACY_VERSION
 from wsseg_fast.pipelines.methods import MethodInput
+from wsseg_fast.pipelines.methods.cam import cam_method, cam_rw
+from wsseg_fast.pipelines.training import RunDirError, epoch_shard
 from wsseg_fast.pipelines.pseudo_label import JobConfig, run_pseudo_label
 from wsseg_fast.sam.prompting import Embedding
 
@@ -39,22 +34,31 @@ def demo(tmp_path_factory):
 
 def _config(demo, tmp_path, name, **kw):
     return CamConfig(coco=str(demo / "annotations.json"), out=str(tmp_path / name), cache=str(tmp_path / "cache"),
-                     model="tiny", batch_size=2, lr=1e-2, progress=False, **kw)
+                     model="tiny", batch_size=2, lr=1e-2, **kw)
+
+
+def _losses(line: str) -> dict:
+    """A log record without its timing."""
+    return {k: v for k, v in json.loads(line).items() if k != "seconds"}
+
+
+def _train(config, progress=False):
+    return train_cam(config, progress=progress)
 
 
 def test_train_resume_is_bit_exact_and_deterministic(demo, tmp_path, capsys):
-    full = torch.load(train_cam(_config(demo, tmp_path, "full", epochs=2)), weights_only=False)
+    full = torch.load(_train(_config(demo, tmp_path, "full", epochs=2), progress=True), weights_only=True)
     assert "4 of 4 images have tags" in capsys.readouterr().out
-    train_cam(_config(demo, tmp_path, "half", epochs=1))
-    resumed = torch.load(train_cam(_config(demo, tmp_path, "half", epochs=2, resume=True)), weights_only=False)
+    _train(_config(demo, tmp_path, "half", epochs=1))
+    resumed = torch.load(_train(_config(demo, tmp_path, "half", epochs=2)), weights_only=True)
     assert resumed["epoch"] == full["epoch"] == 2
     for k, v in full["model"].items():
         assert torch.equal(v, resumed["model"][k]), k
-    logs = [json.loads(line) for line in open(tmp_path / "full" / "log.jsonl")]
+    logs = [_losses(line) for line in open(tmp_path / "full" / "log.jsonl")]
     assert [r["epoch"] for r in logs] == [1, 2] and logs[1]["bce"] < logs[0]["bce"]
-    assert logs == [json.loads(line) for line in open(tmp_path / "half" / "log.jsonl")]
-    with pytest.raises(CamError, match="--resume"):  # no silent overwrite
-        train_cam(_config(demo, tmp_path, "full", epochs=2))
+    assert logs == [_losses(line) for line in open(tmp_path / "half" / "log.jsonl")]
+    with pytest.raises(RunDirError, match="other settings"):  # no silent overwrite
+        _train(_config(demo, tmp_path, "full", epochs=2, hidden=32))
 
 
 def _edit(demo, tmp_path, fn):
@@ -79,29 +83,29 @@ def test_bad_tags_give_one_clear_error(demo, tmp_path, capsys):
     coco = json.load(open(coco))
     coco["images"][0]["tags"] = [1]  # one tagged image: trained on it alone, and the run says so
     (tmp_path / "one.json").write_text(json.dumps(coco))
-    train_cam(CamConfig(coco=str(tmp_path / "one.json"), out=str(tmp_path / "o1"), model="tiny", epochs=1,
-                        hidden=8, progress=False))
+    _train(CamConfig(coco=str(tmp_path / "one.json"), out=str(tmp_path / "o1"), model="tiny", epochs=1, hidden=8,
+                     cache=None), progress=True)
     assert "1 of 4 images have tags" in capsys.readouterr().out
     coco["images"][1]["tags"] = [99]
     (tmp_path / "bad.json").write_text(json.dumps(coco))
-    with pytest.raises(CamError, match="tag 99 is not a category id"):
-        train_cam(CamConfig(coco=str(tmp_path / "bad.json"), out=str(tmp_path / "o2"), model="tiny", progress=False))
+    with pytest.raises(DataError, match="tag 99 is not a category id"):
+        _train(CamConfig(coco=str(tmp_path / "bad.json"), out=str(tmp_path / "o2"), model="tiny", cache=None))
 
 
 def test_checkpoint_of_another_backbone_or_model_is_refused(demo, tmp_path):
-    path = train_cam(_config(demo, tmp_path, "c", epochs=1))
+    path = _train(_config(demo, tmp_path, "c", epochs=1))
     net, meta = load_cam(path, "sam", "tiny")
     assert meta["model"] == "tiny" and isinstance(net, CamClassifier)
-    with pytest.raises(CamError, match="trained on backbone sam \\(tiny\\)"):
+    with pytest.raises(CheckpointError, match="trained on backbone sam \\(tiny\\)"):
         load_cam(path, "sam", "vit_b")
-    with pytest.raises(CamError, match="trained on backbone sam"):
+    with pytest.raises(CheckpointError, match="trained on backbone sam"):
         load_cam(path, "resnet50")
-    with pytest.raises(CamError, match="not found"):
+    with pytest.raises(CheckpointError, match="not found"):
         load_cam(str(tmp_path / "none.pt"))
 
 
 def test_methods_in_the_pseudo_label_job_keep_to_the_tags(demo, tmp_path):
-    ckpt = train_cam(_config(demo, tmp_path, "c", epochs=1))
+    ckpt = _train(_config(demo, tmp_path, "c", epochs=1))
     coco = json.load(open(demo / "annotations.json"))
     for method in ("cam", "cam-rw", "cam-sam-rw"):
         options = {"cam": ckpt, "steps": 8} if method != "cam" else {"cam": ckpt}
@@ -125,7 +129,7 @@ def _toy(tmp_path, seed_only: bool):
         net.adapter.weight.copy_(torch.eye(3)[:, :, None, None])
         net.adapter.bias.zero_()
         net.head.weight.copy_(torch.tensor([[0.0, 0, 1], [0, 1, 0]])[:, :, None, None])
-    meta = {"version": CHECKPOINT_VERSION, "backbone": "sam", "model": "toy", "in_channels": 3, "hidden": 3,
+    meta = {"version": LEGACY_VERSION, "backbone": "sam", "model": "toy", "in_channels": 3, "hidden": 3,
             "num_classes": 2, "num_subclasses": 0}
     path = str(tmp_path / "toy.pt")
     atomic_torch_save({"meta": meta, "model": net.state_dict()}, path)
@@ -160,8 +164,6 @@ def test_cam_rw_completes_a_partial_cam_within_its_region(tmp_path):
 
 
 def test_subclass_labels_are_deterministic_and_follow_the_clusters():
-    from wsseg_fast.pipelines.cam import subclass_targets
-
     g = torch.Generator().manual_seed(0)
     blobs = torch.cat([torch.randn(6, 4, generator=g) * 0.1, torch.randn(6, 4, generator=g) * 0.1 + 5])
     targets = torch.zeros(12, 2)
@@ -177,9 +179,9 @@ def test_subclass_labels_are_deterministic_and_follow_the_clusters():
 
 def test_ssc_and_subclass_terms_are_logged_and_resume_exactly(demo, tmp_path):
     kw = dict(ssc_weight=1.0, ssc_segments=16, subclasses=2)
-    full = torch.load(train_cam(_config(demo, tmp_path, "full", epochs=2, **kw)), weights_only=False)
-    train_cam(_config(demo, tmp_path, "half", epochs=1, **kw))
-    resumed = torch.load(train_cam(_config(demo, tmp_path, "half", epochs=2, resume=True, **kw)), weights_only=False)
+    full = torch.load(_train(_config(demo, tmp_path, "full", epochs=2, **kw)), weights_only=True)
+    _train(_config(demo, tmp_path, "half", epochs=1, **kw))
+    resumed = torch.load(_train(_config(demo, tmp_path, "half", epochs=2, **kw)), weights_only=True)
     for k, v in full["model"].items():
         assert torch.equal(v, resumed["model"][k]), k
     log = [json.loads(line) for line in open(tmp_path / "full" / "log.jsonl")]
@@ -187,33 +189,33 @@ def test_ssc_and_subclass_terms_are_logged_and_resume_exactly(demo, tmp_path):
     assert abs(log[0]["total"] - log[0]["bce"] - log[0]["sub_bce"] - log[0]["ssc"]) < 1e-5
     net, meta = load_cam(str(tmp_path / "full" / "last.pt"), "sam", "tiny")
     assert net.num_subclasses == 2 * meta["num_classes"]
-    with pytest.raises(CamError, match="other settings"):  # resume with other terms is refused
-        train_cam(_config(demo, tmp_path, "half", epochs=3, resume=True, ssc_weight=0.5, subclasses=2))
+    with pytest.raises(RunDirError, match="other settings"):  # resume with other terms is refused
+        _train(_config(demo, tmp_path, "half", epochs=3, ssc_weight=0.5, subclasses=2))
 
 
 def test_reconstruction_term_resumes_exactly_and_the_run_says_its_vgg_is_random(demo, tmp_path, capsys):
     kw = dict(recon_weight=1.0, hidden=16)
-    full = torch.load(train_cam(_config(demo, tmp_path, "full", epochs=2, **kw)), weights_only=False)
+    full = torch.load(_train(_config(demo, tmp_path, "full", epochs=2, **kw), progress=True), weights_only=True)
     assert "VGG16 with RANDOM weights" in capsys.readouterr().out
-    train_cam(_config(demo, tmp_path, "half", epochs=1, **kw))
-    resumed = torch.load(train_cam(_config(demo, tmp_path, "half", epochs=2, resume=True, **kw)), weights_only=False)
+    _train(_config(demo, tmp_path, "half", epochs=1, **kw))
+    resumed = torch.load(_train(_config(demo, tmp_path, "half", epochs=2, **kw)), weights_only=True)
     for part in ("model", "decoder"):
         for k, v in full[part].items():
             assert torch.equal(v, resumed[part][k]), (part, k)
     log = [json.loads(line) for line in open(tmp_path / "full" / "log.jsonl")]
     assert log[0]["recon"] > 0 and log[0]["vgg_weights"] == "random" and full["meta"]["vgg_weights"] == "random"
     assert abs(log[0]["total"] - log[0]["bce"] - log[0]["recon"]) < 1e-5
-    with pytest.raises(CamError, match="--vgg-weights is for the reconstruction branch"):
-        train_cam(_config(demo, tmp_path, "v", vgg_weights="x.pt"))
+    with pytest.raises(ConfigError, match="vgg_weights is for the reconstruction branch"):
+        _config(demo, tmp_path, "v", vgg_weights="x.pt")
 
 
 def test_resnet50_backbone_trains_on_images_and_its_checkpoint_serves_the_methods(demo, tmp_path, capsys):
-    ckpt = train_cam(_config(demo, tmp_path, "r", epochs=1, backbone="resnet50", image_size=64, hidden=8,
+    ckpt = _train(_config(demo, tmp_path, "r", epochs=1, backbone="resnet50", image_size=64, hidden=8,
                              ssc_weight=1.0, ssc_segments=8, subclasses=2))
     net, meta = load_cam(ckpt, "resnet50")
     assert meta["model"] == "resnet50" and meta["weights"] == "random" and net.backbone is not None
     assert not (tmp_path / "cache").exists()  # no SAM embedding for this backbone
-    with pytest.raises(CamError, match="trained on backbone resnet50"):
+    with pytest.raises(CheckpointError, match="trained on backbone resnet50"):
         load_cam(ckpt, "sam", "tiny")
     cfg = JobConfig(coco=str(demo / "annotations.json"), out=str(tmp_path / "pl"), method="cam-rw",
                     options={"cam": ckpt, "steps": 4, "radius": 1}, model="tiny", cache=str(tmp_path / "cache"))
@@ -226,7 +228,7 @@ def test_resnet50_backbone_trains_on_images_and_its_checkpoint_serves_the_method
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--backbone-weights" in err[0] and "not a state dict of torchvision's resnet50" in err[0]
     assert main(args[:8] + ["--image-size", "50", "--out", str(tmp_path / "o2")]) == 2
-    assert "--image-size must be a positive multiple of 32" in capsys.readouterr().err
+    assert "image_size must be a positive multiple of 32" in capsys.readouterr().err
 
 
 def test_epoch_shards_pad_and_cover_the_epoch():
@@ -247,15 +249,15 @@ train_cam(CamConfig(**json.loads(sys.argv[1])))
 def test_torchrun_ddp_two_cpu_processes_equals_one_process_with_both_batches(demo, tmp_path):
     """With BCE only, 2 ranks of batch 1 take the same steps as 1 process of batch 2 (same
     images per step, gradients averaged), so the weights agree to float rounding."""
-    one = torch.load(train_cam(_config(demo, tmp_path, "one", epochs=2, hidden=16)), weights_only=False)
+    one = torch.load(_train(_config(demo, tmp_path, "one", epochs=2, hidden=16)), weights_only=True)
     script = tmp_path / "ddp_cam.py"
     script.write_text(_DDP_SCRIPT)
     config = dict(coco=str(demo / "annotations.json"), out=str(tmp_path / "ddp"), cache=str(tmp_path / "cache"),
-                  model="tiny", batch_size=1, lr=1e-2, progress=False, epochs=2, hidden=16)
+                  model="tiny", batch_size=1, lr=1e-2, epochs=2, hidden=16)
     proc = torchrun_two_cpu_processes(script, json.dumps(config))
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.count("ignored); DDP over 2 processes") == 1  # rank 0 reports
-    ddp = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)
+    ddp = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
     assert ddp["epoch"] == 2
     for k, v in one["model"].items():
         assert torch.allclose(v, ddp["model"][k], atol=1e-5), k

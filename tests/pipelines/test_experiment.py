@@ -6,7 +6,7 @@ import torch
 
 from wsseg_fast.cli import main
 from wsseg_fast.io import file_digest
-from wsseg_fast.pipelines.experiment import ROW_NAMES, DemoExperimentConfig, run_demo_experiment
+from wsseg_fast.pipelines.experiments.demo import ROW_NAMES, DemoExperimentConfig, run_demo_experiment
 from wsseg_fast.sam.model import build_sam
 
 
@@ -25,7 +25,7 @@ def test_demo_experiment_writes_every_row_and_resumes(tmp_path):
         if job == "test_sam_box":  # the prompter's upper bound: SAM's masks as the prompter gets them, unclipped
             assert (settings["options"]["clip_to_box"], settings["options"]["fallback"]) == (False, False)
     stage1 = torch.load(tmp_path / "exp" / "finetune" / "last.pt", weights_only=True)
-    assert stage1["config"]["checkpoint"] == cfg.checkpoint  # sbr's weights are stage 1's, started from it
+    assert stage1["settings"]["checkpoint"] == cfg.checkpoint  # sbr's weights are stage 1's, started from it
     saved = json.loads((tmp_path / "exp" / "report.json").read_text())
     assert [r["name"] for r in saved["rows"]] == list(ROW_NAMES)
     for row in saved["rows"]:

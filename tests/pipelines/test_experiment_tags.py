@@ -3,7 +3,7 @@
 import json
 
 from wsseg_fast.cli import main
-from wsseg_fast.pipelines.experiment import (
+from wsseg_fast.pipelines.experiments.tags import (
     TAG_CLASSIFIERS,
     TagsExperimentConfig,
     run_tags_experiment,

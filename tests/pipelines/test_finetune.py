@@ -10,7 +10,9 @@ from wsseg_fast.cli import main
 from wsseg_fast.data import CocoWeakDataset, make_demo
 from wsseg_fast.logic import class_truths
 from wsseg_fast.logic.priors import PriorsError, load_priors
-from wsseg_fast.pipelines.finetune import FinetuneConfig, FinetuneError, finetune
+from wsseg_fast.errors import ConfigError
+from wsseg_fast.pipelines.finetune import FinetuneConfig, finetune
+from wsseg_fast.pipelines.training import RunDirError
 from wsseg_fast.sam.engine import SamEngine
 from wsseg_fast.sam.model import build_sam, load_state_dict_file
 
@@ -60,9 +62,9 @@ def test_priors_file(tmp_path):
 
 
 def test_bad_settings(demo, tmp_path):
-    with pytest.raises(FinetuneError, match="train must be one of"):
+    with pytest.raises(ConfigError, match="train must be one of"):
         finetune(config(demo, tmp_path, train="encoder"), progress=False)
-    with pytest.raises(FinetuneError, match="epochs"):
+    with pytest.raises(ConfigError, match="epochs"):
         finetune(config(demo, tmp_path, epochs=0), progress=False)
 
 
@@ -86,7 +88,7 @@ def test_decoder_training_logs_constraints_resumes_exactly_and_is_deterministic(
     again = load_state_dict_file(split)
     assert all(torch.equal(weights[k], again[k]) for k in weights)
     # Other settings in the same directory are refused rather than mixed.
-    with pytest.raises(FinetuneError, match="other settings"):
+    with pytest.raises(RunDirError, match="other settings"):
         finetune(config(demo, tmp_path / "split", epochs=3, lr=5e-4), progress=False)
 
 
@@ -108,7 +110,7 @@ def test_distillation_keeps_the_masks_near_the_starting_sam(demo, tmp_path):
     free = drift(finetune(config(demo, tmp_path / "free", epochs=3), progress=False))
     kept = drift(finetune(config(demo, tmp_path / "kept", epochs=3, distill=20.0), progress=False))
     assert kept < 0.5 * free, (kept, free)
-    with pytest.raises(FinetuneError, match="distill"):
+    with pytest.raises(ConfigError, match="distill"):
         finetune(config(demo, tmp_path / "bad", distill=-1.0), progress=False)
 
 

@@ -13,7 +13,6 @@ from wsseg_fast.data.weak import encode_rle, mask_bbox
 from wsseg_fast.pipelines.pretrain import (
     MAX_JITTER_PX,
     PretrainConfig,
-    PretrainError,
     _lr_at,
     corrective_click,
     mirrored,
@@ -22,6 +21,8 @@ from wsseg_fast.pipelines.pretrain import (
     sample_prompts,
     zoomed,
 )
+from wsseg_fast.errors import ConfigError, DataError
+from wsseg_fast.pipelines.training import RunDirError
 from wsseg_fast.sam.model import build_sam, load_state_dict_file
 from wsseg_fast.sam.prompting import MIN_ZOOM, preprocess, zoom_factor, zoom_window
 
@@ -171,7 +172,7 @@ def test_resume_is_bit_exact(shapes, tmp_path, amp, device):
     if amp != "off":  # mixed precision computes in another precision, into fp32 weights
         fp32 = load_state_dict_file(pretrain_sam(config(shapes, tmp_path / "fp32", epochs=1, device=device), progress=False))
         assert any(not torch.equal(first[k], fp32[k]) for k in first)
-    with pytest.raises(PretrainError, match="other settings"):
+    with pytest.raises(RunDirError, match="other settings"):
         pretrain_sam(config(shapes, tmp_path / "b", lr=1e-2, amp=amp, device=device), progress=False)
 
 
@@ -182,7 +183,7 @@ def test_cosine_schedule_spans_the_run(shapes, tmp_path):
     pretrain_sam(config(shapes, tmp_path / "c", epochs=1, lr=1e-3, lr_schedule="cosine"), progress=False)
     [record] = [json.loads(line) for line in (tmp_path / "c/log.jsonl").read_text().splitlines()]
     assert record["lr"] == pytest.approx(_lr_at(config(shapes, tmp_path, lr=1e-3, lr_schedule="cosine", epochs=1), 0, 1))
-    with pytest.raises(PretrainError, match="other settings"):  # more epochs would change the schedule already run
+    with pytest.raises(RunDirError, match="other settings"):  # more epochs would change the schedule already run
         pretrain_sam(cfg, progress=False)
 
 
@@ -190,19 +191,19 @@ def test_bad_inputs(shapes, tmp_path, capsys):
     coco = json.loads((shapes / "annotations.json").read_text())
     no_masks = {**coco, "annotations": [{k: v for k, v in a.items() if k != "segmentation"} for a in coco["annotations"]]}
     (tmp_path / "boxes_only.json").write_text(json.dumps(no_masks))
-    with pytest.raises(PretrainError, match="segmentation"):
+    with pytest.raises(DataError, match="segmentation"):
         pretrain_sam(config(shapes, tmp_path / "o", coco=str(tmp_path / "boxes_only.json"), images=str(shapes / "images")))
     empty = {**coco, "annotations": [{**a, "segmentation": {"size": [a_h, a_w], "counts": [a_h * a_w]}}
                                      for a in coco["annotations"]
                                      for a_h, a_w in [(coco["images"][0]["height"], coco["images"][0]["width"])]]}
     (tmp_path / "empty.json").write_text(json.dumps(empty))
-    with pytest.raises(PretrainError, match="no readable image has a non-empty instance mask"):
+    with pytest.raises(DataError, match="no readable image has a non-empty instance mask"):
         pretrain_sam(config(shapes, tmp_path / "o", coco=str(tmp_path / "empty.json"), images=str(shapes / "images")))
     for bad, match in [({"epochs": 0}, "epochs"), ({"clicks": -1}, "clicks"), ({"box_fraction": 2.0}, "box_fraction"),
                        ({"model": "vit_x"}, "model"), ({"loss_resolution": "full"}, "loss_resolution"), ({"amp": "fp8"}, "amp"),
                        ({"lr_schedule": "step"}, "lr_schedule"),
                        ({"zoom": 1.5}, "zoom")]:
-        with pytest.raises(PretrainError, match=match):
+        with pytest.raises(ConfigError, match=match):
             pretrain_sam(config(shapes, tmp_path / "o", **bad))
     assert main(["pretrain-sam", "--coco", str(tmp_path / "boxes_only.json"), "--images", str(shapes / "images"),
                  "--out", str(tmp_path / "cli")]) == 2

@@ -12,20 +12,13 @@ from wsseg_fast.cli import main
 from wsseg_fast.data import CocoWeakDataset, make_demo
 from wsseg_fast.matching import HungarianMatcher, PromptSetCriterion
 from wsseg_fast.models.prompter import QueryPrompter
-from wsseg_fast.pipelines.prompter import (
-    PrompterConfig,
-    PrompterError,
-    decode_prompts,
-    load_prompter,
-    predict_semantic,
-    prompter_instances,
-    teacher_prompts,
-    train_prompter,
-    train_step,
-)
+from wsseg_fast.errors import CheckpointError, ConfigError, DataError
+from wsseg_fast.pipelines.methods.prompter import predict_semantic, prompter_instances
+from wsseg_fast.pipelines.prompter import PrompterConfig, load_prompter, train_prompter, train_step
+from wsseg_fast.pipelines.training import RunDirError
 from wsseg_fast.sam.engine import SamEngine
 from wsseg_fast.sam.model import build_sam
-from wsseg_fast.sam.prompting import Embedding, predict_masks
+from wsseg_fast.sam.prompting import Embedding, decode_tokens, encode_boxes, predict_masks
 
 SMALL = dict(embed_size=16, d_model=32, nhead=4, dim_feedforward=64, num_encoder_layers=1, num_decoder_layers=1,
              dropout=0.0)
@@ -46,25 +39,25 @@ def _data(sam, n=4):
         wh = torch.randint(40, 120, (k, 2), generator=g).float()
         b = torch.cat([xy, xy + wh], 1)
         boxes.append(b)
-        targets.append({"labels": torch.arange(k) % 2, "prompts": teacher_prompts(sam, b, (256, 256), (256, 256))})
+        targets.append({"labels": torch.arange(k) % 2, "prompts": encode_boxes(sam, b, (256, 256), (256, 256))})
     return embs, targets, boxes
 
 
-def test_teacher_prompts_are_sams_box_tokens(sam):
+def test_encode_boxes_gives_sams_box_tokens(sam):
     b = torch.tensor([[10.0, 20.0, 100.0, 90.0]])
-    tok = teacher_prompts(sam, b * 2, (512, 512), (256, 256))  # original frame twice the input frame
+    tok = encode_boxes(sam, b * 2, (512, 512), (256, 256))  # original frame twice the input frame
     sparse, _ = sam.prompt_encoder(points=None, boxes=b, masks=None)
     assert tok.shape == (1, 2, 256)
     torch.testing.assert_close(tok, sparse)
     with pytest.raises(ValueError, match=r"boxes must be \[N, 4\]"):
-        teacher_prompts(sam, torch.zeros(3), (256, 256), (256, 256))
+        encode_boxes(sam, torch.zeros(3), (256, 256), (256, 256))
 
 
 def test_decode_prompts_matches_box_prompting(sam):
     emb = Embedding(torch.randn(256, 16, 16), (200, 256), (200, 256))
     b = torch.tensor([[10.0, 20.0, 100.0, 90.0], [50.0, 60.0, 200.0, 190.0]])
     with torch.no_grad():
-        ours = decode_prompts(sam, emb, teacher_prompts(sam, b, (200, 256), (200, 256)))
+        ours = decode_tokens(sam, emb, encode_boxes(sam, b, (200, 256), (200, 256)))
         ref = predict_masks(sam, emb, boxes=b)
     torch.testing.assert_close(ours.logits, ref.logits)
     torch.testing.assert_close(ours.scores, ref.scores)
@@ -106,8 +99,8 @@ def _assert_matched_queries_decode_like_their_teachers(sam, model, crit, embs, t
         assignment = crit.matcher.match(out, targets)
         for i in range(len(embs)):
             q = assignment[i]
-            mine = decode_prompts(sam, embs[i], out["pred_prompts"][i][q >= 0]).masks
-            teacher = decode_prompts(sam, embs[i], targets[i]["prompts"][q[q >= 0]]).masks
+            mine = decode_tokens(sam, embs[i], out["pred_prompts"][i][q >= 0]).masks
+            teacher = decode_tokens(sam, embs[i], targets[i]["prompts"][q[q >= 0]]).masks
             assert (mine == teacher).float().mean() > 0.98
             assert torch.equal(out["pred_logits"][i][q >= 0].argmax(-1), targets[i]["labels"][q[q >= 0]])
             assert (out["pred_logits"][i][q < 0].argmax(-1) == crit.num_classes).all()
@@ -141,7 +134,7 @@ def test_inference_resolves_overlaps_by_class_prob_iou_and_confidence(sam):
         prob = out["pred_logits"][0].softmax(-1)
         conf, cls = prob.max(-1)
         keep = cls < 3
-        pred = decode_prompts(sam, emb, out["pred_prompts"][0][keep])
+        pred = decode_tokens(sam, emb, out["pred_prompts"][0][keep])
     assert len(inst.masks) == int(keep.sum()) >= 2
     np.testing.assert_array_equal(inst.classes, (cls[keep] + 1).numpy())
     np.testing.assert_allclose(inst.scores, (conf[keep] * pred.scores[:, 0]).numpy(), rtol=1e-6)
@@ -200,7 +193,7 @@ def test_training_resumes_bit_exact_is_deterministic_and_shares_the_cache(demo, 
     split = train_prompter(_cfg(demo, tmp_path / "split", epochs=2, cache=str(cache)), progress=False)
     a, b = torch.load(whole, weights_only=True)["prompter"], torch.load(split, weights_only=True)["prompter"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(PrompterError, match="other settings"):
+    with pytest.raises(RunDirError, match="other settings"):
         train_prompter(_cfg(demo, tmp_path / "split", epochs=3, lr=5e-4), progress=False)
     boxed = train_prompter(_cfg(demo, tmp_path / "box", epochs=1, cache=str(cache), prompt_head="box"),
                            progress=False)
@@ -209,14 +202,14 @@ def test_training_resumes_bit_exact_is_deterministic_and_shares_the_cache(demo, 
 
 
 def test_bad_inputs(demo, tmp_path, capsys):
-    with pytest.raises(PrompterError, match="batch_size must be >= 1"):
+    with pytest.raises(ConfigError, match="batch_size must be >= 1"):
         train_prompter(_cfg(demo, tmp_path / "a", batch_size=0), progress=False)
     ckpt = train_prompter(_cfg(demo, tmp_path / "b"), progress=False)
-    with pytest.raises(PrompterError, match="trained on SAM 'tiny' embeddings, not 'vit_b'"):
+    with pytest.raises(CheckpointError, match="trained on SAM 'tiny' embeddings, not 'vit_b'"):
         load_prompter(ckpt, model="vit_b")
-    with pytest.raises(PrompterError, match="predicts 6 classes, the dataset has 3"):
+    with pytest.raises(CheckpointError, match="predicts 6 classes, the dataset has 3"):
         load_prompter(ckpt, num_classes=3)
-    with pytest.raises(PrompterError, match=r"no_object_weight must be in \(0, 1\]"):
+    with pytest.raises(ConfigError, match=r"no_object_weight must be in \(0, 1\]"):
         train_prompter(_cfg(demo, tmp_path / "a", no_object_weight=0.0), progress=False)
     # pseudo-labelling a dataset of another class count: one line, no traceback
     spec = json.loads((demo / "annotations.json").read_text())
@@ -230,14 +223,14 @@ def test_bad_inputs(demo, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "predicts 6 classes, the dataset has 3" in err and "Traceback" not in err
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(PrompterError, match="cannot be read"):
+    with pytest.raises(CheckpointError, match="cannot be read"):
         load_prompter(tmp_path / "junk.pt")
     # a dataset without boxes
     spec = json.loads((demo / "annotations.json").read_text())
     for a in spec["annotations"]:
         a.pop("bbox", None)
     (demo / "nobox.json").write_text(json.dumps(spec))
-    with pytest.raises((PrompterError, ValueError), match="box"):
+    with pytest.raises(DataError, match="box"):
         train_prompter(_cfg(demo, tmp_path / "c", coco=str(demo / "nobox.json")), progress=False)
 
 
@@ -303,7 +296,7 @@ def test_torchrun_ddp_equals_one_process_with_the_whole_batch(tmp_path):
     config = vars(_cfg(data, tmp_path / "ddp", batch_size=1, **same))
     proc = torchrun_two_cpu_processes(script, json.dumps(config))
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert sorted(os.listdir(tmp_path / "ddp")) == ["last.pt", "log.jsonl", "prompter.pt"]  # rank 0 wrote, once
+    assert sorted(os.listdir(tmp_path / "ddp")) == ["config.yaml", "last.pt", "log.jsonl", "prompter.pt"]  # rank 0
     assert proc.stdout.count("epoch 2/2") == 1
     # the same model (compared by its outputs: Adam turns the float noise of gradients that are
     # zero in exact arithmetic, e.g. the attention keys' bias, into lr-sized weight differences)

@@ -76,7 +76,7 @@ def test_sam_box_resume_and_determinism(demo, tmp_path):
     assert redo["run"]["images_labelled"] == 1 and snapshot(tmp_path / "a") == snapshot(tmp_path / "b")
     with pytest.raises(JobError, match="other settings .*method"):
         run_pseudo_label(JobConfig(out=str(tmp_path / "a"), **{**common, "method": "box"}), progress=False)
-    replaced = run_pseudo_label(JobConfig(out=str(tmp_path / "a"), **{**common, "method": "box"}), overwrite=True,
+    replaced = run_pseudo_label(JobConfig(out=str(tmp_path / "a"), overwrite=True, **{**common, "method": "box"}),
                                 progress=False)
     assert replaced["run"]["images_labelled"] == 4 and replaced["run"]["images_skipped_as_done"] == 0
 
@@ -130,7 +130,9 @@ def test_sigkill_midway_then_resume_gives_identical_outputs(demo, tmp_path):
     assert 2 <= len(parts) < 4, parts  # really midway
     assert not (killed / "manifest.json").exists()
     common = dict(coco=str(demo / "annotations.json"), method="sam-point", model="tiny",
-                  options=parse_options("sam-point", []))
+                  options=parse_options("sam-point", []), cache=None)
+    with pytest.raises(JobError, match="embedding differ"):  # cached (fp16-stored) embeddings would not match
+        run_pseudo_label(JobConfig(out=str(killed), **{**common, "cache": str(tmp_path / "cache")}), progress=False)
     resumed = run_pseudo_label(JobConfig(out=str(killed), **common), progress=False)
     assert resumed["run"]["images_skipped_as_done"] == len(parts)
     clean = tmp_path / "clean"
@@ -147,8 +149,8 @@ def test_ray_executor_gives_the_local_outputs(demo, tmp_path):
                   options=parse_options("sam-box", []))
     local = run_pseudo_label(JobConfig(out=str(tmp_path / "local"), **common), progress=False)
     assert local["run"]["encoded"] == 4
-    remote = run_pseudo_label(JobConfig(out=str(tmp_path / "ray"), **{**common, "cache": str(tmp_path / "cache2")}),
-                              executor="ray", workers=2, progress=False)
+    remote = run_pseudo_label(JobConfig(out=str(tmp_path / "ray"), executor="ray", workers=2,
+                                        **{**common, "cache": str(tmp_path / "cache2")}), progress=False)
     assert remote["run"]["encoded"] == 4 and remote["labelled"] == 4
     assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")
 
@@ -175,7 +177,7 @@ def test_finetuned_decoder_changes_the_labels(demo, tmp_path):
 
 
 def test_batched_encoding_and_point_prompts(demo, tmp_path):
-    common = dict(coco=str(demo / "annotations.json"), model="tiny")
+    common = dict(coco=str(demo / "annotations.json"), model="tiny", cache=None)
     for method, options in (("sam-box", []), ("sam-point", ["with_box=true"])):
         opts = parse_options(method, options)
         one = run_pseudo_label(JobConfig(out=str(tmp_path / f"{method}-1"), method=method, options=opts, **common),
@@ -209,7 +211,7 @@ def run_method(one_image, method: str, boxes: np.ndarray, options: list[str]):
 
 @pytest.mark.parametrize("method, options", [("sam-box", []), ("sbr", ["colour_refine=false"])])
 def test_zoom_redecodes_small_boxes_on_their_windows(one_image, method, options):
-    from wsseg_fast.pipelines.methods import OUTSIDE_WINDOW_LOGIT
+    from wsseg_fast.pipelines.methods.sam import OUTSIDE_WINDOW_LOGIT
     from wsseg_fast.sam.prompting import MIN_ZOOM, zoom_factor, zoom_window
 
     image, engine, _ = one_image

@@ -13,12 +13,13 @@ from benchmarks import real_photos
 from wsseg_fast.data import make_demo
 from wsseg_fast.data.labels import write_label_png
 from wsseg_fast.data.weak import make_weak_from_layout
-from wsseg_fast.pipelines.classic import crf_refine
+from wsseg_fast.pipelines.crf import crf_refine
 import torch
 
 from wsseg_fast.logic import class_truths
-from wsseg_fast.pipelines.logic_refine import OPTIONS, _Coupling, refine
+from wsseg_fast.pipelines.methods.logic_refine import OPTIONS, _Coupling, refine
 from wsseg_fast.pipelines.methods import METHODS, MethodError, MethodInput, parse_options, resolve
+from wsseg_fast.errors import ConfigError
 from wsseg_fast.pipelines.pseudo_label import JobConfig, JobError, run_pseudo_label
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -199,7 +200,7 @@ def test_refine_crf_in_the_job(tmp_path):
     assert settings["refine"] == "crf"
     with pytest.raises(JobError, match="refine"):  # other settings: refused, not mixed
         run_pseudo_label(JobConfig(coco=cfg.coco, out=cfg.out, method="box", threads=1), progress=False)
-    with pytest.raises(JobError, match="refine must be"):
+    with pytest.raises(ConfigError, match="refine must be"):
         run_pseudo_label(JobConfig(coco=cfg.coco, out=str(tmp_path / "o2"), method="box", refine="bilateral"))
 
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from wsseg_fast.data import make_demo
-from wsseg_fast.pipelines.methods import colour_evidence, keep_seeded_components, parse_options, seed_pixels
+from wsseg_fast.pipelines.methods import parse_options
+from wsseg_fast.pipelines.methods.colour import colour_evidence, keep_seeded_components, seed_pixels
 from wsseg_fast.pipelines.pseudo_label import JobConfig, run_pseudo_label
 
 # pycocotools 2.0 calls np.array(copy=False) on NumPy 2: not ours to fix

@@ -20,9 +20,10 @@ from wsseg_fast.pipelines.student import (StudentConfig, StudentDataset, balance
                                           load_student, predict, predict_logits, train_student)
 
 from tests.helpers import torchrun_two_cpu_processes
+from wsseg_fast.pipelines.training import RunDirError
 from tests.pipelines.synthetic_shapes import make_shapes_dataset
 
-TINY = dict(size=32, widths=(8, 16, 32), batch_size=4, lr=3e-3, progress=False)
+TINY = dict(size=32, widths=(8, 16, 32), batch_size=4, lr=3e-3)
 
 
 @pytest.fixture
@@ -80,9 +81,7 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(shapes, tmp_pa
     with pytest.raises(KeyboardInterrupt):
         train_student(_multihead(shapes, tmp_path / "split", epochs=2), on_epoch_end=crash)
     assert torch.load(tmp_path / "split" / "last.pt", weights_only=True)["epoch"] == 1
-    with pytest.raises(ValueError, match="exists: resume it"):
-        train_student(_multihead(shapes, tmp_path / "split", epochs=2))
-    split = train_student(_multihead(shapes, tmp_path / "split", epochs=2, resume=True))
+    split = train_student(_multihead(shapes, tmp_path / "split", epochs=2))  # re-running resumes
     a, b = torch.load(full, weights_only=True), torch.load(split, weights_only=True)
     assert a["epoch"] == b["epoch"] == 2
     _assert_same_state(a["model"], b["model"])
@@ -90,9 +89,9 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(shapes, tmp_pa
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         _assert_same_state(sa, sb)
     # Resuming a finished run trains nothing more; a changed set-up is refused.
-    assert train_student(_multihead(shapes, tmp_path / "split", epochs=2, resume=True)) == split
-    with pytest.raises(ValueError, match="cannot resume.*widths"):
-        train_student(_multihead(shapes, tmp_path / "split", epochs=3, resume=True, widths=(8, 16)))
+    assert train_student(_multihead(shapes, tmp_path / "split", epochs=2)) == split
+    with pytest.raises(RunDirError, match="other settings.*widths"):
+        train_student(_multihead(shapes, tmp_path / "split", epochs=3, widths=(8, 16)))
 
 
 def test_multihead_gt_subset_and_final_phase(shapes, tmp_path):
@@ -161,7 +160,7 @@ def test_class_balanced_training_runs_and_resumes_exactly(shapes, tmp_path):
         train_student(_config(shapes, tmp_path / "bad", epochs=1, class_balance=-1.0))
     whole = train_student(_config(shapes, tmp_path / "whole", epochs=2, class_balance=0.5))
     train_student(_config(shapes, tmp_path / "split", epochs=1, class_balance=0.5))
-    split = train_student(_config(shapes, tmp_path / "split", epochs=2, class_balance=0.5, resume=True))
+    split = train_student(_config(shapes, tmp_path / "split", epochs=2, class_balance=0.5))
     _assert_same_state(torch.load(whole, weights_only=True)["model"], torch.load(split, weights_only=True)["model"])
 
 
@@ -225,12 +224,12 @@ def test_cli_train_predict_evaluate(shapes, tmp_path, capsys):
     assert main(["train-student", "--images", str(shapes / "images"), "--pseudo", str(shapes / "box"),
                  "--source", f"gt={shapes / 'gt'}", "--arch", "multihead", "--gt-fraction", "0.5",
                  "--loss-weight", "pseudo=0.5", "--out", str(ck), "--size", "32", "--widths", "8,16",
-                 "--epochs", "2", "--workers", "0", "--no-progress",
+                 "--epochs", "2", "--workers", "0",
                  "--val-images", str(shapes / "images"), "--val-gt", str(shapes / "gt")]) == 0
     assert "val mIoU" in capsys.readouterr().out
     # the run's saved settings repeat it: the same weights, bit for bit
     assert main(["train-student", "--config", str(ck / "config.yaml"), "--out", str(tmp_path / "again")]) == 0
-    first, again = torch.load(ck / "last.pt", weights_only=False), torch.load(tmp_path / "again" / "last.pt", weights_only=False)
+    first, again = torch.load(ck / "last.pt", weights_only=True), torch.load(tmp_path / "again" / "last.pt", weights_only=True)
     assert all(torch.equal(first["model"][k], again["model"][k]) for k in first["model"])
     assert main(["predict", "--checkpoint", str(ck / "last.pt"), "--images", str(shapes / "images"), "--out", str(pred)]) == 0
     assert main(["evaluate", "--pred", str(pred), "--gt", str(shapes / "gt"), "--out", str(report)]) == 0
@@ -258,14 +257,14 @@ def test_torchrun_ddp_two_cpu_processes(shapes, tmp_path):
     ranks = tmp_path / "ranks"
     ranks.mkdir()
     config = dict(images=str(shapes / "images"), sources={"pseudo": str(shapes / "gt")}, out=str(tmp_path / "ck"),
-                  arch="unet", epochs=2, size=32, widths=[8, 16], batch_size=2, progress=False)
+                  arch="unet", epochs=2, size=32, widths=[8, 16], batch_size=2)
     proc = torchrun_two_cpu_processes(script, json.dumps(config), str(ranks))
     assert proc.returncode == 0, proc.stderr[-4000:]
     states = [torch.load(ranks / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert [s["world"] for s in states] == [2, 2]
     _assert_same_state(states[0]["model"], states[1]["model"])  # DDP kept the replicas equal
     assert states[0]["record"]["loss"] == states[1]["record"]["loss"]  # losses all-reduced
-    assert sorted(os.listdir(tmp_path / "ck")) == ["last.pt"]  # only rank 0 wrote
+    assert sorted(os.listdir(tmp_path / "ck")) == ["config.yaml", "last.pt", "log.jsonl"]  # only rank 0 wrote
     model, meta = load_student(tmp_path / "ck" / "last.pt")
     assert meta["epoch"] == 2
     _assert_same_state(model.state_dict(), states[0]["model"])

@@ -49,6 +49,12 @@ class CorruptEntryWarning(UserWarning):
     """A cache entry failed verification and was dropped."""
 
 
+def default_cache_dir() -> str:
+    """Where the commands keep embeddings unless told otherwise: ``$WSSEG_FAST_CACHE`` or
+    ``~/.cache/wsseg_fast``."""
+    return os.environ.get("WSSEG_FAST_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "wsseg_fast")
+
+
 def pixels_digest(image: np.ndarray) -> str:
     """BLAKE2b-128 of a decoded image (shape, dtype and pixel bytes), so the key does not
     depend on the file's encoding, name or metadata."""

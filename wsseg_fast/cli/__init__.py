@@ -1,9 +1,10 @@
 """The ``wsseg-fast`` command (also ``python -m wsseg_fast``).
 
-One module per command group; each has ``register(subparsers)``, which adds its
-parsers and sets ``func``. ``main`` dispatches. Errors a user can fix exit with
-status 2 and one clear line (:class:`UsageError`), not a traceback. Training
-commands take ``--config FILE.yaml`` (see :mod:`wsseg_fast.cli.common`).
+One module per command group; each has ``register(subparsers)``, which adds its parsers and
+sets ``func``. The flags of a command that runs a config dataclass are generated from its
+fields (:mod:`wsseg_fast.cli.settings`), and such commands take ``--config FILE.yaml``.
+``main`` dispatches; a :class:`~wsseg_fast.errors.UserError` (a bad setting, data file,
+checkpoint or output directory) is printed as one line with exit status 2, not a traceback.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import argparse
 import sys
 
 from wsseg_fast.cli import cache, cam, data, experiment, info, prompter, pseudo_label, sam, student
-from wsseg_fast.cli.common import UsageError, apply_config
+from wsseg_fast.cli.common import UsageError
+from wsseg_fast.cli.settings import parse_with_config
+from wsseg_fast.errors import UserError
 
 COMMAND_GROUPS = (info, data, pseudo_label, cache, sam, experiment, student, cam, prompter)
 
@@ -36,20 +39,32 @@ def _config_path(argv: list[str]) -> str | None:
     return None
 
 
+def _command(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.ArgumentParser, list[str]]:
+    """The (sub)parser that the leading command words of ``argv`` select, and the rest of ``argv``."""
+    while parser._subparsers is not None:
+        choices = parser._subparsers._group_actions[0].choices
+        if not argv or argv[0] not in choices:
+            break
+        parser, argv = choices[argv[0]], argv[1:]
+    return parser, argv
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     command = argv[0] if argv else None
     try:
         config = _config_path(argv)
-        subparsers = parser._subparsers._group_actions[0].choices
-        if config is not None and command in subparsers:
-            args = apply_config(subparsers[command], argv[1:], config)
+        leaf, rest = _command(parser, argv)
+        if config is not None and leaf is not parser:
+            args = parse_with_config(leaf, rest, config)
             args.command = command
         else:
             args = parser.parse_args(argv)
         return args.func(args)
-    except UsageError as exc:
+    except SystemExit as exc:  # argparse's --help, --list-methods, and its own usage errors
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    except UserError as exc:
         print(f"wsseg-fast {command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

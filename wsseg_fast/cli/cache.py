@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from wsseg_fast.cache import EmbeddingCache
-from wsseg_fast.cli.common import UsageError, default_cache, parse_size
+from wsseg_fast.cache import EmbeddingCache, default_cache_dir
+from wsseg_fast.cli.common import UsageError, parse_size
 
 
 def add_cache(sub) -> None:
@@ -19,7 +19,7 @@ def add_cache(sub) -> None:
 
 
 def run_cache(args) -> int:
-    root = args.cache or default_cache()
+    root = args.cache or default_cache_dir()
     if not os.path.isdir(root):
         raise UsageError(f"no cache at {root}")
     cache = EmbeddingCache(root)

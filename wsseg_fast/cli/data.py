@@ -7,7 +7,7 @@ from pathlib import Path
 
 from wsseg_fast.cli.common import UsageError
 from wsseg_fast.data import make_demo
-from wsseg_fast.data.weak import CAMVID_THINGS, LAYOUTS, WeakLabelError, make_weak_from_coco, make_weak_from_layout
+from wsseg_fast.data.weak import CAMVID_THINGS, LAYOUTS, make_weak_from_coco, make_weak_from_layout
 
 
 def add_make_demo(sub) -> None:
@@ -50,15 +50,12 @@ def add_make_weak(sub) -> None:
 def run_make_weak(args) -> int:
     options = dict(min_area=args.min_area, points=args.points, scribble=args.scribble, seed=args.seed)
     things = args.things or (CAMVID_THINGS if args.layout == "camvid" else "all")
-    try:
-        if args.layout == "coco":
-            images = args.images or str(Path(args.source).parent / "images")
-            summary = make_weak_from_coco(args.out, args.source, images, things, **options)
-        else:
-            summary = make_weak_from_layout(args.out, args.source, args.layout, things, split=args.split,
-                                            class_names=args.class_names, void=args.void, limit=args.limit, **options)
-    except WeakLabelError as exc:
-        raise UsageError(str(exc)) from None
+    if args.layout == "coco":
+        images = args.images or str(Path(args.source).parent / "images")
+        summary = make_weak_from_coco(args.out, args.source, images, things, **options)
+    else:
+        summary = make_weak_from_layout(args.out, args.source, args.layout, things, split=args.split,
+                                        class_names=args.class_names, void=args.void, limit=args.limit, **options)
     print(f"wrote {summary['images']} images, {summary['instances']} instances of {', '.join(summary['categories'])} "
           f"to {args.out} ({summary['too_small']} instances under --min-area marked ignore)")
     return 0

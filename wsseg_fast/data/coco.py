@@ -17,9 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
-
-class DataError(ValueError):
-    """The annotation file cannot be used (missing, not JSON, not COCO-shaped)."""
+from wsseg_fast.errors import DataError
 
 
 class ImageLoadError(OSError):

@@ -9,6 +9,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from wsseg_fast.errors import DataError
 from wsseg_fast.io import atomic_write_bytes
 
 IGNORE = 255
@@ -56,5 +57,5 @@ def read_label_png(path: str | os.PathLike) -> np.ndarray:
     """The class indices of a label PNG (palette or greyscale) as ``uint8`` ``[H, W]``."""
     with Image.open(path) as im:
         if im.mode not in ("P", "L"):
-            raise ValueError(f"{path}: a label PNG must be palette (P) or greyscale (L) mode, got {im.mode}")
+            raise DataError(f"{path}: a label PNG must be palette (P) or greyscale (L) mode, got {im.mode}")
         return np.array(im, dtype=np.uint8)

@@ -39,6 +39,7 @@ from skimage.morphology import skeletonize
 
 from wsseg_fast.data.coco import decode_segmentation
 from wsseg_fast.data.labels import IGNORE, write_label_png
+from wsseg_fast.errors import UserError
 from wsseg_fast.io import atomic_write_bytes, atomic_write_json
 
 CAMVID_CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "sign", "fence", "car", "pedestrian",
@@ -51,7 +52,7 @@ VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-class WeakLabelError(ValueError):
+class WeakLabelError(UserError):
     """The dense-mask source cannot be converted (missing folders, unknown classes, bad maps)."""
 
 

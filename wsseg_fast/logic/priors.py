@@ -8,10 +8,12 @@ from pathlib import Path
 
 import yaml
 
+from wsseg_fast.errors import UserError
+
 PRIOR_KEYS = ("contains", "excludes", "one_class_per_pixel", "pairwise", "box_size")
 
 
-class PriorsError(ValueError):
+class PriorsError(UserError):
     """A priors file that cannot be read or used; one line from the CLI."""
 
 

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsseg_fast.errors import CheckpointError, UserError
+
 BACKBONES = ("sam", "resnet50")
 # ImageNet statistics: torchvision's ResNet-50 and VGG16 expect inputs normalised with them.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -125,7 +127,7 @@ def _torchvision():
     try:
         import torchvision
     except ImportError:
-        raise ValueError("the resnet50 backbone and the reconstruction branch need torchvision "
+        raise UserError("the resnet50 backbone and the reconstruction branch need torchvision "
                          "(pip install 'wsseg_fast[tags]')") from None
     return torchvision
 
@@ -135,11 +137,11 @@ def _read_state(path: str, argument: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise ValueError(f"{argument} {path}: file not found") from None
+        raise CheckpointError(f"{argument} {path}: file not found") from None
     except Exception as exc:  # pickles, truncated files: torch's reasons vary
-        raise ValueError(f"{argument} {path}: not a torch state dict ({type(exc).__name__})") from None
+        raise CheckpointError(f"{argument} {path}: not a torch state dict ({type(exc).__name__})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{argument} {path}: expected a state dict (name -> tensor)")
+        raise CheckpointError(f"{argument} {path}: expected a state dict (name -> tensor)")
     return state
 
 
@@ -150,7 +152,7 @@ def _load_weights(module: nn.Module, state: dict, path: str, argument: str, what
     missing = sorted(set(ours) - set(state))
     wrong = sorted(k for k in set(ours) & set(state) if state[k].shape != ours[k].shape)
     if missing or wrong:
-        raise ValueError(f"{argument} {path}: not a state dict of {what} ({len(missing)} missing and "
+        raise CheckpointError(f"{argument} {path}: not a state dict of {what} ({len(missing)} missing and "
                          f"{len(wrong)} mis-shaped tensors, e.g. {(missing or wrong)[0]!r})")
     module.load_state_dict({k: state[k] for k in ours}, strict=not skip)
 

@@ -1,10 +1,12 @@
-"""``torchrun`` support shared by the trainers (``train-student``, ``train-prompter``): with
-``WORLD_SIZE`` > 1 every process joins one process group (NCCL on GPUs, gloo on CPUs)."""
+"""``torchrun`` support shared by the trainers: with ``WORLD_SIZE`` > 1 every process joins one
+process group (NCCL on GPUs, gloo on CPUs), and every collective goes through
+:class:`DistContext`, which hands the process group tensors on its device (NCCL reduces CUDA
+tensors only) and gives the result back where the caller's tensor lives."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
 import torch
@@ -19,6 +21,8 @@ class DistContext:
     world: int = 1
     local_rank: int = 0
     owned: bool = False  # this call initialised the process group and tears it down
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    """Where the process group's collectives take their tensors."""
 
     @classmethod
     def setup(cls) -> "DistContext":
@@ -28,7 +32,9 @@ class DistContext:
         owned = not dist.is_initialized()
         if owned:
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owned)
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        device = torch.device("cuda", local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
+        return cls(dist.get_rank(), dist.get_world_size(), local_rank, owned, device)
 
     @classmethod
     def run(cls, train: Callable[["DistContext"], T]) -> T:
@@ -44,10 +50,12 @@ class DistContext:
             ctx.close(finished)
 
     def all_sum(self, values: torch.Tensor) -> torch.Tensor:
-        if self.world > 1:
-            values = values.clone()
-            dist.all_reduce(values)
-        return values
+        """The sum of ``values`` over the ranks, on ``values``' device."""
+        if self.world == 1:
+            return values
+        reduced = values.to(self.device, copy=True)
+        dist.all_reduce(reduced)
+        return reduced.to(values.device)
 
     def barrier(self) -> None:
         if self.world > 1:

@@ -13,6 +13,7 @@ import math
 import os
 from pathlib import Path
 
+from wsseg_fast.errors import DataError
 from wsseg_fast.io import atomic_write_text
 from wsseg_fast.metrics import IGNORE_INDEX, SegmentationMeter, markdown_table
 from wsseg_fast.pipelines.label_maps import read_label
@@ -26,19 +27,19 @@ def evaluate(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, num_classes
     pred_root, gt_root = Path(pred_dir), Path(gt_dir)
     for name, root in (("pred_dir", pred_root), ("gt_dir", gt_root)):
         if not root.is_dir():
-            raise ValueError(f"evaluate: `{name}` {str(root)!r} is not a directory")
+            raise DataError(f"evaluate: `{name}` {str(root)!r} is not a directory")
     gt_paths = sorted(gt_root.glob("*.png"))
     if not gt_paths:
-        raise ValueError(f"evaluate: `gt_dir` {str(gt_root)!r} holds no .png label maps")
+        raise DataError(f"evaluate: `gt_dir` {str(gt_root)!r} holds no .png label maps")
     missing = [p.stem for p in gt_paths if not (pred_root / p.name).is_file()]
     if missing:
-        raise ValueError(f"evaluate: {len(missing)} of {len(gt_paths)} ground-truth maps have no prediction in "
+        raise DataError(f"evaluate: {len(missing)} of {len(gt_paths)} ground-truth maps have no prediction in "
                          f"{str(pred_root)!r}, e.g. {missing[:3]}")
     pairs = []
     for path in gt_paths:
         gt, pred = read_label(path), read_label(pred_root / path.name)
         if gt.shape != pred.shape:
-            raise ValueError(f"evaluate: prediction {path.name} is {tuple(pred.shape)}, its ground truth {tuple(gt.shape)}")
+            raise DataError(f"evaluate: prediction {path.name} is {tuple(pred.shape)}, its ground truth {tuple(gt.shape)}")
         pairs.append((pred, gt))
     if num_classes is None:
         if class_names is not None:
@@ -51,7 +52,7 @@ def evaluate(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, num_classes
                         largest = max(largest, int(labels.max()))
             num_classes = largest + 1
     if class_names is not None and len(class_names) != num_classes:
-        raise ValueError(f"evaluate: {len(class_names)} `class_names` for {num_classes} classes")
+        raise DataError(f"evaluate: {len(class_names)} `class_names` for {num_classes} classes")
     meter = SegmentationMeter(num_classes, class_names, ignore_index)
     for pred, gt in pairs:
         meter.update(pred, gt)

@@ -13,18 +13,16 @@ What trains: ``decoder`` (SAM's mask decoder, on cached embeddings),
 ``decoder+prompt`` (and the prompt encoder), or ``all`` (the image encoder too,
 so embeddings are recomputed every step: meant for the ``tiny`` config).
 
-Checkpoints after every epoch (atomic), resumes where it stopped, is
-deterministic for a seed, and logs every constraint's satisfaction per epoch to
-``OUT/log.jsonl``.
+The run lives in a :class:`~wsseg_fast.pipelines.training.RunDir` (checkpoint after every epoch,
+re-running resumes), is deterministic for a seed, and logs every constraint's satisfaction per
+epoch to ``OUT/log.jsonl``.
 """
 
 from __future__ import annotations
 
-import math
-import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -32,23 +30,17 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from wsseg_fast.config import at_least, positive
 from wsseg_fast.data import CocoWeakDataset
-from wsseg_fast.io import append_jsonl, atomic_torch_save
+from wsseg_fast.errors import DataError
 from wsseg_fast.logic import class_truths, compile_knowledge_base
 from wsseg_fast.logic.priors import load_priors
-from wsseg_fast.pipelines.weak_training import (
-    WeakItem,
-    WeakTrainingConfig,
-    embed_items,
-    load_weak_items,
-    run_settings,
-)
-from wsseg_fast.sam.model import MODEL_CONFIGS, build_sam
+from wsseg_fast.pipelines.training import Meter, RunDir, epoch_shard, fit
+from wsseg_fast.pipelines.weak_training import WeakItem, WeakTrainingConfig, embed_items, load_weak_items
+from wsseg_fast.sam.model import build_sam, weights_id
 from wsseg_fast.sam.prompting import Embedding, predict_masks, preprocess
 
-CHECKPOINT_NAME = "last.pt"
 FINETUNED_NAME = "finetuned.pth"
-CHECKPOINT_FORMAT = "wsseg_fast.finetune/1"
 TRAINABLE = {
     "decoder": ("mask_decoder",),
     "decoder+prompt": ("mask_decoder", "prompt_encoder"),
@@ -56,131 +48,118 @@ TRAINABLE = {
 }
 
 
-class FinetuneError(ValueError):
-    """A setting or input file the fine-tuning cannot use; the message says which."""
-
-
 @dataclass
 class FinetuneConfig(WeakTrainingConfig):
     priors: str | None = None
-    """YAML/JSON priors file (see :func:`load_priors`)."""
+    """YAML priors: contains, excludes, one_class_per_pixel, pairwise, box_size (see docs/logic.md)."""
 
-    train: str = "decoder"
+    train: Literal["decoder", "decoder+prompt", "all"] = "decoder"
+    """What trains: the mask decoder (on cached embeddings), + the prompt encoder, or all (the image
+    encoder too: embeddings recomputed every step, meant for tiny)."""
+
     weight_decay: float = 0.0
+    """AdamW weight decay."""
+
     weights: dict[str, float] = field(default_factory=dict)
-    """Weight of each constraint kind in SatAgg (see :func:`wsseg_fast.logic.compile_knowledge_base`)."""
+    """A constraint kind's weight in SatAgg (boxes, points, scribbles, tags_present, tags_absent,
+    contains, excludes, one_class_per_pixel, box_size, pairwise; default 1)."""
 
     p_exists: float = 8.0
-    """Exponent of the existential quantifier (pMean): large makes ∃ close to max, so a
-    box row or column is satisfied by one confident pixel rather than by filling it
-    (with p = 2, ∃ is a root-mean-square and rewards masks that fill their box)."""
+    """Exponent of the existential quantifier (pMean): large makes it close to max, so a box row or
+    column is satisfied by one confident pixel rather than by filling it."""
 
     loss_scale: float = 0.5
-    """The constraints are evaluated on the image scaled by this factor (masks, boxes,
-    points and colours alike): 0.5 costs a quarter of full resolution."""
+    """Evaluate the constraints on the image scaled by this factor (masks, boxes, points and colours
+    alike): 0.5 costs a quarter of full resolution."""
 
     distill: float = 0.0
-    """Weight of a term that keeps what the SAM already knows: the binary cross-entropy between
-    the masks and the un-fine-tuned SAM's mask probabilities (0: off). The constraints alone pull
-    a SAM whose masks beat the boxes back towards the boxes."""
+    """Weight of a cross-entropy to the un-fine-tuned SAM's masks: keeps what it knows (0: off); the
+    constraints alone pull a SAM whose masks beat the boxes back towards the boxes."""
+
+    def validate(self) -> None:
+        super().validate()
+        at_least(0, distill=self.distill)
+        positive(loss_scale=self.loss_scale, p_exists=self.p_exists)
 
 
-def _validate(cfg: FinetuneConfig) -> None:
-    if cfg.train not in TRAINABLE:
-        raise FinetuneError(f"train must be one of {', '.join(TRAINABLE)}, got {cfg.train!r}")
-    if cfg.model not in MODEL_CONFIGS:
-        raise FinetuneError(f"model must be one of {', '.join(MODEL_CONFIGS)}, got {cfg.model!r}")
-    if cfg.epochs < 1:
-        raise FinetuneError(f"epochs must be >= 1, got {cfg.epochs}")
-    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
-        raise FinetuneError(f"lr must be a positive number, got {cfg.lr}")
-    if not (cfg.distill >= 0 and math.isfinite(cfg.distill)):
-        raise FinetuneError(f"distill must be a number >= 0, got {cfg.distill}")
+class FinetuneTrainer:
+    """Build (items and their knowledge bases, SAM, the teacher masks), one epoch, and the state
+    of a stage-1 run."""
+
+    def __init__(self, cfg: FinetuneConfig, progress: bool, say):
+        self.cfg, self.progress = cfg, progress
+        self.dataset = CocoWeakDataset(cfg.coco, cfg.images)
+        priors = load_priors(cfg.priors, self.dataset.class_names)
+        self.items = load_weak_items(self.dataset, say)
+        if not self.items:
+            raise DataError(f"{cfg.coco}: no readable image with a box to train on")
+        train_encoder = cfg.train == "all"
+        if not train_encoder:
+            embed_items(cfg, self.items)
+        self.device = torch.device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.sam = build_sam(cfg.model, cfg.checkpoint, with_encoder=train_encoder).to(self.device)
+        self.modules = TRAINABLE[cfg.train]
+        self.sam.requires_grad_(False)
+        params = []
+        for name in self.modules:
+            getattr(self.sam, name).requires_grad_(True)
+            params += list(getattr(self.sam, name).parameters())
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.kbs = [_knowledge_base(item, self.dataset, priors, cfg.weights, _loss_size(item, cfg.loss_scale),
+                                    cfg.p_exists) for item in self.items]
+        self.names = sorted({c.name for kb in self.kbs for c in kb.constraints if c.weight > 0})
+        self.teachers = [None] * len(self.items)
+        if cfg.distill > 0:  # the starting SAM's masks, from the starting weights even when resuming
+            teacher = build_sam(cfg.model, cfg.checkpoint, with_encoder=train_encoder).to(self.device)
+            with torch.no_grad():
+                self.teachers = [torch.sigmoid(mask_logits(teacher, item, kb, self.device))
+                                 for item, kb in zip(self.items, self.kbs)]
+        self.meta = {"weights": weights_id(cfg.model, cfg.checkpoint), "class_names": list(self.dataset.class_names)}
+
+    def train_epoch(self, epoch: int) -> dict:
+        cfg = self.cfg
+        self.sam.train()
+        order = epoch_shard(len(self.items), cfg.seed, epoch).tolist()
+        meter = Meter("loss", *self.names)  # means over the images (a constraint an image lacks counts 0)
+        bar = tqdm(order, desc=f"finetune epoch {epoch + 1}/{cfg.epochs}", unit="img", disable=not self.progress,
+                   leave=False)
+        for i in bar:
+            loss, satisfaction = image_loss(self.sam, self.items[i], self.kbs[i], self.dataset.num_classes,
+                                            self.device, self.teachers[i], cfg.distill)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            meter.add(loss=loss.item(), **{k: float(satisfaction.get(k, 0.0)) for k in self.names})
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        means = meter.means()
+        return {"loss": means["loss"], "satisfaction": {k: means[k] for k in self.names}}
+
+    def state_dict(self) -> dict:
+        return {"meta": self.meta, "modules": {name: getattr(self.sam, name).state_dict() for name in self.modules},
+                "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in self.modules:
+            getattr(self.sam, name).load_state_dict(state["modules"][name])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def describe(self, record: dict) -> str:
+        return f"loss {record['loss']:.4f} " + " ".join(f"{k}={v:.3f}" for k, v in record["satisfaction"].items())
 
 
 def finetune(cfg: FinetuneConfig, progress: bool = True) -> Path:
-    """Run stage 1; returns the path of ``finetuned.pth`` (SAM weights: the trained
+    """Run (or continue) stage 1; returns the path of ``finetuned.pth`` (SAM weights: the trained
     modules' ``mask_decoder.*`` / ``prompt_encoder.*`` / ``image_encoder.*`` entries)."""
-
-    _validate(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    log = lambda message: print(message, flush=True) if progress else None  # noqa: E731
-    dataset = CocoWeakDataset(cfg.coco, cfg.images)
-    priors = load_priors(cfg.priors, dataset.class_names)
-    items = load_weak_items(dataset, log)
-    if not items:
-        raise FinetuneError(f"{cfg.coco}: no readable image with a box to train on")
-
-    train_encoder = cfg.train == "all"
-    if not train_encoder:
-        embed_items(cfg, items)
-    device = torch.device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    sam = build_sam(cfg.model, cfg.checkpoint, with_encoder=train_encoder).to(device)
-    modules = TRAINABLE[cfg.train]
-    sam.requires_grad_(False)
-    params = []
-    for name in modules:
-        getattr(sam, name).requires_grad_(True)
-        params += list(getattr(sam, name).parameters())
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    start = _resume(cfg, out, sam, optimizer, modules)
-    kbs = [_knowledge_base(item, dataset, priors, cfg.weights, _loss_size(item, cfg.loss_scale), cfg.p_exists)
-           for item in items]
-    teachers = [None] * len(items)
-    if cfg.distill > 0:  # the starting SAM's masks, from the starting weights even when resuming
-        teacher = build_sam(cfg.model, cfg.checkpoint, with_encoder=train_encoder).to(device)
-        with torch.no_grad():
-            teachers = [torch.sigmoid(mask_logits(teacher, item, kb, device)) for item, kb in zip(items, kbs)]
-        del teacher
-    for epoch in range(start, cfg.epochs):
-        sam.train()
-        began = time.perf_counter()
-        order = torch.randperm(len(items), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-        loss_sum, sat_sums = 0.0, {}
-        bar = tqdm(order.tolist(), desc=f"finetune epoch {epoch + 1}/{cfg.epochs}", unit="img", disable=not progress, leave=False)
-        for i in bar:
-            loss, satisfaction = image_loss(sam, items[i], kbs[i], dataset.num_classes, device, teachers[i], cfg.distill)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item()
-            for key, value in satisfaction.items():
-                sat_sums[key] = sat_sums.get(key, 0.0) + float(value)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        record = {"epoch": epoch + 1, "loss": loss_sum / len(items), "seconds": round(time.perf_counter() - began, 3),
-                  "satisfaction": {k: v / len(items) for k, v in sorted(sat_sums.items())}}
-        append_jsonl(out / "log.jsonl", record)
-        log(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f} "
-            + " ".join(f"{k}={v:.3f}" for k, v in record["satisfaction"].items()))
-        atomic_torch_save({"format": CHECKPOINT_FORMAT, "config": run_settings(cfg), "epoch": epoch + 1,
-                           "modules": {name: getattr(sam, name).state_dict() for name in modules},
-                           "optimizer": optimizer.state_dict()}, out / CHECKPOINT_NAME)
-    weights = {f"{name}.{k}": v for name in modules for k, v in getattr(sam, name).state_dict().items()}
-    atomic_torch_save(weights, out / FINETUNED_NAME)
-    return out / FINETUNED_NAME
-
-
-def _resume(cfg: FinetuneConfig, out: Path, sam, optimizer, modules) -> int:
-    """The epoch to start from: 0, or where ``out/last.pt`` stopped (same settings only)."""
-
-    path = out / CHECKPOINT_NAME
-    if not path.exists():
-        return 0
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise FinetuneError(f"{path} cannot be read ({exc}); delete it to start over") from None
-    if state.get("format") != CHECKPOINT_FORMAT or state.get("config") != run_settings(cfg):
-        raise FinetuneError(f"{out} holds a fine-tuning run with other settings; use another --out or delete {path}")
-    for name in modules:
-        getattr(sam, name).load_state_dict(state["modules"][name])
-    optimizer.load_state_dict(state["optimizer"])
-    return int(state["epoch"])
+    say = print if progress else (lambda text: None)
+    run = RunDir(cfg.out, "finetune", cfg)
+    trainer = FinetuneTrainer(cfg, progress, say)
+    fit(trainer, run, cfg.epochs, say)
+    sam = trainer.sam
+    return run.save_artifact(FINETUNED_NAME, {f"{name}.{k}": v for name in trainer.modules
+                                              for k, v in getattr(sam, name).state_dict().items()})
 
 
 def _loss_size(item: WeakItem, scale: float) -> tuple[int, int]:

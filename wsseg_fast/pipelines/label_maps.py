@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from wsseg_fast.data.labels import write_label_png
+from wsseg_fast.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -23,14 +24,14 @@ def list_images(images_dir: str | os.PathLike) -> list[Path]:
     """The image files of a directory, sorted by name; an error if there are none."""
     root = Path(images_dir)
     if not root.is_dir():
-        raise ValueError(f"images directory {str(root)!r} does not exist")
+        raise DataError(f"images directory {str(root)!r} does not exist")
     paths = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not paths:
-        raise ValueError(f"images directory {str(root)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise DataError(f"images directory {str(root)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     stems = [p.stem for p in paths]
     if len(set(stems)) != len(stems):
         dup = sorted({s for s in stems if stems.count(s) > 1})
-        raise ValueError(f"images directory {str(root)!r} has several images with the same stem: {dup[:5]}")
+        raise DataError(f"images directory {str(root)!r} has several images with the same stem: {dup[:5]}")
     return paths
 
 
@@ -48,7 +49,7 @@ def read_label(path: str | os.PathLike) -> torch.Tensor:
     """``[H, W]`` int64 class indices from a palette or grayscale PNG."""
     with Image.open(path) as im:
         if im.mode not in ("P", "L", "I", "I;16", "1"):
-            raise ValueError(
+            raise DataError(
                 f"label map {str(path)!r} has PIL mode {im.mode!r}: expected class indices in a palette (P) "
                 "or grayscale (L, I, I;16) PNG, not colours"
             )

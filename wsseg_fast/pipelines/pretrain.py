@@ -28,6 +28,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -35,46 +36,48 @@ import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
+from wsseg_fast.config import Config, at_least, choice, positive, within
 from wsseg_fast.data import CocoWeakDataset, ImageLoadError
 from wsseg_fast.data.weak import mask_bbox
-from wsseg_fast.io import append_jsonl, atomic_torch_save
-from wsseg_fast.pipelines.student import autocast_dtype
-from wsseg_fast.pipelines.weak_training import run_settings
-from wsseg_fast.sam.model import MODEL_CONFIGS, PATCH_SIZE, build_sam
+from wsseg_fast.errors import DataError
+from wsseg_fast.pipelines.training import Amp, Meter, RunDir, autocast_dtype, fit
+from wsseg_fast.sam.model import MODEL_CONFIGS, PATCH_SIZE, build_sam, weights_id
 from wsseg_fast.sam.prompting import predict_masks, preprocess, zoom_windows
 
-CHECKPOINT_NAME = "last.pt"
 WEIGHTS_NAME = "sam.pth"
-CHECKPOINT_FORMAT = "wsseg_fast.pretrain/1"
 MAX_JITTER_PX = 20 / 1024  # SAM's box noise cap, as a fraction of the input size
-LOSS_RESOLUTIONS = ("input", "low")
-LR_SCHEDULES = ("constant", "cosine")
-
-
-class PretrainError(ValueError):
-    """A setting or input the pre-training cannot use; the message says which."""
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(Config):
     coco: str
-    """COCO JSON whose annotations carry ``segmentation`` (instances; classes are ignored)."""
+    """COCO JSON whose annotations carry a `segmentation` (instances; classes are ignored)."""
 
     out: str
-    """Output directory: ``last.pt`` (resumable state), ``sam.pth`` (SAM weights), ``log.jsonl``."""
+    """Output directory: sam.pth (SAM weights, after every epoch), last.pt (re-running resumes), log.jsonl."""
 
     images: str | None = None
-    model: str = "tiny"
+    """Image directory (default: images/ beside the JSON)."""
+
+    model: str = choice("tiny", MODEL_CONFIGS)
+    """SAM variant to train."""
+
     checkpoint: str | None = None
-    """Weights to start from (e.g. an official SAM checkpoint); ``None``: the seeded random init."""
+    """Weights to start from, e.g. an official SAM (none: the seeded random init)."""
 
     epochs: int = 10
+    """Passes over the images."""
+
     lr: float = 3e-4
-    lr_schedule: str = "constant"
-    """``constant``, or ``cosine``: per step from ``lr`` down to 0 at the end of ``epochs`` (so the
-    run's epoch count becomes one of the settings a resume must repeat)."""
+    """AdamW learning rate."""
+
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """constant, or cosine: per step from lr down to 0 at the end of epochs (resuming then needs the
+    same epochs)."""
 
     weight_decay: float = 0.01
+    """AdamW weight decay."""
+
     batch_size: int = 4
     """Images per step (one encoder pass)."""
 
@@ -82,33 +85,61 @@ class PretrainConfig:
     """Instances prompted per image and step (drawn at random)."""
 
     box_fraction: float = 0.5
-    """Share of instances prompted by their box; the others by one point."""
+    """Share of instances prompted by a jittered box; the others by one point."""
 
     box_jitter: float = 0.1
+    """Box noise: this fraction of the box's side (at most 20 px of a 1024-px input)."""
+
     clicks: int = 1
-    """Corrective clicks after the first prompt (each one more decoder pass)."""
+    """Corrective clicks per instance after the first prompt (each one more decoder pass)."""
 
     hflip: bool = False
-    """Mirror each image (and its masks and boxes) left-right with probability 1/2 per step."""
+    """Mirror images (and their masks and boxes) left-right at random (augmentation)."""
 
     zoom: float = 0.0
-    """Share of images per step shown in the zoom window of one of their small instances (the
-    window in which ``sam-box zoom=true`` decodes a small box), with the instances inside it."""
+    """Share of images per step shown in the zoom window of one of their small instances (the window
+    in which `sam-box zoom=true` decodes a small box), with the instances inside it."""
 
-    loss_resolution: str = "input"
-    """Where the mask losses are taken: ``input`` (the logits upsampled to the S x S input frame,
-    binary masks) or ``low`` (the decoder's 4g x 4g logits, each mask's share of every pixel)."""
+    loss_resolution: Literal["input", "low"] = "input"
+    """Mask losses on the logits upsampled to the input frame (binary masks), or at the decoder's
+    low resolution against each mask's share of its pixels (thin things vanish there)."""
 
     focal_weight: float = 20.0
+    """Weight of the focal mask loss."""
+
     dice_weight: float = 1.0
+    """Weight of the dice mask loss."""
+
     iou_weight: float = 1.0
-    amp: str = "auto"
-    """Mixed precision: ``auto`` (bf16/fp16 on CUDA, fp32 on CPU), ``bf16``, ``fp16`` or ``off``;
-    ``bf16`` pays on CPUs with AMX units (the decoder's matmuls; losses stay in fp32)."""
+    """Weight of the predicted-IoU regression."""
+
+    amp: Amp = "auto"
+    """Mixed precision (auto: bf16/fp16 on CUDA, fp32 on CPU; bf16 pays on CPUs with AMX units: the
+    decoder's matmuls; losses stay in fp32)."""
 
     seed: int = 0
+    """Seed of the weights, the order and the prompts."""
+
     device: str = "cpu"
+    """Where SAM trains."""
+
     threads: int | None = None
+    """torch CPU threads."""
+
+    RUNTIME = ("out", "threads", "device", "epochs")
+
+    def validate(self) -> None:
+        at_least(1, epochs=self.epochs, batch_size=self.batch_size, max_instances=self.max_instances)
+        at_least(0, clicks=self.clicks)
+        positive(lr=self.lr)
+        within(0, 1, box_fraction=self.box_fraction, box_jitter=self.box_jitter, zoom=self.zoom)
+
+    def run_settings(self) -> dict:
+        """What a resumed run must repeat, and the epoch count a cosine schedule spans."""
+        settings = super().run_settings()
+        if self.lr_schedule == "cosine":
+            settings["epochs"] = self.epochs
+        return settings
 
 
 @dataclass
@@ -130,30 +161,6 @@ class _Original:
     image: np.ndarray      # [H, W, 3] uint8
     rles: list             # N pycocotools RLEs
     boxes: np.ndarray      # [N, 4] x0, y0, x1, y1 pixels
-
-
-def _validate(cfg: PretrainConfig) -> None:
-    if cfg.model not in MODEL_CONFIGS:
-        raise PretrainError(f"model must be one of {', '.join(MODEL_CONFIGS)}, got {cfg.model!r}")
-    positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "max_instances": cfg.max_instances}
-    for name, value in positive.items():
-        if not (isinstance(value, int) and value >= 1):
-            raise PretrainError(f"{name} must be an integer >= 1, got {value!r}")
-    if not (isinstance(cfg.clicks, int) and cfg.clicks >= 0):
-        raise PretrainError(f"clicks must be an integer >= 0, got {cfg.clicks!r}")
-    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
-        raise PretrainError(f"lr must be a positive number, got {cfg.lr!r}")
-    try:
-        autocast_dtype(cfg.amp, torch.device(cfg.device))
-    except ValueError as exc:
-        raise PretrainError(str(exc)) from None
-    if cfg.lr_schedule not in LR_SCHEDULES:
-        raise PretrainError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {cfg.lr_schedule!r}")
-    if cfg.loss_resolution not in LOSS_RESOLUTIONS:
-        raise PretrainError(f"loss_resolution must be one of {', '.join(LOSS_RESOLUTIONS)}, got {cfg.loss_resolution!r}")
-    for name in ("box_fraction", "box_jitter", "zoom"):
-        if not 0 <= getattr(cfg, name) <= 1:
-            raise PretrainError(f"{name} must lie in [0, 1], got {getattr(cfg, name)!r}")
 
 
 def _framed(stem: str, image: np.ndarray, masks: np.ndarray, img_size: int, loss_resolution: str) -> _Sample:
@@ -178,7 +185,7 @@ def prepare_samples(dataset: CocoWeakDataset, img_size: int, log, loss_resolutio
     binary in the input frame, or as shares of the low-res pixels (``loss_resolution="low"``);
     with ``keep_originals`` the image as read and its masks too (for :func:`zoomed`)."""
     if not dataset.has_segmentation():
-        raise PretrainError(f"{dataset.annotation_file}: no annotation has a `segmentation`; pre-training needs "
+        raise DataError(f"{dataset.annotation_file}: no annotation has a `segmentation`; pre-training needs "
                             "instance masks (write them with `wsseg-fast make-weak`)")
     samples = []
     for record in dataset.images:
@@ -199,7 +206,7 @@ def prepare_samples(dataset: CocoWeakDataset, img_size: int, log, loss_resolutio
                                         boxes)
         samples.append(sample)
     if not samples:
-        raise PretrainError(f"{dataset.annotation_file}: no readable image has a non-empty instance mask")
+        raise DataError(f"{dataset.annotation_file}: no readable image has a non-empty instance mask")
     return samples
 
 
@@ -336,105 +343,107 @@ def mirrored(sample: _Sample) -> _Sample:
     return _Sample(sample.stem, sample.pixels.flip(-1), sample.masks.flip(-1), boxes)
 
 
-def _settings(cfg: PretrainConfig) -> dict:
-    """What a resumed run must repeat: :func:`run_settings`, and the epoch count a cosine schedule spans."""
-    settings = run_settings(cfg)
-    if cfg.lr_schedule == "cosine":
-        settings["epochs"] = cfg.epochs
-    return settings
-
-
 def _lr_at(cfg: PretrainConfig, step: int, total: int) -> float:
     if cfg.lr_schedule == "cosine":
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
     return cfg.lr
 
 
-def _resume(cfg: PretrainConfig, out: Path, sam, optimizer, scaler) -> int:
-    path = out / CHECKPOINT_NAME
-    if not path.exists():
-        return 0
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise PretrainError(f"{path} cannot be read ({exc}); delete it to start over") from None
-    if state.get("format") != CHECKPOINT_FORMAT or state.get("config") != _settings(cfg):
-        raise PretrainError(f"{out} holds a pre-training run with other settings; use another --out or delete {path}")
-    sam.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state.get("scaler", {}))
-    return int(state["epoch"])
+class PretrainTrainer:
+    """Build (the samples, SAM, its optimizer), one epoch, and the state of a pre-training run."""
+
+    def __init__(self, cfg: PretrainConfig, progress: bool, say):
+        self.cfg, self.progress = cfg, progress
+        self.img_size = MODEL_CONFIGS[cfg.model].img_size
+        self.samples = prepare_samples(CocoWeakDataset(cfg.coco, cfg.images), self.img_size, say, cfg.loss_resolution,
+                                       keep_originals=cfg.zoom > 0)
+        say(f"pre-training SAM {cfg.model} on {len(self.samples)} images, "
+            f"{sum(len(s.masks) for s in self.samples)} instances")
+        self.device = torch.device(cfg.device)
+        self.sam = build_sam(cfg.model, cfg.checkpoint).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.sam.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.amp_dtype = autocast_dtype(cfg.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.steps = math.ceil(len(self.samples) / cfg.batch_size)
+        self.meta = {"weights": weights_id(cfg.model, cfg.checkpoint)}
+
+    def _batch(self, order: list[int], step: int, generator: torch.Generator) -> list[_Sample]:
+        """The step's samples, zoomed and mirrored at random as the settings ask."""
+        cfg = self.cfg
+        batch = [self.samples[i] for i in order[step * cfg.batch_size:(step + 1) * cfg.batch_size]]
+        if cfg.zoom > 0:
+            zooms = torch.rand(len(batch), generator=generator) < cfg.zoom
+            batch = [zoomed(s, self.img_size, cfg.loss_resolution, generator) if z else s
+                     for s, z in zip(batch, zooms.tolist())]
+        if cfg.hflip:
+            flips = torch.rand(len(batch), generator=generator) < 0.5
+            batch = [mirrored(s) if flip else s for s, flip in zip(batch, flips.tolist())]
+        return batch
+
+    def _step(self, batch: list[_Sample], generator: torch.Generator, meter: Meter) -> float:
+        cfg, device = self.cfg, self.device
+        loss, count = torch.zeros((), device=device), 0
+        with torch.autocast(device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            embeddings = self.sam.image_encoder(torch.stack([s.pixels for s in batch]).to(device))
+            for sample, embedding in zip(batch, embeddings):
+                chosen = torch.randperm(len(sample.masks), generator=generator)[: cfg.max_instances]
+                image_loss, parts = instance_losses(self.sam, embedding, sample, chosen, cfg, generator)
+                loss = loss + image_loss
+                count += len(chosen)
+                meter.add_sums(len(chosen), **parts)  # summed over the image's instances
+        loss = loss / count
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        meter.add(weight=count, loss=float(loss.detach()))
+        return float(loss.detach())
+
+    def train_epoch(self, epoch: int) -> dict:
+        cfg = self.cfg
+        self.sam.train()
+        began = time.perf_counter()
+        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.samples), generator=generator).tolist()
+        meter = Meter("loss", "focal", "dice", "iou")  # per instance
+        bar = tqdm(range(self.steps), desc=f"pretrain-sam epoch {epoch + 1}/{cfg.epochs}", unit="step",
+                   disable=not self.progress, leave=False)
+        for step in bar:
+            batch = self._batch(order, step, generator)
+            for group in self.optimizer.param_groups:
+                group["lr"] = _lr_at(cfg, epoch * self.steps + step, cfg.epochs * self.steps)
+            loss = self._step(batch, generator, meter)
+            bar.set_postfix(loss=f"{loss:.4f}")
+        seconds = time.perf_counter() - began
+        return {**meter.means(), "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
+                "seconds_per_step": round(seconds / self.steps, 4)}
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in self.sam.state_dict().items()}
+
+    def state_dict(self) -> dict:
+        return {"meta": self.meta, "model": self.weights(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sam.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+
+    def describe(self, record: dict) -> str:
+        return (f"loss {record['loss']:.4f} focal {record['focal']:.4f} dice {record['dice']:.4f} "
+                f"iou-mse {record['iou']:.4f}")
 
 
 def pretrain_sam(cfg: PretrainConfig, progress: bool = True) -> Path:
-    """Run (or resume) the pre-training; returns the path of ``sam.pth``."""
-    _validate(cfg)
+    """Run (or resume) the pre-training; returns the path of ``sam.pth`` (written after every
+    epoch, so the weights are usable while it runs)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    log = (lambda message: print(message, flush=True)) if progress else (lambda message: None)
-    img_size = MODEL_CONFIGS[cfg.model].img_size
-    samples = prepare_samples(CocoWeakDataset(cfg.coco, cfg.images), img_size, log, cfg.loss_resolution,
-                              keep_originals=cfg.zoom > 0)
-    log(f"pre-training SAM {cfg.model} on {len(samples)} images, {sum(len(s.masks) for s in samples)} instances")
-
-    device = torch.device(cfg.device)
-    sam = build_sam(cfg.model, cfg.checkpoint).to(device)
-    optimizer = torch.optim.AdamW(sam.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    amp_dtype = autocast_dtype(cfg.amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    start = _resume(cfg, out, sam, optimizer, scaler)
-    steps = math.ceil(len(samples) / cfg.batch_size)
-    for epoch in range(start, cfg.epochs):
-        sam.train()
-        began = time.perf_counter()
-        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        order = torch.randperm(len(samples), generator=generator).tolist()
-        sums = {"loss": 0.0, "focal": 0.0, "dice": 0.0, "iou": 0.0, "instances": 0}
-        bar = tqdm(range(steps), desc=f"pretrain-sam epoch {epoch + 1}/{cfg.epochs}", unit="step",
-                   disable=not progress, leave=False)
-        for step in bar:
-            batch = [samples[i] for i in order[step * cfg.batch_size:(step + 1) * cfg.batch_size]]
-            if cfg.zoom > 0:
-                zooms = torch.rand(len(batch), generator=generator) < cfg.zoom
-                batch = [zoomed(s, img_size, cfg.loss_resolution, generator) if z else s
-                         for s, z in zip(batch, zooms.tolist())]
-            if cfg.hflip:
-                flips = torch.rand(len(batch), generator=generator) < 0.5
-                batch = [mirrored(s) if flip else s for s, flip in zip(batch, flips.tolist())]
-            loss, count = torch.zeros((), device=device), 0
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                embeddings = sam.image_encoder(torch.stack([s.pixels for s in batch]).to(device))
-                for sample, embedding in zip(batch, embeddings):
-                    n = len(sample.masks)
-                    chosen = torch.randperm(n, generator=generator)[: cfg.max_instances]
-                    image_loss, parts = instance_losses(sam, embedding, sample, chosen, cfg, generator)
-                    loss = loss + image_loss
-                    count += len(chosen)
-                    for key, value in parts.items():
-                        sums[key] += value
-            loss = loss / count
-            for group in optimizer.param_groups:
-                group["lr"] = _lr_at(cfg, epoch * steps + step, cfg.epochs * steps)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            sums["loss"] += float(loss.detach()) * count
-            sums["instances"] += count
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-        n = max(1, sums.pop("instances"))
-        record = {"epoch": epoch + 1, **{k: v / n for k, v in sums.items()}, "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - began, 3),
-                  "seconds_per_step": round((time.perf_counter() - began) / steps, 4)}
-        append_jsonl(out / "log.jsonl", record)
-        log(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f} focal {record['focal']:.4f} "
-            f"dice {record['dice']:.4f} iou-mse {record['iou']:.4f} ({record['seconds']:.0f} s)")
-        weights = {k: v.detach().cpu() for k, v in sam.state_dict().items()}
-        atomic_torch_save(weights, out / WEIGHTS_NAME)  # usable weights after every epoch
-        atomic_torch_save({"format": CHECKPOINT_FORMAT, "config": _settings(cfg), "epoch": epoch + 1,
-                           "model": weights, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()},
-                          out / CHECKPOINT_NAME)
-    if start >= cfg.epochs and not (out / WEIGHTS_NAME).exists():
-        atomic_torch_save(sam.state_dict(), out / WEIGHTS_NAME)
-    return out / WEIGHTS_NAME
+    say = print if progress else (lambda text: None)
+    run = RunDir(cfg.out, "pretrain", cfg)
+    trainer = PretrainTrainer(cfg, progress, say)
+    save = lambda *_: run.save_artifact(WEIGHTS_NAME, trainer.weights())  # noqa: E731
+    if fit(trainer, run, cfg.epochs, say, on_epoch_end=save) >= cfg.epochs:  # nothing left to train:
+        save()  # the weights of the checkpoint it resumed (a kill may have come before their sam.pth)
+    return run.path / WEIGHTS_NAME

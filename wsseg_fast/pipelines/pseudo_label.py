@@ -26,6 +26,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -33,9 +34,11 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from wsseg_fast.cache import EmbeddingCache
+from wsseg_fast.cache import EmbeddingCache, default_cache_dir
+from wsseg_fast.config import Config, at_least, choice, require
 from wsseg_fast.data import CocoWeakDataset, ImageLoadError
 from wsseg_fast.data.labels import encode_label_png, palette, read_label_png
+from wsseg_fast.errors import UserError
 from wsseg_fast.io import (
     TMP_PREFIX,
     append_jsonl,
@@ -44,46 +47,108 @@ from wsseg_fast.io import (
     file_digest,
 )
 from wsseg_fast.metrics import SegmentationMeter, markdown_table
-from wsseg_fast.pipelines import cam, logic_refine, prompter  # noqa: F401  (register their methods)
-from wsseg_fast.pipelines.classic import crf_refine
-from wsseg_fast.pipelines.methods import METHODS, MethodInput, resolve
+from wsseg_fast.pipelines.crf import crf_refine
+from wsseg_fast.pipelines.methods import METHODS, MethodInput, parse_options, resolve
 from wsseg_fast.pipelines.ray_executor import run_ray
 from wsseg_fast.sam import SamEngine
+from wsseg_fast.sam.model import MODEL_CONFIGS
 
 OUTPUT_VERSION = 1
 _TEST_DELAY = float(os.environ.get("WSSEG_FAST_TEST_DELAY", "0") or 0)
 
 
-class JobError(ValueError):
+class JobError(UserError):
     """A setting or an output directory the job cannot use (printed as one line by the CLI)."""
 
 
 @dataclass
-class JobConfig:
+class JobConfig(Config):
     coco: str
+    """COCO JSON with the weak annotations."""
+
     out: str
+    """Output directory; re-running the same command resumes it."""
+
     images: str | None = None
+    """Image directory (default: images/ beside the JSON)."""
+
     method: str = "sam-box"
+    """sam-box (default), sam-point, box, ... (see --list-methods)."""
+
     options: dict = field(default_factory=dict)
-    model: str = "vit_b"
+    """The method's settings, KEY=VALUE (see --list-methods)."""
+
+    model: str = choice("vit_b", MODEL_CONFIGS)
+    """SAM variant."""
+
     checkpoint: str | None = None
+    """SAM checkpoint (e.g. sam_vit_b_01ec64.pth); none: random weights (pipeline test only)."""
+
     finetuned: str | None = None
-    backend: str = "torch"
+    """A fine-tuned mask-decoder state dict (from finetune) loaded over the checkpoint's decoder."""
+
+    backend: Literal["torch", "compile", "onnxruntime", "tensorrt"] = "torch"
+    """Image-encoder backend."""
+
     encoder_file: str | None = None
-    precision: str = "fp32"
-    cache: str | None = None          # None: no cache (always encode)
-    cache_dtype: str = "fp16"
+    """Exported encoder for onnxruntime/tensorrt (default: exported into the cache once)."""
+
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Encoder compute precision."""
+
+    cache: str | None = field(default_factory=default_cache_dir)
+    """Embedding cache directory (default: $WSSEG_FAST_CACHE or ~/.cache/wsseg_fast; --no-cache:
+    always encode, store nothing)."""
+
+    cache_dtype: Literal["fp16", "fp32"] = "fp16"
+    """How the cache stores embeddings."""
+
     device: str = "cpu"
+    """Where SAM runs."""
+
     batch_size: int = 1
+    """Images per encoder batch."""
+
     visualize: bool = False
-    gt: str | None = None             # directory of <stem>.png class maps; default: COCO segmentation
+    """Also write overlays to OUT/vis/."""
+
+    gt: str | None = None
+    """Ground-truth label PNG directory (<stem>.png) for the report (default: the COCO segmentation)."""
+
     threads: int | None = None
-    refine: str | None = None         # "crf": a dense-CRF refinement of each label map (classic.crf_refine)
+    """torch CPU threads per process."""
+
+    refine: Literal["crf"] | None = None
+    """Refine every label map after the method: crf = dense CRF (mean field)."""
+
+    executor: Literal["local", "ray"] = "local"
+    """Where images are labelled: this process, or a Ray cluster."""
+
+    ray_address: str | None = None
+    """Ray cluster address (default: start Ray locally)."""
+
+    workers: int | None = None
+    """Ray workers (default: the CPUs Ray sees)."""
+
+    overwrite: bool = False
+    """Discard outputs in OUT made with other settings (same settings: resume)."""
+
+    def validate(self) -> None:
+        require(self.method in METHODS, f"unknown method {self.method!r}; methods: {', '.join(sorted(METHODS))}")
+        self.options = parse_options(self.method, self.options)
+        at_least(1, batch_size=self.batch_size)
+        require(self.precision == "fp32" or self.backend in ("torch", "compile"),
+                f"the {self.backend} backend runs the exported graph's precision: use precision fp32 (build a fp16 "
+                "TensorRT engine with export-encoder --fp16)")
 
     def settings(self, weights: str | None, finetuned: str | None) -> dict:
         """What the outputs depend on: a re-run with other settings must not mix with them."""
+        sam = METHODS[self.method].needs_sam
+        # the embedding's numerics: the encoder's backend and precision, and how it was stored
+        embedding = {"backend": self.backend, "precision": self.precision,
+                     "stored": self.cache_dtype if self.cache else "fp32"} if sam else None
         return {"version": OUTPUT_VERSION, "method": self.method, "options": self.options,
-                "model": self.model if METHODS[self.method].needs_sam else None,
+                "model": self.model if sam else None, "embedding": embedding,
                 "weights": weights, "finetuned": finetuned, "coco": file_digest(self.coco),
                 **({"refine": self.refine} if self.refine else {})}
 
@@ -93,15 +158,11 @@ class Labeller:
     (the local run, or each Ray worker)."""
 
     def __init__(self, cfg: JobConfig):
-        if cfg.method not in METHODS:
-            raise JobError(f"unknown method {cfg.method!r}; methods: {', '.join(sorted(METHODS))}")
-        if cfg.refine not in (None, "crf"):
-            raise JobError(f"refine must be 'crf' or none, got {cfg.refine!r}")
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.cfg = cfg
         self.method = METHODS[cfg.method]
-        self.options = {**self.method.options, **cfg.options}
+        self.options = cfg.options
         self.dataset = CocoWeakDataset(cfg.coco, cfg.images)
         self.engine = None
         if self.method.needs_sam:
@@ -248,42 +309,39 @@ def finished_images(cfg: JobConfig, dataset) -> set[int]:
     return done
 
 
-def run_pseudo_label(cfg: JobConfig, *, executor: str = "local", ray_address: str | None = None,
-                     workers: int | None = None, overwrite: bool = False, progress: bool = True) -> dict:
+def run_pseudo_label(cfg: JobConfig, progress: bool = True) -> dict:
     """Run the job (resuming where a previous run stopped); returns a summary."""
 
     start = time.perf_counter()
     labeller = Labeller(cfg)
-    settings = _prepare_out(cfg, labeller, overwrite)
+    settings = _prepare_out(cfg, labeller, cfg.overwrite)
     dataset = labeller.dataset
     done = finished_images(cfg, dataset)
     todo = [i for i in range(len(dataset)) if i not in done]
     failed: dict[int, str] = {}
     remote_hits = remote_encoded = 0
     bar = tqdm(total=len(todo), unit="img", desc=f"pseudo-label {cfg.method}", disable=not progress, dynamic_ncols=True)
-    if executor == "local":
+    if cfg.executor == "local":
         for part_index, part in _run_local(labeller, todo):
             if part["status"] != "done":
                 failed[part_index] = part["error"]
                 bar.write(f"skipped: {part['error']}")
             bar.update(1)
-    elif executor == "ray":
-        for part_index, part in run_ray(Labeller, cfg, todo, address=ray_address, workers=workers):
+    else:
+        for part_index, part in run_ray(Labeller, cfg, todo, address=cfg.ray_address, workers=cfg.workers):
             remote_hits += part.pop("_cache_hits", 0)
             remote_encoded += part.pop("_encoded", 0)
             if part["status"] != "done":
                 failed[part_index] = part["error"]
                 bar.write(f"skipped: {part['error']}")
             bar.update(1)
-    else:
-        raise JobError(f"executor must be local or ray, got {executor!r}")
     bar.close()
     labelling_seconds = time.perf_counter() - start
 
     summary = finalize(cfg, labeller, settings, failed)
     stats = labeller.engine.stats if labeller.engine else None
     run = {
-        "executor": executor, "images_total": len(dataset), "images_skipped_as_done": len(done),
+        "executor": cfg.executor, "images_total": len(dataset), "images_skipped_as_done": len(done),
         "images_labelled": len(todo) - len(failed), "images_failed": len(failed),
         "seconds": round(time.perf_counter() - start, 3), "labelling_seconds": round(labelling_seconds, 3),
         "cache_hits": (stats.cache_hits if stats else 0) + remote_hits,

@@ -1,49 +1,62 @@
 """What the trainers on a weakly labelled COCO set with a frozen SAM image encoder share
-(``finetune`` and ``train-prompter``): the common settings, the training images with
-their boxes, their embeddings through the shared cache, and the settings a resumed run
-must repeat."""
+(``finetune`` and ``train-prompter``): the common settings, the training images with their
+boxes, and their embeddings through the shared cache."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from wsseg_fast.cache import EmbeddingCache
+from wsseg_fast.config import Config, at_least, choice, positive
 from wsseg_fast.data import ImageLoadError
 from wsseg_fast.sam.engine import SamEngine
-
-# Settings that change where or how fast a run goes, not what it computes (and epochs:
-# a finished run can be extended); every other setting must match to resume.
-RUNTIME_FIELDS = ("out", "cache", "threads", "device", "epochs")
+from wsseg_fast.sam.model import MODEL_CONFIGS
 
 
 @dataclass
-class WeakTrainingConfig:
+class WeakTrainingConfig(Config):
     coco: str
     """COCO JSON with the weak annotations."""
 
     out: str
-    """Output directory: ``last.pt`` (resumable state), the trained weights, ``log.jsonl``."""
+    """Output directory: last.pt after every epoch (re-running resumes), log.jsonl, config.yaml, the
+    trained weights."""
 
     images: str | None = None
-    model: str = "tiny"
+    """Image directory (default: images/ beside the JSON)."""
+
+    model: str = choice("tiny", MODEL_CONFIGS)
+    """SAM variant."""
+
     checkpoint: str | None = None
+    """SAM checkpoint to start from (none: seeded random weights)."""
+
     cache: str | None = None
-    """Embedding cache directory (frozen-encoder training); ``None``: embeddings kept in memory."""
+    """Embedding cache directory, shared with pseudo-label (frozen encoder; none: embeddings kept in memory)."""
 
     epochs: int = 10
+    """Passes over the images."""
+
     lr: float = 1e-4
+    """Learning rate."""
+
     seed: int = 0
+    """Seed of the weights and the shuffling."""
+
     device: str = "cpu"
+    """Where the models run."""
+
     threads: int | None = None
+    """torch CPU threads."""
 
+    RUNTIME = ("out", "cache", "threads", "device", "epochs")
 
-def run_settings(cfg) -> dict:
-    """The dataclass ``cfg`` without :data:`RUNTIME_FIELDS`: stored in ``last.pt`` and compared on resume."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_FIELDS}
+    def validate(self) -> None:
+        at_least(1, epochs=self.epochs)
+        positive(lr=self.lr)
 
 
 @dataclass

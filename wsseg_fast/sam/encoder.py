@@ -18,13 +18,14 @@ import warnings
 
 import torch
 
+from wsseg_fast.errors import UserError
 from wsseg_fast.io import atomic_output, atomic_write_bytes
 
 BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
-class EncoderBackendError(RuntimeError):
+class EncoderBackendError(UserError, RuntimeError):
     """A backend that cannot run here, with the reason."""
 
 

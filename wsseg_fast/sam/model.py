@@ -23,11 +23,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from wsseg_fast.errors import CheckpointError
 from wsseg_fast.io import file_digest
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that is missing, unreadable/truncated, or made for another model."""
 
 
 @dataclass(frozen=True)

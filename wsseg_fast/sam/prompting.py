@@ -182,3 +182,46 @@ def predict_masks(
     else:
         logits = sam.postprocess_masks(low_res, input_size=resized, original_size=out_size)
     return MaskPrediction(logits=logits, scores=scores, low_res_logits=low_res)
+
+
+def _frame(sam, embedding: Embedding | torch.Tensor) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+    img_size = sam.prompt_encoder.input_image_size[0]
+    if isinstance(embedding, Embedding):
+        return embedding.tensor, tuple(embedding.original_size), tuple(embedding.input_size)
+    return embedding, (img_size, img_size), (img_size, img_size)
+
+
+def encode_boxes(sam, boxes, original_size: tuple[int, int], input_size: tuple[int, int]) -> torch.Tensor:
+    """``[N, 2, 256]``: SAM's prompt encoder on N boxes ``x0, y0, x1, y1`` in original pixels
+    (their 2 corner tokens: what the WPS-SAM prompter learns to predict)."""
+    param = next(sam.prompt_encoder.parameters())
+    boxes = torch.as_tensor(boxes, dtype=torch.float32, device=param.device)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"encode_boxes: boxes must be [N, 4] (x0, y0, x1, y1), got shape {tuple(boxes.shape)}")
+    with torch.no_grad():
+        sparse, _ = sam.prompt_encoder(points=None, boxes=input_frame_boxes(boxes, original_size, input_size),
+                                       masks=None)
+    return sparse
+
+
+def decode_tokens(sam, embedding: Embedding | torch.Tensor, tokens: torch.Tensor) -> MaskPrediction:
+    """N predicted prompts ``[N, K, 256]`` of one image through SAM's mask decoder in ONE call
+    (no prompt encoder: the tokens are already its output). Masks at the original size."""
+    emb, original, resized = _frame(sam, embedding)
+    if emb.ndim == 3:
+        emb = emb[None]
+    grid = tuple(sam.prompt_encoder.image_embedding_size)
+    if emb.ndim != 4 or emb.shape[0] != 1 or tuple(emb.shape[1:]) != (256, *grid):
+        raise ValueError(f"decode_tokens: embedding must be [256, {grid[0]}, {grid[1]}] for this model, "
+                         f"got {tuple(emb.shape)}")
+    if tokens.ndim != 3 or tokens.shape[2] != 256:
+        raise ValueError(f"decode_tokens: tokens must be [N, K, 256], got {tuple(tokens.shape)}")
+    param = next(sam.mask_decoder.parameters())
+    emb, tokens = emb.to(param), tokens.to(param)
+    n = tokens.shape[0]
+    dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(n, -1, *grid)
+    low_res, scores = sam.mask_decoder(image_embeddings=emb, image_pe=sam.prompt_encoder.get_dense_pe(),
+                                       sparse_prompt_embeddings=tokens, dense_prompt_embeddings=dense,
+                                       multimask_output=False)
+    logits = sam.postprocess_masks(low_res, input_size=resized, original_size=original)
+    return MaskPrediction(logits=logits, scores=scores, low_res_logits=low_res)

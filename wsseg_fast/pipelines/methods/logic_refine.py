@@ -5,7 +5,7 @@ Each box's probability map is optimised with Adam on the box's own crop (crops p
 size and batched; nothing of an instance lies outside its box, so that is exact):
 
 - **colour** (the unary): each pixel pulled towards the colour evidence of
-  :func:`~wsseg_fast.pipelines.methods.colour_evidence` — a Gaussian of the object's colours
+  :func:`~wsseg_fast.pipelines.methods.colour.colour_evidence` — a Gaussian of the object's colours
   (fitted to its box, its seeds, or both) against one of the pixels around its box — plus a
   **box prior** (objects fill much of their box) and a **border prior** (a box's edge is
   mostly background);
@@ -41,18 +41,15 @@ from wsseg_fast.ops.color import rgb_to_lab
 from wsseg_fast.ops.pairwise_constraint import pairwise_constraint_loss
 from wsseg_fast.ops.slic_superpixels import slic
 from wsseg_fast.ops.superpixel import superpixel_pool
-from wsseg_fast.pipelines.methods import (
-    COLOUR_CLIP,
+from wsseg_fast.pipelines.methods.base import (
     Instances,
     MethodError,
     MethodInput,
     box_masks,
     box_pixels,
-    colour_evidence,
-    keep_seeded_components,
     register_method,
-    seed_pixels,
 )
+from wsseg_fast.pipelines.methods.colour import COLOUR_CLIP, colour_evidence, keep_seeded_components, seed_pixels
 
 OPTIONS = {
     "scale": 1.0,          # optimise each box at this fraction of its size
@@ -95,7 +92,7 @@ def refine(image: np.ndarray, boxes: np.ndarray, annotations: list[dict], option
     """``[N, H, W]`` refined logits of the instances of one image (see the module docstring);
     ``classes`` (1..C-1) and ``class_names`` (channel 0 the background) are needed by class priors."""
     if options["object_colour"] not in ("box", "seeds", "both"):
-        raise ValueError(f"--method-option object_colour must be 'box', 'seeds' or 'both', got {options['object_colour']!r}")
+        raise MethodError(f"--method-option object_colour must be 'box', 'seeds' or 'both', got {options['object_colour']!r}")
     h, w = image.shape[:2]
     if len(boxes) == 0:
         return np.zeros((0, h, w), np.float32)
