@@ -100,6 +100,38 @@ def _as_float(name: str, value, shape_tail: tuple, device, expected: str) -> tor
     return t
 
 
+def _prompts(boxes, points, point_labels, mask_inputs, original: tuple[int, int], resized: tuple[int, int],
+             low: tuple[int, int], param: torch.Tensor):
+    """The prompts of :func:`predict_masks` checked, on the decoder's device, in SAM's input frame:
+    ``boxes [N, 4]``, ``(points [N, K, 2], labels [N, K])`` and ``mask_inputs [N, 1, 4g, 4g]``
+    (``None`` where not given)."""
+    device = param.device
+    n = None
+    if boxes is not None:
+        boxes = input_frame_boxes(_as_float("boxes", boxes, (4,), device, "[N, 4] (x0, y0, x1, y1)"), original, resized)
+        n = boxes.shape[0]
+    point_pair = None
+    if points is not None or point_labels is not None:
+        if points is None or point_labels is None:
+            raise ValueError("predict_masks: points and point_labels go together")
+        scale = torch.tensor([resized[1] / original[1], resized[0] / original[0]], device=device)
+        points = _as_float("points", points, (None, 2), device, "[N, K, 2] (x, y)") * scale
+        labels = torch.as_tensor(point_labels, device=device)
+        if labels.shape != points.shape[:2]:
+            raise ValueError(f"predict_masks: point_labels must be [N, K] = {tuple(points.shape[:2])}, got {tuple(labels.shape)}")
+        if n is not None and points.shape[0] != n:
+            raise ValueError(f"predict_masks: {points.shape[0]} point sets for {n} boxes")
+        point_pair, n = (points, labels.to(torch.int64)), points.shape[0]
+    if mask_inputs is not None:
+        mask_inputs = torch.as_tensor(mask_inputs, device=device, dtype=param.dtype)
+        if mask_inputs.ndim != 4 or tuple(mask_inputs.shape[1:]) != (1, *low) or (n is not None and mask_inputs.shape[0] != n):
+            raise ValueError(f"predict_masks: mask_inputs must be [N, 1, {low[0]}, {low[1]}], got {tuple(mask_inputs.shape)}")
+        n = mask_inputs.shape[0]
+    if n is None:
+        raise ValueError("predict_masks: give boxes, points (with point_labels) or mask_inputs")
+    return boxes, point_pair, mask_inputs
+
+
 def predict_masks(
     sam,
     embedding: Embedding | torch.Tensor,
@@ -139,34 +171,9 @@ def predict_masks(
     if emb.ndim != 4 or emb.shape[0] != 1 or tuple(emb.shape[1:]) != (256, *grid):
         raise ValueError(f"predict_masks: embedding must be [256, {grid[0]}, {grid[1]}] for this model, got {tuple(emb.shape)}")
     param = next(sam.mask_decoder.parameters())
-    device, dtype = param.device, param.dtype
-    emb = emb.to(device=device, dtype=dtype)
-    scale = torch.tensor([resized[1] / original[1], resized[0] / original[0]], device=device)
-
-    n = None
-    if boxes is not None:
-        boxes = _as_float("boxes", boxes, (4,), device, "[N, 4] (x0, y0, x1, y1)")
-        boxes = input_frame_boxes(boxes, original, resized)
-        n = boxes.shape[0]
-    point_pair = None
-    if points is not None or point_labels is not None:
-        if points is None or point_labels is None:
-            raise ValueError("predict_masks: points and point_labels go together")
-        points = _as_float("points", points, (None, 2), device, "[N, K, 2] (x, y)") * scale
-        labels = torch.as_tensor(point_labels, device=device)
-        if labels.shape != points.shape[:2]:
-            raise ValueError(f"predict_masks: point_labels must be [N, K] = {tuple(points.shape[:2])}, got {tuple(labels.shape)}")
-        if n is not None and points.shape[0] != n:
-            raise ValueError(f"predict_masks: {points.shape[0]} point sets for {n} boxes")
-        point_pair, n = (points, labels.to(torch.int64)), points.shape[0]
-    if mask_inputs is not None:
-        mask_inputs = torch.as_tensor(mask_inputs, device=device, dtype=dtype)
-        low = tuple(4 * g for g in grid)
-        if mask_inputs.ndim != 4 or tuple(mask_inputs.shape[1:]) != (1, *low) or (n is not None and mask_inputs.shape[0] != n):
-            raise ValueError(f"predict_masks: mask_inputs must be [N, 1, {low[0]}, {low[1]}], got {tuple(mask_inputs.shape)}")
-        n = mask_inputs.shape[0]
-    if n is None:
-        raise ValueError("predict_masks: give boxes, points (with point_labels) or mask_inputs")
+    emb = emb.to(device=param.device, dtype=param.dtype)
+    boxes, point_pair, mask_inputs = _prompts(boxes, points, point_labels, mask_inputs, original, resized,
+                                              tuple(4 * g for g in grid), param)
 
     sparse, dense = sam.prompt_encoder(points=point_pair, boxes=boxes, masks=mask_inputs)
     low_res, scores = sam.mask_decoder(
