@@ -1,4 +1,4 @@
-"""Image-tag path timings (issue 13).
+"""Image-tag path timings.
 
 1. train-cam epoch on cached embeddings vs. an epoch that re-runs SAM's image encoder
    (random weights of --model) on every image: the ratio of epoch times.

@@ -3,7 +3,7 @@
 `UNet` is a compact U-Net (Ronneberger et al.) sized by `widths`; GroupNorm
 keeps it independent of the per-process batch size, so DDP needs no
 SyncBatchNorm. `MultiHeadUNet` shares one U-Net trunk between several heads,
-one per supervision source (seed 003: a small ground-truth subset, CAMs, boxes,
+one per supervision source (a small ground-truth subset, CAMs, boxes,
 SAM/pseudo-labels); the `gt` head is the one used at inference.
 """
 
