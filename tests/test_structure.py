@@ -11,19 +11,15 @@ from pathlib import Path
 import wsseg_fast
 
 PACKAGE = Path(wsseg_fast.__file__).resolve().parent
-KERNELS = PACKAGE.parent / "kernels"
 
 
 def _modules() -> dict[str, Path]:
     found = {}
-    for root, prefix in ((PACKAGE, "wsseg_fast"), (KERNELS, "wsseg_fast.kernels")):
-        for path in root.rglob("*.py"):
-            parts = list(path.relative_to(root).with_suffix("").parts)
-            if parts[-1] == "__init__":
-                parts = parts[:-1]
-            if root == PACKAGE and parts[:1] == ["kernels"]:
-                continue  # a development symlink to kernels/
-            found[".".join([prefix, *parts])] = path
+    for path in PACKAGE.rglob("*.py"):
+        parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        found[".".join(["wsseg_fast", *parts])] = path
     return found
 
 
