@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from wsseg_fast import reference
-from wsseg_fast.logic.operators import pmean_error
+from wsseg_fast.fuzzy import pmean_error
 from wsseg_fast.ops._backend import TRITON_RUNNABLE, OpSpec, choose
 
 if TRITON_RUNNABLE:

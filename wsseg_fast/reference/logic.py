@@ -1,5 +1,5 @@
 """Pure-PyTorch references of the fused fuzzy-logic losses, composed from the
-operators of :mod:`wsseg_fast.logic.operators` (plain autograd). They define
+operators of :mod:`wsseg_fast.fuzzy` (plain autograd). They define
 what the fused kernels compute; see ``wsseg_fast.ops.box_constraint`` and
 ``wsseg_fast.ops.pairwise_constraint`` for the exact semantics."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from wsseg_fast.logic.operators import negation, pmean, pmean_error
+from wsseg_fast.fuzzy import negation, pmean, pmean_error
 from wsseg_fast.ops.neighbors import shifted
 
 
