@@ -26,7 +26,7 @@ from wsseg_fast.fuzzy import (
 from wsseg_fast.ops.box_constraint import box_constraint_loss
 from wsseg_fast.ops.color import rgb_to_lab
 from wsseg_fast.ops.pairwise_constraint import pairwise_constraint_loss
-from wsseg_fast.reference.logic import box_pixel_bounds
+from wsseg_fast.reference.box_constraint import box_pixel_bounds
 
 Formula = Callable[[torch.Tensor], torch.Tensor]
 
