@@ -8,7 +8,7 @@ import torch
 from tests.helpers import backends_here, device_of
 from wsseg_fast import reference
 from wsseg_fast.ops import local_affinity, neighbor_offsets, random_walk
-from wsseg_fast.ops.walk import checkpoint_interval
+from wsseg_fast.ops.random_walk import checkpoint_interval
 from wsseg_fast.reference.random_walk import transition
 
 BACKENDS = backends_here("random_walk")

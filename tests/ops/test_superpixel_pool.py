@@ -218,7 +218,7 @@ def test_modulation_and_loss_match_reference(backend, with_present):
 def test_erosion():
     """The reliable region shrinks by `erode` pixels; the image border does not erode; the
     separable fast path equals the reference's square max-pool."""
-    from wsseg_fast.ops.superpixel import _erode
+    from wsseg_fast.ops.superpixel_pool import _erode
 
     mask = torch.zeros(1, 1, 20, 20, dtype=torch.bool)
     mask[..., 5:15, 0:12] = True
@@ -259,6 +259,6 @@ def test_cuda_matches_cpu_on_real_sizes(reduce, dtype):
 @pytest.mark.cuda
 def test_cuda_is_the_auto_choice_on_cuda_tensors():
     from wsseg_fast.ops._backend import choose
-    from wsseg_fast.ops.superpixel import SPEC
+    from wsseg_fast.ops.superpixel_pool import SPEC
 
     assert choose(SPEC, "auto", torch.device("cuda")) == "cuda"
