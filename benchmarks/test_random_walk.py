@@ -1,5 +1,5 @@
 """random_walk: the sparse kernels vs PSA's dense formulation and the sparse
-PyTorch reference (issue 4).
+PyTorch reference.
 
 Goal (CPU, this machine): `cpu` >= 100x the dense PSA walk at 64x64 (same
 result within 1e-4 relative); 256x256 (a 16 GiB dense matrix) in a few
