@@ -74,8 +74,7 @@ def _extension():
 
 
 setup(
-    packages=find_packages(include=["wsseg_fast", "wsseg_fast.*"]) + ["wsseg_fast.kernels"],
-    package_dir={"wsseg_fast.kernels": "kernels"},
+    packages=find_packages(include=["wsseg_fast", "wsseg_fast.*"]),
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension},
     options={"bdist_wheel": {"py_limited_api": "cp310"}},

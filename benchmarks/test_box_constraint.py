@@ -1,8 +1,11 @@
 """box_constraint_loss forward + backward: the fused CPU kernel vs the PyTorch reference.
 
-Goal (issue 3, CPU): cpu >= 3x faster and >= 4x lower peak allocated memory than
+Goal (CPU): cpu >= 3x faster and >= 4x lower peak allocated memory than
 `torch`, with loss and gradient equal within 1e-5. Peak memory is recorded as
 `peak_bytes` (benchmarks/peak_memory.py) for the report's ratio column.
+
+    pytest benchmarks/test_box_constraint.py --benchmark-json=benchmarks/results/box_constraint.json
+    python benchmarks/report.py benchmarks/results/box_constraint.json
 """
 
 from __future__ import annotations

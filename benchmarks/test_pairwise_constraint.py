@@ -1,5 +1,9 @@
 """pairwise_constraint_loss forward + backward: the fused CPU kernel vs the PyTorch reference
-(which materialises a [B, C, 8, H, W] tensor of pairwise truths). Peak memory as `peak_bytes`."""
+(which materialises a [B, C, 8, H, W] tensor of pairwise truths). Peak memory as `peak_bytes`.
+
+    pytest benchmarks/test_pairwise_constraint.py --benchmark-json=benchmarks/results/pairwise_constraint.json
+    python benchmarks/report.py benchmarks/results/pairwise_constraint.json
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """random_walk: the sparse kernels vs PSA's dense formulation and the sparse
-PyTorch reference (issue 4).
+PyTorch reference.
 
 Goal (CPU, this machine): `cpu` >= 100x the dense PSA walk at 64x64 (same
 result within 1e-4 relative); 256x256 (a 16 GiB dense matrix) in a few
@@ -20,7 +20,7 @@ import torch
 from benchmarks.conftest import impl_params, record
 from benchmarks.peak_memory import peak_allocated_bytes
 from wsseg_fast.ops import local_affinity, random_walk
-from wsseg_fast.reference.affinity import dense_random_walk
+from wsseg_fast.reference.random_walk import dense_random_walk
 
 SHAPES = [(1, 21, 64, 64), (4, 21, 64, 64), (1, 21, 128, 128), (1, 21, 256, 256)]
 RADIUS, STEPS, BETA = 5, 256, 8.0

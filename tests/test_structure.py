@@ -1,29 +1,26 @@
-"""The package's import structure: no import circle between wsseg_fast modules, and no
-function-local import of wsseg_fast code (the ops package's lazy loading is the one place
-that defers imports of the package's own modules)."""
+"""The package's import structure: no import circle between wsseg_fast modules, the low
+layers import nothing above them, and no function-local import of wsseg_fast code (the ops
+package's lazy loading is the one place that defers imports of the package's own modules)."""
 
 from __future__ import annotations
 
 import ast
+import fnmatch
 import re
 from pathlib import Path
 
 import wsseg_fast
 
 PACKAGE = Path(wsseg_fast.__file__).resolve().parent
-KERNELS = PACKAGE.parent / "kernels"
 
 
 def _modules() -> dict[str, Path]:
     found = {}
-    for root, prefix in ((PACKAGE, "wsseg_fast"), (KERNELS, "wsseg_fast.kernels")):
-        for path in root.rglob("*.py"):
-            parts = list(path.relative_to(root).with_suffix("").parts)
-            if parts[-1] == "__init__":
-                parts = parts[:-1]
-            if root == PACKAGE and parts[:1] == ["kernels"]:
-                continue  # a development symlink to kernels/
-            found[".".join([prefix, *parts])] = path
+    for path in PACKAGE.rglob("*.py"):
+        parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        found[".".join(["wsseg_fast", *parts])] = path
     return found
 
 
@@ -102,6 +99,63 @@ def test_no_import_circle():
 def test_the_cycle_finder_finds_cycles():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+# The layers, lowest first. A module's layer is the first pattern (fnmatch) its name matches:
+#   fuzzy, io, native  wsseg_fast.fuzzy, wsseg_fast.io, wsseg_fast._native: import nothing of wsseg_fast
+#   op helpers         the ops package itself (it loads its op modules lazily), the backend choice and
+#                      the helpers every op shares: neighbour stencils, colour conversion
+#   reference          wsseg_fast.reference.*: pure-PyTorch definitions of the ops
+#   kernels            wsseg_fast.kernels.*: Triton kernels
+#   ops                wsseg_fast.ops.*: the public op modules
+#   logic              wsseg_fast.logic.*: knowledge bases
+#   top                everything else (pipelines, cli, sam, cache, data, models, ...): unchecked
+LAYER_OF = {
+    "wsseg_fast.fuzzy": "fuzzy",
+    "wsseg_fast.io": "io",
+    "wsseg_fast.errors": "errors",
+    "wsseg_fast._native": "native",
+    "wsseg_fast.ops": "op helpers",
+    "wsseg_fast.ops._backend": "op helpers",
+    "wsseg_fast.ops.neighbors": "op helpers",
+    "wsseg_fast.ops.color": "op helpers",
+    "wsseg_fast.reference*": "reference",
+    "wsseg_fast.kernels*": "kernels",
+    "wsseg_fast.ops.*": "ops",
+    "wsseg_fast.logic*": "logic",
+    "*": "top",
+}
+_BASE = {"fuzzy", "io", "errors", "native"}
+ALLOWED = {  # layer -> the layers its modules may import (its own included where it may)
+    "fuzzy": set(),
+    "io": set(),
+    "errors": set(),
+    "native": set(),
+    "op helpers": {"native", "op helpers"},
+    "reference": _BASE | {"op helpers", "reference"},
+    "kernels": _BASE | {"op helpers", "reference", "kernels"},
+    "ops": _BASE | {"op helpers", "reference", "kernels", "ops"},
+    "logic": _BASE | {"op helpers", "reference", "kernels", "ops", "logic"},
+}
+
+
+def layer(module: str) -> str:
+    return next(layer for pattern, layer in LAYER_OF.items() if fnmatch.fnmatchcase(module, pattern))
+
+
+def test_the_layer_table_names_real_modules():
+    assert all(pattern in MODULES for pattern in LAYER_OF if "*" not in pattern)
+    assert {layer(name) for name in MODULES} == set(ALLOWED) | {"top"}
+    assert [layer(n) for n in ("wsseg_fast.ops", "wsseg_fast.ops.slic", "wsseg_fast.reference.slic",
+                               "wsseg_fast.kernels.fuzzy", "wsseg_fast.cli")] == [
+        "op helpers", "ops", "reference", "kernels", "top"]
+
+
+def test_low_layers_import_nothing_above_them():
+    wrong = [f"{name} ({layer(name)}) imports {target} ({layer(target)})"
+             for name, targets in sorted(import_graph().items()) if layer(name) in ALLOWED
+             for target in sorted(targets) if layer(target) not in ALLOWED[layer(name)]]
+    assert wrong == []
 
 
 def test_no_function_local_imports_of_the_package():

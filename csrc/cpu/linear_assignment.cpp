@@ -1,8 +1,8 @@
 // CPU kernel of wsseg_fast::batch_linear_assignment: the shortest augmenting
-// path core of wsseg/lsap.h, one problem per task, problems spread over the
-// OpenMP threads of at::parallel_for. Floating costs on x86-64 take the SSE2
-// search below (same phases, same choices, ~1.6x faster on 20x25 problems);
-// integer costs and other CPUs run lsap::solve as it is.
+// path core of wsseg/linear_assignment.h, one problem per task, problems
+// spread over the OpenMP threads of at::parallel_for. Floating costs on x86-64
+// take the SSE2 search below (same phases, same choices, ~1.6x faster on 20x25
+// problems); integer costs and other CPUs run lsap::solve as it is.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -17,8 +17,8 @@
 #define WSSEG_LSAP_SSE2 1
 #endif
 
-#include "wsseg/lsap_host.h"
-#include "wsseg/lsap.h"
+#include "wsseg/linear_assignment.h"
+#include "wsseg/linear_assignment_host.h"
 
 namespace wsseg {
 namespace {

@@ -1,16 +1,17 @@
 // CUDA kernel of wsseg_fast::batch_linear_assignment: one thread block per
-// problem. The block runs the phases of wsseg/lsap.h in the order of
-// lsap::solve; every scan over the columns of a row is spread over the
-// threads and merged by a total order, so the block makes the same choices as
-// the serial CPU kernel and returns the same matching, ties included. Nothing
-// is copied to the host unless check=true asks for errors to be raised.
+// problem. The block runs the phases of wsseg/linear_assignment.h in the
+// order of lsap::solve; every scan over the columns of a row is spread over
+// the threads and merged by a total order, so the block makes the same
+// choices as the serial CPU kernel and returns the same matching, ties
+// included. Nothing is copied to the host unless check=true asks for errors to
+// be raised.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "wsseg/lsap.h"
-#include "wsseg/lsap_host.h"
+#include "wsseg/linear_assignment.h"
+#include "wsseg/linear_assignment_host.h"
 
 namespace wsseg {
 namespace {

@@ -193,7 +193,7 @@ def test_same_matching_as_scipy_on_random_floats(backend):
 
 def test_cpu_float_and_integer_searches_agree_on_ties():
     """Floating costs take the CPU kernel's SIMD search, int64 costs the serial one
-    (wsseg/lsap.h): on integer-valued problems full of ties, with forbidden pairs
+    (wsseg/linear_assignment.h): on integer-valued problems full of ties, with forbidden pairs
     and odd widths (the SIMD loops' tails), both pick the same matching."""
     generator = torch.Generator().manual_seed(13)
     for workers, tasks in [(20, 25), (25, 20), (7, 7), (9, 13), (1, 5), (33, 33)]:
@@ -317,7 +317,7 @@ def test_triton_kernel_compiles_for_gpu():
 
 @pytest.mark.cuda
 def test_cuda_matches_cpu_exactly():
-    """The CUDA block runs lsap.h's phases with the same total order: bit-identical matchings."""
+    """The CUDA block runs linear_assignment.h's phases with the same total order: bit-identical matchings."""
     generator = torch.Generator().manual_seed(8)
     for kind in ("float", "int-ties"):
         for workers, tasks in SHAPES + [(300, 300), (300, 100)]:

@@ -8,7 +8,8 @@ import torch
 from tests.helpers import backends_here, device_of
 from wsseg_fast import reference
 from wsseg_fast.ops import local_affinity, neighbor_offsets, random_walk
-from wsseg_fast.ops.walk import checkpoint_interval
+from wsseg_fast.ops.random_walk import checkpoint_interval
+from wsseg_fast.reference.random_walk import transition
 
 BACKENDS = backends_here("random_walk")
 COMPILED = [b for b in BACKENDS if b.id in ("cpu", "cuda")]
@@ -141,7 +142,7 @@ def test_checkpoint_interval():
 @pytest.mark.parametrize("backend", COMPILED)
 def test_opcheck(backend):
     x, a = inputs(1, 3, 5, 6, 2, seed=6)
-    w = reference.affinity.transition(a, 2, 8.0).to(device_of(backend))
+    w = transition(a, 2, 8.0).to(device_of(backend))
     x = x.to(device_of(backend))
     torch.library.opcheck(torch.ops.wsseg_fast.random_walk.default, (x.requires_grad_(), w.requires_grad_(), 2, 3))
     torch.library.opcheck(torch.ops.wsseg_fast.random_walk_backward.default, (torch.ones_like(x), x.detach(), w.detach(), 2, 3))
@@ -154,7 +155,7 @@ def test_opcheck_triton():
     from wsseg_fast.kernels.random_walk import random_walk_triton
 
     x, a = inputs(1, 2, 4, 5, 2, seed=7)
-    w = reference.affinity.transition(a, 2, 8.0)
+    w = transition(a, 2, 8.0)
     torch.library.opcheck(random_walk_triton, (x.cuda().requires_grad_(), w.cuda().requires_grad_(), 2, 2))
 
 

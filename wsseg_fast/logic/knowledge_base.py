@@ -14,7 +14,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from wsseg_fast.logic.operators import (
+from wsseg_fast.fuzzy import (
     and_prod,
     implies_reichenbach,
     negation,
@@ -26,7 +26,7 @@ from wsseg_fast.logic.operators import (
 from wsseg_fast.ops.box_constraint import box_constraint_loss
 from wsseg_fast.ops.color import rgb_to_lab
 from wsseg_fast.ops.pairwise_constraint import pairwise_constraint_loss
-from wsseg_fast.reference.logic import box_pixel_bounds
+from wsseg_fast.reference.box_constraint import box_pixel_bounds
 
 Formula = Callable[[torch.Tensor], torch.Tensor]
 
@@ -41,7 +41,7 @@ class Constraint:
 class KnowledgeBase:
     """Weighted constraints; ``kb(probs) -> (1 - SatAgg, {name: satisfaction})``.
 
-    Add your own formulas written with :mod:`wsseg_fast.logic.operators`; they run as
+    Add your own formulas written with the operators of :mod:`wsseg_fast.fuzzy`; they run as
     plain autograd::
 
         kb.add("cup implies disc", lambda p: forall(implies_reichenbach(p[:, 2], p[:, 1])))
@@ -96,6 +96,20 @@ class KnowledgeBase:
                                device=values.device)
         loss = 1.0 - sat_agg(values, weights, p=self.p, stable=self.stable)
         return loss, {name: float(v) for name, v in zip(truths, values.detach())}
+
+
+# --- instance masks as class truths -----------------------------------------------------------
+
+def class_truths(instance_logits: torch.Tensor, classes: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``[N, H, W]`` instance mask logits of one image, their ``[N]`` class indices (1..C-1)
+    -> ``[C, H, W]`` truth values: class c = any of its instances (product t-conorm,
+    ``1 - prod(1 - p)``), background (0) = no instance."""
+    miss = torch.nn.functional.logsigmoid(-instance_logits)  # log(1 - p), stable
+    miss_by_class = instance_logits.new_zeros((num_classes, *instance_logits.shape[1:]))
+    miss_by_class = miss_by_class.index_add(0, classes, miss)
+    truths = 1 - miss_by_class.exp()
+    truths[0] = miss.sum(0).exp()
+    return truths
 
 
 # --- compiling weak annotations ----------------------------------------------------------------

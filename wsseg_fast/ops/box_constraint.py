@@ -19,8 +19,9 @@ from __future__ import annotations
 import torch
 
 from wsseg_fast import reference
-from wsseg_fast.logic.operators import pmean_error
+from wsseg_fast.fuzzy import pmean_error
 from wsseg_fast.ops._backend import TRITON_RUNNABLE, OpSpec, choose
+from wsseg_fast.reference.box_constraint import box_pixel_bounds, check_box_values
 
 if TRITON_RUNNABLE:
     from wsseg_fast.kernels import box_constraint as _triton
@@ -68,7 +69,7 @@ if SPEC.compiled["cpu"]:
 def box_geometry(boxes: torch.Tensor, labels: torch.Tensor, height: int, width: int):
     """(pixel bounds [B, N, 4] int64, valid [B, N], representative [B, N]): a box is valid when it
     is not padding and covers a pixel; the representative is the first valid box of its class."""
-    bounds = reference.logic.box_pixel_bounds(torch.nan_to_num(boxes), height, width)
+    bounds = box_pixel_bounds(torch.nan_to_num(boxes), height, width)
     valid = (labels >= 0) & (bounds[..., 2] > bounds[..., 0]) & (bounds[..., 3] > bounds[..., 1])
     n = labels.shape[1]
     same = (labels.unsqueeze(2) == labels.unsqueeze(1)) & valid.unsqueeze(1)
@@ -154,7 +155,7 @@ def box_constraint_loss(probs: torch.Tensor, boxes: torch.Tensor, labels: torch.
                                                                          stable)
         bounds, valid, representative = box_geometry(boxes, labels, height, width)
     else:
-        reference.logic.check_box_values(boxes, labels, probs.shape[1], "box_constraint_loss")
+        check_box_values(boxes, labels, probs.shape[1], "box_constraint_loss")
         bounds, valid, representative = box_geometry(boxes, labels, height, width)
         lines, outside, count = _triton.box_constraint_stats_triton(probs, bounds.int(), labels.int(), valid.int(),
                                                                     representative.int(), p_forall, p_exists, stable)

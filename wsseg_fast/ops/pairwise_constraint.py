@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from wsseg_fast import reference
-from wsseg_fast.logic.operators import pmean_error
+from wsseg_fast.fuzzy import pmean_error
 from wsseg_fast.ops._backend import TRITON_RUNNABLE, OpSpec, choose
 from wsseg_fast.ops.color import rgb_to_lab
 from wsseg_fast.ops.neighbors import dilated_offsets

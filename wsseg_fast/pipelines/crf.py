@@ -15,7 +15,7 @@ import torch
 
 from wsseg_fast.ops.affinity import local_affinity
 from wsseg_fast.ops.color import rgb_to_lab
-from wsseg_fast.ops.walk import random_walk
+from wsseg_fast.ops.random_walk import random_walk
 
 CRF_DEFAULTS = {"radius": 5, "iterations": 5, "gt_prob": 0.7, "appearance_weight": 4.0, "smoothness_weight": 1.0,
                 "theta_position": 5.0, "theta_colour": 10.0, "theta_smooth": 2.0}

@@ -1,6 +1,6 @@
 // Fuzzy-logic building blocks of the fused constraint losses, host+device.
 // LTN semantics: pi_0(x) = (1 - eps) x + eps, pi_1(x) = (1 - eps) x; see
-// wsseg_fast/logic/operators.py, which the kernels are tested against.
+// wsseg_fast/fuzzy.py, which the kernels are tested against.
 #pragma once
 
 #include <cmath>

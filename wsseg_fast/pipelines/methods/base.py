@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from wsseg_fast.errors import UserError
-from wsseg_fast.reference.logic import box_pixel_bounds
+from wsseg_fast.reference.box_constraint import box_pixel_bounds
 
 
 @dataclass
@@ -121,7 +121,7 @@ def box_masks(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def box_pixels(boxes: np.ndarray, height: int, width: int, grow: int = 0) -> np.ndarray:
     """``[N, 4]`` int (y0, y1, x0, x1): the pixels of each box as the box constraint reads them
-    (:func:`wsseg_fast.reference.logic.box_pixel_bounds`), grown by ``grow`` and clipped to the image."""
+    (:func:`wsseg_fast.reference.box_constraint.box_pixel_bounds`), grown by ``grow`` and clipped to the image."""
 
     boxes = torch.as_tensor(np.asarray(boxes, np.float64).reshape(-1, 4))
     x0, y0, x1, y1 = box_pixel_bounds(boxes, height, width).numpy().T

@@ -39,8 +39,8 @@ from wsseg_fast.logic.priors import PriorsError, load_priors
 from wsseg_fast.ops.box_constraint import box_constraint_loss
 from wsseg_fast.ops.color import rgb_to_lab
 from wsseg_fast.ops.pairwise_constraint import pairwise_constraint_loss
-from wsseg_fast.ops.slic_superpixels import slic
-from wsseg_fast.ops.superpixel import superpixel_pool
+from wsseg_fast.ops.slic import slic
+from wsseg_fast.ops.superpixel_pool import superpixel_pool
 from wsseg_fast.pipelines.methods.base import (
     Instances,
     MethodError,

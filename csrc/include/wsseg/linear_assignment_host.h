@@ -4,7 +4,7 @@
 
 #include <ATen/ATen.h>
 
-#include "wsseg/lsap.h"
+#include "wsseg/linear_assignment.h"
 
 namespace wsseg {
 

@@ -23,7 +23,7 @@ import torch
 from wsseg_fast import reference
 from wsseg_fast.ops._backend import TRITON_RUNNABLE, OpSpec, choose
 from wsseg_fast.ops.neighbors import disc_offsets
-from wsseg_fast.reference.affinity import transition
+from wsseg_fast.reference.random_walk import transition
 
 if TRITON_RUNNABLE:
     from wsseg_fast.kernels import random_walk as _triton
@@ -121,7 +121,7 @@ def random_walk(
 
     Equal, within floating-point tolerance, to PSA's dense formulation (the
     ``HW x HW`` matrix of ``Ã``, column-normalised, to the power ``steps``,
-    applied to ``x``); see :func:`wsseg_fast.reference.affinity.dense_random_walk`.
+    applied to ``x``); see :func:`wsseg_fast.reference.random_walk.dense_random_walk`.
 
     Args:
         x: ``[B, C, H, W]`` values to propagate (CAMs).

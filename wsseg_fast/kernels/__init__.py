@@ -1,4 +1,4 @@
-"""Triton kernels of wsseg_fast, installed as ``wsseg_fast.kernels``.
+"""Triton kernels of wsseg_fast.
 
 Each module holds a kernel and its launcher registered with
 ``torch.library.triton_op`` (so ``torch.compile`` sees it); the public ops in

@@ -1,8 +1,8 @@
 """Triton kernel of ``batch_linear_assignment``: one program per problem.
 
-The shortest augmenting path method of ``csrc/include/wsseg/lsap.h`` (its row
-reduction start; the C++ kernels add Jonker-Volgenant's start on square finite
-problems), with the per-column state (duals, distances, path, matching) held
+The shortest augmenting path method of ``csrc/include/wsseg/linear_assignment.h``
+(its row reduction start; the C++ kernels add Jonker-Volgenant's start on square
+finite problems), with the per-column state (duals, distances, path, matching) held
 as register vectors: a search step relaxes a whole cost row at once and picks
 the next column by the C++ kernels' total order (distance, then a free column,
 then the lower index). Optimal totals agree with every backend; on ties the

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from tests.helpers import backends_here, device_of
-from wsseg_fast import reference
 from wsseg_fast.ops import dilated_offsets, pairwise_constraint_loss
 from wsseg_fast.ops.color import rgb_to_lab
+from wsseg_fast.reference.pairwise_constraint import pairwise_edges
 
 BACKENDS = backends_here("pairwise_constraint_loss")
 TOL = {torch.float64: dict(atol=1e-10, rtol=1e-8), torch.float32: dict(atol=1e-5, rtol=1e-5),
@@ -35,7 +35,7 @@ def loss_and_grad(probs, images, backend, **kwargs):
 
 def test_case_has_similar_and_dissimilar_edges():
     _, images = random_case(0)
-    edges = reference.logic.pairwise_edges(rgb_to_lab(images), dilated_offsets(), 0.3)
+    edges = pairwise_edges(rgb_to_lab(images), dilated_offsets(), 0.3)
     assert 0.2 < edges.float().mean() < 0.9
 
 

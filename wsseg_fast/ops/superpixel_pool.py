@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from wsseg_fast import reference
 from wsseg_fast.ops._backend import TRITON_RUNNABLE, OpSpec, choose
+from wsseg_fast.reference.superpixel_pool import normalise_by_max, working_precision
 
 if TRITON_RUNNABLE:
     from wsseg_fast.kernels import superpixel_pool as _triton
@@ -146,8 +147,8 @@ def activation_modulation(
     if backend == "torch":
         return reference.activation_modulation(cams, labels, present, threshold, erode)
     with torch.no_grad():
-        cam = reference.superpixel.normalise_by_max(reference.superpixel.working_precision(cams))
-        pooled = reference.superpixel.normalise_by_max(superpixel_pool(cam, labels, backend=backend))
+        cam = normalise_by_max(working_precision(cams))
+        pooled = normalise_by_max(superpixel_pool(cam, labels, backend=backend))
         target = torch.maximum(pooled, cam * _erode(cam > threshold, erode))
         if present is not None:
             target = target * present.to(target.dtype)[:, :, None, None]
@@ -170,7 +171,7 @@ def ssc_alignment_loss(
     if backend == "torch":
         return reference.ssc_alignment_loss(cams, labels, present, threshold, erode)
     target = activation_modulation(cams, labels, present=present, threshold=threshold, erode=erode, backend=backend)
-    per_map = ((reference.superpixel.normalise_by_max(cams) - target) ** 2).mean(dim=(2, 3))
+    per_map = ((normalise_by_max(cams) - target) ** 2).mean(dim=(2, 3))
     if present is None:
         return per_map.mean()
     weight = present.to(per_map.dtype)

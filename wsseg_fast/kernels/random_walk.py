@@ -7,7 +7,7 @@
 - ``_grad_weights_kernel``: ``G[k, i] += sum_c g(c, i) y(c, i + off_k)``.
 
 The backward recomputes the walk from checkpoints every ``ceil(sqrt(steps))``
-states (see :mod:`wsseg_fast.ops.walk`). Runs on CUDA tensors, and on
+states (see :mod:`wsseg_fast.ops.random_walk`). Runs on CUDA tensors, and on
 CPU tensors under ``TRITON_INTERPRET=1``.
 """
 

@@ -7,6 +7,9 @@ pi_0(x) = (1 - eps) x + eps moves a value off 0, pi_1(x) = (1 - eps) x off 1.
 
 Quantifiers take a guarding ``mask``; unlike LTN, an empty domain is defined:
 ``forall`` gives 1 and ``exists`` gives 0 (LTN returns NaN there).
+
+The lowest layer of the package: it imports nothing from wsseg_fast, so the
+references, the ops and :mod:`wsseg_fast.logic` can all build on it.
 """
 
 from __future__ import annotations
@@ -148,18 +151,6 @@ def pmean_error(xs: torch.Tensor, dim=None, *, p: float = 2.0, mask: torch.Tenso
 
 exists = pmean
 forall = pmean_error
-
-
-def class_truths(instance_logits: torch.Tensor, classes: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """``[N, H, W]`` instance mask logits of one image, their ``[N]`` class indices (1..C-1)
-    -> ``[C, H, W]`` truth values: class c = any of its instances (product t-conorm,
-    ``1 - prod(1 - p)``), background (0) = no instance."""
-    miss = torch.nn.functional.logsigmoid(-instance_logits)  # log(1 - p), stable
-    miss_by_class = instance_logits.new_zeros((num_classes, *instance_logits.shape[1:]))
-    miss_by_class = miss_by_class.index_add(0, classes, miss)
-    truths = 1 - miss_by_class.exp()
-    truths[0] = miss.sum(0).exp()
-    return truths
 
 
 def sat_agg(truths: torch.Tensor, weights: torch.Tensor | None = None, *, p: float = 2.0,

@@ -1,8 +1,4 @@
-"""SLIC superpixels (the pre-processing of SSC's activation self-modulation).
-
-``wsseg_fast.ops.slic`` is the function; this module is named apart from it so
-the two never shadow each other.
-"""
+"""SLIC superpixels (the pre-processing of SSC's activation self-modulation)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
 """superpixel_pool (mean, max) and ssc_alignment_loss: the C++ `cpu` backend vs the
 `torch` reference, at B=8, C=21, 256^2 with about 200 SLIC superpixels of real photographs.
 
-Goal (issue 5): superpixel_pool cpu >= 5x the torch reference. Both run with the same
+Goal: superpixel_pool cpu >= 5x the torch reference. Both run with the same
 torch thread count (recorded as `threads`).
 
-    pytest benchmarks/test_superpixel.py --benchmark-json=benchmarks/results/superpixel.json
-    python benchmarks/report.py benchmarks/results/superpixel.json
+    pytest benchmarks/test_superpixel_pool.py --benchmark-json=benchmarks/results/superpixel_pool.json
+    python benchmarks/report.py benchmarks/results/superpixel_pool.json
 """
 
 from __future__ import annotations
