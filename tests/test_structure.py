@@ -180,3 +180,13 @@ def test_only_the_io_module_writes_durable_files():
                for i, line in enumerate(path.read_text().splitlines(), 1) if _WRITERS.search(line)]
     assert writers == []
     assert _WRITERS.search('with open(path, "w") as f:') and _WRITERS.search("torch.save(obj, path)")
+
+
+def test_no_long_functions():
+    """No function of the package (outside the Triton kernels) is over 80 lines: a longer one holds
+    several steps that want names of their own."""
+    long = [f"{name}.{fn.name} ({fn.end_lineno - fn.lineno + 1} lines)" for name, path in MODULES.items()
+            if not name.startswith("wsseg_fast.kernels")
+            for fn in ast.walk(ast.parse(path.read_text()))
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and fn.end_lineno - fn.lineno + 1 > 80]
+    assert long == []

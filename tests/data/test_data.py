@@ -9,7 +9,7 @@ import torch
 
 from wsseg_fast.data import CocoWeakDataset, DataError, ImageLoadError, make_demo, read_label_png
 from wsseg_fast.data.demo import CATEGORIES
-from wsseg_fast.logic.knowledge_base import rasterise_polyline
+from wsseg_fast.logic.weak_labels import rasterise_polyline
 
 # pycocotools 2.0 calls np.array(copy=False) on NumPy 2: not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

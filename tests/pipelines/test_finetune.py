@@ -9,7 +9,7 @@ from benchmarks import stage1_real
 from wsseg_fast.cli import main
 from wsseg_fast.data import CocoWeakDataset, make_demo
 from wsseg_fast.logic import class_truths
-from wsseg_fast.logic.priors import PriorsError, load_priors
+from wsseg_fast.logic.priors import Contains, Pairwise, PriorsError, load_priors
 from wsseg_fast.errors import ConfigError
 from wsseg_fast.pipelines.finetune import FinetuneConfig, finetune
 from wsseg_fast.pipelines.training import RunDirError
@@ -49,9 +49,10 @@ def test_class_truths_is_the_fuzzy_or_of_instances():
 def test_priors_file(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("contains: [[cup, disc]]\npairwise: true\n")
-    assert load_priors(path, NAMES) == {"contains": [["cup", "disc"]], "pairwise": {}}
-    assert load_priors(None, NAMES) == {}
-    for text, match in [("containz: []", "unknown keys"), ("contains: [[cup, lid]]", "pairs of"),
+    assert load_priors(path, NAMES) == [Contains("cup", "disc"), Pairwise({})]
+    assert load_priors(None, NAMES) == []
+    for text, match in [("containz: []", "unknown prior kinds"), ("contains: [[cup, lid]]", "unknown class 'lid'"),
+                        ("contains: [cup, disc]", "pairs"),
                         ("contains: [cup", "not valid YAML"), ("- 1", "mapping"),
                         ("box_size: [0.9, 0.2]", "box_size")]:
         path.write_text(text)

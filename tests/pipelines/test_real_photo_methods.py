@@ -146,7 +146,7 @@ def test_sparse_class_truths_match_the_dense_ones():
 
 
 def test_bad_class_priors(tmp_path):
-    for text, match in [("excludes: [[cup, lid]]", "pairs of"), ("containz: []", "unknown keys")]:
+    for text, match in [("excludes: [[cup, lid]]", "unknown class 'lid'"), ("containz: []", "unknown prior kinds")]:
         with pytest.raises(MethodError, match="--method-option priors: .*" + match):
             refine_nested(tmp_path, text)
     with pytest.raises(MethodError, match="cannot read"):
@@ -165,7 +165,7 @@ def test_class_priors_in_the_job(tmp_path):
     (tmp_path / "bad.yaml").write_text("contains: [[cup, lid]]\n")
     cfg.options = parse_options("logic-refine", [f"priors={tmp_path / 'bad.yaml'}"])
     cfg.out = str(tmp_path / "out2")
-    with pytest.raises(MethodError, match="pairs of"):
+    with pytest.raises(MethodError, match="unknown class 'lid'"):
         run_pseudo_label(cfg, progress=False)
 
 

@@ -36,11 +36,12 @@ from wsseg_fast.fuzzy import (
     sat_agg,
 )
 from wsseg_fast.logic.knowledge_base import Constraint, KnowledgeBase, class_truths, compile_knowledge_base
+from wsseg_fast.logic.priors import BoxSize, Contains, Excludes, OneClassPerPixel, Pairwise, load_priors
 from wsseg_fast.ops.box_constraint import box_constraint_loss
 from wsseg_fast.ops.pairwise_constraint import pairwise_constraint_loss
 
 __all__ = [
-    "EPS", "Constraint", "KnowledgeBase", "and_luk", "and_min", "and_prod", "box_constraint_loss", "class_truths",
+    "EPS", "BoxSize", "Constraint", "Contains", "Excludes", "OneClassPerPixel", "Pairwise", "load_priors", "KnowledgeBase", "and_luk", "and_min", "and_prod", "box_constraint_loss", "class_truths",
     "compile_knowledge_base", "equivalence", "exists", "forall", "implies_godel", "implies_goguen",
     "implies_kleene_dienes", "implies_luk", "implies_reichenbach", "negation", "or_luk", "or_max",
     "or_prob_sum", "pairwise_constraint_loss", "pi_0", "pi_1", "pmean", "pmean_error", "sat_agg",

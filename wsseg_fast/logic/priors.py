@@ -1,56 +1,283 @@
-"""Domain priors read from a YAML (or JSON) file, classes by name; one format for every
-command that takes priors (``finetune --priors``, ``logic-refine``'s ``priors=`` option)."""
+"""Domain priors: one dataclass per kind of rule, each with its own small compiler.
+
+::
+
+    Contains("cup", "disc")      # every cup pixel is a disc pixel: ∀x cup(x) → disc(x)
+    Excludes("rod", "ring")      # never both at one pixel: ∀x ¬(rod(x) ∧ ring(x))
+    OneClassPerPixel()           # ∀x ∀c≠c': ¬(c(x) ∧ c'(x))
+    BoxSize(0.2, 0.95)           # ρ_lo·|box| ≤ Σ_box p ≤ ρ_hi·|box| for every box
+    Pairwise(threshold=0.3)      # neighbours of similar colour share a label (options of
+                                 # pairwise_constraint_loss); Pairwise(enabled=False) turns it off
+
+Classes are given by name or channel. A knowledge base takes a list of them
+(:func:`wsseg_fast.logic.compile_knowledge_base`); :func:`load_priors` reads the YAML (or JSON)
+file of ``finetune --priors`` and of ``logic-refine``'s ``priors=`` option::
+
+    contains: [[cup, disc]]
+    excludes: [[rod, ring]]
+    one_class_per_pixel: true
+    pairwise: true
+    box_size: [0.2, 0.95]
+
+Priors that no map can satisfy are refused before anything is optimised
+(:func:`check_priors`): ``contains`` and ``excludes`` of one pair (the inner class could only be
+empty), ``contains`` together with ``one_class_per_pixel`` (an inner pixel must then be two classes
+at once), ``excludes`` of a class with itself, and cycles of ``contains`` between different classes.
+Nesting in a map that holds one class per pixel is expressed without ``contains``: the inner class
+is simply another class (``excludes`` between siblings if needed); ``contains`` is for per-class or
+per-instance masks, where a disc's mask covers its cup.
+"""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Mapping, Sequence, Union
 
+import torch
 import yaml
 
 from wsseg_fast.errors import UserError
+from wsseg_fast.fuzzy import and_prod, implies_reichenbach, negation, pi_1, pmean_error
+from wsseg_fast.logic.formulas import Formula, Logic
+from wsseg_fast.ops.pairwise_constraint import pairwise_constraint_loss
+from wsseg_fast.reference.box_constraint import box_pixel_bounds
 
 PRIOR_KEYS = ("contains", "excludes", "one_class_per_pixel", "pairwise", "box_size")
 
 
 class PriorsError(UserError):
-    """A priors file that cannot be read or used; one line from the CLI."""
+    """Priors that cannot be read or used, or that contradict each other; one line from the CLI."""
 
 
-def load_priors(path: str | os.PathLike | None, class_names: list[str], what: str = "--priors") -> dict:
-    """The priors file at ``path``, checked against ``class_names`` (channel 0 is the background)::
+@dataclass(frozen=True)
+class Contains:
+    """Every pixel of ``inner`` is a pixel of ``outer``: ∀x inner(x) → outer(x) (Reichenbach)."""
 
-        contains: [[cup, disc]]        # every cup pixel is a disc pixel (a -> b)
-        excludes: [[rod, ring]]        # never both at one pixel
-        one_class_per_pixel: true
-        pairwise: true                 # neighbours of similar colour share a label (default on)
-        box_size: [0.2, 0.95]          # rho_lo |box| <= sum of p in the box <= rho_hi |box|
+    inner: str | int
+    outer: str | int
+    kind = "contains"
 
-    ``None``: no priors (``{}``). Errors name ``what``, the option the path came from."""
+    def name(self, name_of) -> str:
+        return f"contains[{name_of(self.inner)}->{name_of(self.outer)}]"
+
+    def formula(self, channel, logic: Logic, **_) -> Formula:
+        a, b = channel(self.inner), channel(self.outer)
+        return lambda probs: pmean_error(implies_reichenbach(probs[:, a], probs[:, b], logic.stable),
+                                         p=logic.p_forall, stable=logic.stable)
+
+
+@dataclass(frozen=True)
+class Excludes:
+    """Never both classes at one pixel: ∀x ¬(first(x) ∧ second(x)) (product t-norm)."""
+
+    first: str | int
+    second: str | int
+    kind = "excludes"
+
+    def name(self, name_of) -> str:
+        return f"excludes[{name_of(self.first)},{name_of(self.second)}]"
+
+    def formula(self, channel, logic: Logic, **_) -> Formula:
+        a, b = channel(self.first), channel(self.second)
+        return lambda probs: pmean_error(negation(and_prod(probs[:, a], probs[:, b], logic.stable)),
+                                         p=logic.p_forall, stable=logic.stable)
+
+
+@dataclass(frozen=True)
+class OneClassPerPixel:
+    """No pixel is two classes: ∀x ∀c < c': ¬(c(x) ∧ c'(x))."""
+
+    kind = "one_class_per_pixel"
+
+    def name(self, name_of) -> str:
+        return self.kind
+
+    def formula(self, channel, logic: Logic, **_) -> Formula:
+        return lambda probs: one_class_per_pixel(probs, logic.p_forall, logic.stable)
+
+
+@dataclass(frozen=True)
+class BoxSize:
+    """Objects fill between ``low`` and ``high`` of their box: ∀ boxes, low <= mean_box p_c <= high,
+    as min(1, m / low) · min(1, (1 - m) / (1 - high))."""
+
+    low: float
+    high: float
+    kind = "box_size"
+
+    def __post_init__(self):
+        if not 0 <= self.low <= self.high <= 1:
+            raise PriorsError(f"box_size must be [rho_lo, rho_hi] with 0 <= rho_lo <= rho_hi <= 1, "
+                              f"got {[self.low, self.high]}")
+
+    def name(self, name_of) -> str:
+        return self.kind
+
+    def formula(self, channel, logic: Logic, boxes=None, labels=None, **_) -> Formula | None:
+        if boxes is None:  # no box in the batch: nothing to constrain
+            return None
+        return lambda probs: box_size_truth(probs, boxes, labels, self.low, self.high, logic.p_forall, logic.stable)
+
+
+@dataclass(frozen=True)
+class Pairwise:
+    """Neighbours of similar colour share a label (:func:`pairwise_constraint_loss` with
+    ``options``). On by default whenever the knowledge base is given the images."""
+
+    options: Mapping = field(default_factory=dict)
+    enabled: bool = True
+    kind = "pairwise"
+
+    def name(self, name_of) -> str:
+        return self.kind
+
+    def formula(self, channel, logic: Logic, lab=None, **_) -> Formula | None:
+        if lab is None or not self.enabled:
+            return None
+        options = dict(self.options)
+        return lambda probs: 1.0 - pairwise_constraint_loss(probs, lab=lab.to(probs.device), stable=logic.stable,
+                                                            backend=logic.backend, **options)
+
+
+Prior = Union[Contains, Excludes, OneClassPerPixel, BoxSize, Pairwise]
+ORDER = (BoxSize, Contains, Excludes, OneClassPerPixel, Pairwise)  # the order their constraints are added
+
+
+def one_class_per_pixel(probs: torch.Tensor, p: float, stable: bool) -> torch.Tensor:
+    """∀x ∀ c < c': ¬(p_c(x) ∧ p_c'(x)), one class at a time to keep memory at [B, C, H, W]."""
+    classes = probs.shape[1]
+    if classes < 2:
+        return probs.new_ones(())
+    total = probs.new_zeros(())
+    count = 0
+    for c in range(classes - 1):
+        truth = negation(and_prod(probs[:, c : c + 1], probs[:, c + 1 :], stable))
+        if stable:
+            truth = pi_1(truth)
+        total = total + ((1.0 - truth) ** p).sum()
+        count += truth.numel()
+    return 1.0 - (total / count) ** (1.0 / p)
+
+
+def box_size_truth(probs: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, low: float, high: float,
+                   p: float, stable: bool) -> torch.Tensor:
+    """The truth of :class:`BoxSize` over the valid boxes ``[B, N, 4]`` (labels -1: padding)."""
+    bounds = box_pixel_bounds(boxes, probs.shape[2], probs.shape[3])
+    truths = []
+    for b, k in (labels >= 0).nonzero().tolist():
+        x0, y0, x1, y1 = bounds[b, k].tolist()
+        if x1 <= x0 or y1 <= y0:
+            continue
+        m = probs[b, int(labels[b, k]), y0:y1, x0:x1].mean()
+        lo = torch.clamp(m / low, max=1.0) if low > 0 else torch.ones_like(m)
+        hi = torch.clamp((1.0 - m) / (1.0 - high), max=1.0) if high < 1 else torch.ones_like(m)
+        truths.append(lo * hi)
+    if not truths:
+        return probs.new_ones(())
+    return pmean_error(torch.stack(truths), p=p, stable=stable)
+
+
+def _pairs(mapping: Mapping, key: str) -> list[tuple]:
+    pairs = mapping.get(key) or []
+    if not isinstance(pairs, (list, tuple)) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
+        raise PriorsError(f"{key} must be a list of [class, class] pairs, got {pairs!r}")
+    return [tuple(p) for p in pairs]
+
+
+def as_priors(priors: Sequence[Prior] | Mapping | None) -> list[Prior]:
+    """Typed priors from a list of them or the mapping of a priors file (``None``: none)."""
+    if priors is None:
+        return []
+    if not isinstance(priors, Mapping):
+        return list(priors)
+    unknown = sorted(set(priors) - set(PRIOR_KEYS))
+    if unknown:
+        raise PriorsError(f"unknown prior kinds {unknown}; known: {', '.join(PRIOR_KEYS)}")
+    out: list[Prior] = [Contains(a, b) for a, b in _pairs(priors, "contains")]
+    out += [Excludes(a, b) for a, b in _pairs(priors, "excludes")]
+    if priors.get("one_class_per_pixel"):
+        out.append(OneClassPerPixel())
+    size = priors.get("box_size")
+    if size is not None:
+        if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, (int, float)) for v in size)):
+            raise PriorsError(f"box_size must be [rho_lo, rho_hi] with 0 <= rho_lo <= rho_hi <= 1, got {size!r}")
+        out.append(BoxSize(*map(float, size)))
+    pairwise = priors.get("pairwise")
+    if pairwise is False:
+        out.append(Pairwise(enabled=False))
+    elif isinstance(pairwise, Mapping):
+        out.append(Pairwise(dict(pairwise)))
+    return out
+
+
+def check_priors(priors: Sequence[Prior], channel: Callable[[object], int], name_of: Callable[[int], str]) -> None:
+    """Refuse priors that no map can satisfy (see the module docstring), in one line naming the
+    clauses. ``channel`` turns a class name or id into a channel (a ``PriorsError`` for unknown
+    ones), ``name_of`` a channel into its name."""
+
+    def said(prior) -> str:
+        return prior.name(lambda c: name_of(channel(c)))
+
+    contains = [p for p in priors if isinstance(p, Contains)]
+    excludes = [p for p in priors if isinstance(p, Excludes)]
+    for e in excludes:
+        if channel(e.first) == channel(e.second):
+            raise PriorsError(f"{said(e)} says a class is never itself: it can only be empty")
+        for c in contains:
+            if {channel(c.inner), channel(c.outer)} == {channel(e.first), channel(e.second)}:
+                raise PriorsError(f"{said(c)} and {said(e)} contradict each other: every {name_of(channel(c.inner))} "
+                                  f"pixel would have to be, and could not be, {name_of(channel(c.outer))}")
+    single = next((p for p in priors if isinstance(p, OneClassPerPixel)), None)
+    nested = [c for c in contains if channel(c.inner) != channel(c.outer)]
+    if single is not None and nested:
+        raise PriorsError(f"{said(nested[0])} and one_class_per_pixel contradict each other: a pixel inside would be "
+                          "two classes; with one class per pixel, give the inner class as a class of its own "
+                          "(drop contains)")
+    outer = {}
+    for c in nested:
+        outer.setdefault(channel(c.inner), []).append(channel(c.outer))
+    for start in outer:
+        seen, frontier = {start}, list(outer[start])
+        while frontier:
+            nxt = frontier.pop()
+            if nxt == start:
+                raise PriorsError(f"the contains priors form a cycle through {name_of(start)}: classes inside each "
+                                  "other would be the same class")
+            if nxt not in seen:
+                seen.add(nxt)
+                frontier += outer.get(nxt, [])
+
+
+def load_priors(path: str | os.PathLike | None, class_names: list[str], what: str = "--priors") -> list[Prior]:
+    """The priors file at ``path`` (the format of the module docstring), checked against
+    ``class_names`` (channel 0 is the background) and for contradictions. ``None``: no priors.
+    Errors name ``what``, the option the path came from."""
     if path is None:
-        return {}
+        return []
     try:
         text = Path(path).read_text()
     except OSError as exc:
         raise PriorsError(f"{what}: cannot read {path}: {exc}") from None
     try:
-        priors = yaml.safe_load(text) or {}
+        mapping = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise PriorsError(f"{what}: {path} is not valid YAML: {exc}") from None
-    if not isinstance(priors, dict):
-        raise PriorsError(f"{what}: {path} must hold a mapping, got {type(priors).__name__}")
-    unknown = sorted(set(priors) - set(PRIOR_KEYS))
-    if unknown:
-        raise PriorsError(f"{what}: unknown keys {unknown} in {path}; known: {', '.join(PRIOR_KEYS)}")
-    for key in ("contains", "excludes"):
-        pairs = priors.get(key) or []
-        if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 and all(c in class_names[1:] for c in p)
-                                                   for p in pairs):
-            raise PriorsError(f"{what}: {key} must be a list of [class, class] pairs of {class_names[1:]}, got {pairs!r}")
-    size = priors.get("box_size")
-    if size is not None and not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, (int, float)) for v in size)
-                                 and 0 <= size[0] <= size[1] <= 1):
-        raise PriorsError(f"{what}: box_size must be [rho_lo, rho_hi] with 0 <= rho_lo <= rho_hi <= 1, got {size!r}")
-    if priors.get("pairwise") is True:
-        priors["pairwise"] = {}
+    if not isinstance(mapping, dict):
+        raise PriorsError(f"{what}: {path} must hold a mapping, got {type(mapping).__name__}")
+    if mapping.get("pairwise") is True:
+        mapping["pairwise"] = {}
+    try:
+        priors = as_priors(mapping)
+        for prior in priors:
+            prior.name(lambda c: class_names[_named_channel(c, class_names)])
+    except PriorsError as exc:
+        raise PriorsError(f"{what}: {path}: {exc}") from None
     return priors
+
+
+def _named_channel(value, class_names: list[str]) -> int:
+    if value not in class_names[1:]:
+        raise PriorsError(f"unknown class {value!r}; the classes are {class_names[1:]}")
+    return class_names.index(value)

@@ -9,7 +9,7 @@ import torch
 from scipy.ndimage import label as connected
 from scipy.ndimage import uniform_filter
 
-from wsseg_fast.logic.knowledge_base import rasterise_polyline
+from wsseg_fast.logic.weak_labels import rasterise_polyline
 from wsseg_fast.ops.color import rgb_to_lab
 from wsseg_fast.pipelines.methods.base import box_pixels
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from scipy.special import expit
 
 from wsseg_fast.logic import compile_knowledge_base
-from wsseg_fast.logic.priors import PriorsError, load_priors
+from wsseg_fast.logic.priors import Contains, Excludes, OneClassPerPixel, PriorsError, load_priors
 from wsseg_fast.ops.box_constraint import box_constraint_loss
 from wsseg_fast.ops.color import rgb_to_lab
 from wsseg_fast.ops.pairwise_constraint import pairwise_constraint_loss
@@ -74,16 +74,16 @@ OPTIONS = {
 }
 # What of a priors file logic-refine uses: the pairwise prior is `pairwise_weight`, and the
 # box prior (`prior`, `border`) stands in for `box_size`.
-CLASS_PRIORS = ("contains", "excludes", "one_class_per_pixel")
+CLASS_PRIORS = (Contains, Excludes, OneClassPerPixel)
 
 
-def _class_priors(path: str, class_names: tuple[str, ...]) -> dict:
+def _class_priors(path: str, class_names: tuple[str, ...]) -> list:
     # Read per image (~1 ms): a cache keyed by path would miss edits to the file.
     try:
         priors = load_priors(path, list(class_names), what="--method-option priors")
     except PriorsError as exc:
         raise MethodError(str(exc)) from None
-    return {k: v for k, v in priors.items() if k in CLASS_PRIORS and v}
+    return [p for p in priors if isinstance(p, CLASS_PRIORS)]
 
 
 def refine(image: np.ndarray, boxes: np.ndarray, annotations: list[dict], options: dict,
