@@ -5,7 +5,7 @@ PIP := $(PYTHON) -m pip
 # Re-install only when what the build reads has changed.
 BUILD_INPUTS := requirements-dev.txt pyproject.toml setup.py $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: setup demo ops-demo experiment test bench clean
+.PHONY: setup demo ops-demo experiment lint format test bench clean
 
 setup: build/.setup-stamp
 
@@ -32,6 +32,21 @@ ops-demo: setup
 # Both stages on the demo (tiny SAM): box vs SBR pseudo-labels, students; report.json/md/png.
 experiment: setup
 	$(PYTHON) -m wsseg_fast experiment demo --out build/experiment
+
+# Style: ruff (lint + format, 120 columns) for Python, clang-format for C++/CUDA; CI checks it
+# before the tests. `make format` applies both.
+CXX_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' 2>/dev/null)
+CLANG_FORMAT = $(shell $(PYTHON) -c 'import clang_format; print(clang_format.get_executable("clang-format"))')
+
+lint: setup
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+	$(CLANG_FORMAT) --dry-run --Werror $(CXX_SOURCES)
+
+format: setup
+	$(PYTHON) -m ruff check --fix .
+	$(PYTHON) -m ruff format .
+	$(CLANG_FORMAT) -i $(CXX_SOURCES)
 
 test: setup
 	$(PYTHON) -m pytest

@@ -15,7 +15,6 @@ import argparse
 import tempfile
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -57,8 +56,9 @@ def main():
         logits, _, cams = net(x, valid)
         loss = cam_loss(logits, targets)["total"]
         if ssc:
-            loss = loss + ssc_alignment_loss(F.interpolate(cams, size=sp.shape[1:], mode="bilinear"), sp,
-                                             present=targets, erode=2)
+            loss = loss + ssc_alignment_loss(
+                F.interpolate(cams, size=sp.shape[1:], mode="bilinear"), sp, present=targets, erode=2
+            )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -73,9 +73,14 @@ def main():
     encoder = timed(recompute, repeat=1)
     with_ssc = timed(lambda: step(features, True))
     print(f"model {args.model}, {len(indices)} images, threads {torch.get_num_threads()}")
-    print(f"epoch on cached embeddings {cached * 1e3:.1f} ms; re-encoding {encoder * 1e3:.1f} ms; ratio {encoder / cached:.0f}x")
-    print(f"training step without SSC {cached * 1e3:.1f} ms, with SSC {with_ssc * 1e3:.1f} ms "
-          f"(SSC share {(with_ssc - cached) / with_ssc:.0%})")
+    print(
+        f"epoch on cached embeddings {cached * 1e3:.1f} ms; re-encoding {encoder * 1e3:.1f} ms; "
+        f"ratio {encoder / cached:.0f}x"
+    )
+    print(
+        f"training step without SSC {cached * 1e3:.1f} ms, with SSC {with_ssc * 1e3:.1f} ms "
+        f"(SSC share {(with_ssc - cached) / with_ssc:.0%})"
+    )
 
     emb = engine.embed(images[:1])[0]
     h, w = images[0].shape[:2]
@@ -93,9 +98,11 @@ def main():
         shape = (max(1, round(h * s)), max(1, round(w * s)))
         m = F.interpolate(masks[None], size=shape, mode="bilinear")
         c = F.interpolate(cams, size=shape, mode="bilinear")
-        t_walk = timed(lambda: refine_cams(c, m, source_kind="masks"), repeat=1)
-        print(f"cam-sam-rw at {shape[0]}x{shape[1]}: grid prompts (256 points) {t_prompts * 1e3:.0f} ms, "
-              f"mask_affinity + walk {t_walk * 1e3:.0f} ms")
+        t_walk = timed(lambda c=c, m=m: refine_cams(c, m, source_kind="masks"), repeat=1)
+        print(
+            f"cam-sam-rw at {shape[0]}x{shape[1]}: grid prompts (256 points) {t_prompts * 1e3:.0f} ms, "
+            f"mask_affinity + walk {t_walk * 1e3:.0f} ms"
+        )
 
 
 if __name__ == "__main__":

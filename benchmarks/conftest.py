@@ -49,5 +49,8 @@ def record(benchmark, op: str, shape, impl: str, **extra):
     benchmark.group = f"{op} {tuple(shape)}"
     backends = OP_SPECS[op].backends if op in OP_SPECS else ()
     kind = extra.pop("kind", None) or (
-        "reference" if impl == REFERENCE else ("backend" if impl in backends else "peer"))
-    benchmark.extra_info.update(op=op, shape=list(shape), impl=impl, kind=kind, threads=torch.get_num_threads(), **extra)
+        "reference" if impl == REFERENCE else ("backend" if impl in backends else "peer")
+    )
+    benchmark.extra_info.update(
+        op=op, shape=list(shape), impl=impl, kind=kind, threads=torch.get_num_threads(), **extra
+    )

@@ -9,7 +9,7 @@ asks for.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -20,8 +20,11 @@ def peak_allocated_bytes(fn: Callable[[], object]) -> int:
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = fn()
         del out
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]" and e.device_type() ==
-              torch.autograd.DeviceType.CPU]
+    events = [
+        e
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+    ]
     held = peak = 0
     for delta in (e.nbytes() for e in sorted(events, key=lambda e: e.start_ns())):
         held += delta
@@ -32,6 +35,7 @@ def peak_allocated_bytes(fn: Callable[[], object]) -> int:
 def forward_backward(loss_fn: Callable[[torch.Tensor], torch.Tensor], probs: torch.Tensor) -> Callable[[], object]:
     """A call computing ``loss_fn(x)`` and its gradient for a fresh leaf ``x`` equal to ``probs``
     (the gradient, which every backend allocates once, is included)."""
+
     def call():
         x = probs.detach().requires_grad_()
         loss = loss_fn(x)

@@ -43,16 +43,21 @@ def time_step(model: str, data: Path, rounds: int) -> dict:
         began = time.perf_counter()
         embeddings = sam.image_encoder(torch.stack([s.pixels for s in samples]))
         encoded = time.perf_counter()
-        loss = sum(instance_losses(sam, e, s, torch.arange(min(8, len(s.masks))), cfg, generator)[0]
-                   for s, e in zip(samples, embeddings))
+        loss = sum(
+            instance_losses(sam, e, s, torch.arange(min(8, len(s.masks))), cfg, generator)[0]
+            for s, e in zip(samples, embeddings)
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         times.append(time.perf_counter() - began)
         encoder.append(encoded - began)
     n_params = sum(p.numel() for p in sam.image_encoder.parameters())
-    return {"seconds_per_step": min(times[1:]), "encoder_forward_share": min(encoder[1:]) / min(times[1:]),
-            "encoder_params": n_params}
+    return {
+        "seconds_per_step": min(times[1:]),
+        "encoder_forward_share": min(encoder[1:]) / min(times[1:]),
+        "encoder_params": n_params,
+    }
 
 
 def main(argv=None) -> int:
@@ -75,14 +80,19 @@ def main(argv=None) -> int:
     base = rows[next(iter(rows))]["seconds_per_step"]
     lines = ["| SAM | encoder params | s/step | vs tiny | encoder forward share |", "|---|---|---|---|---|"]
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['encoder_params'] / 1e6:.2f} M | {r['seconds_per_step']:.3f} | "
-                     f"{r['seconds_per_step'] / base:.2f}x | {100 * r['encoder_forward_share']:.0f} % |")
+        lines.append(
+            f"| {name} | {r['encoder_params'] / 1e6:.2f} M | {r['seconds_per_step']:.3f} | "
+            f"{r['seconds_per_step'] / base:.2f}x | {100 * r['encoder_forward_share']:.0f} % |"
+        )
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out:
-        atomic_write_text(args.out, f"# One pretrain-sam step (4 images x 8 instances, 1 click)\n\n"
-                                    f"`OMP_NUM_THREADS=1 python benchmarks/pretrain_step.py`, best of {args.rounds}; "
-                                    f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n\n{table}")
+        atomic_write_text(
+            args.out,
+            f"# One pretrain-sam step (4 images x 8 instances, 1 click)\n\n"
+            f"`OMP_NUM_THREADS=1 python benchmarks/pretrain_step.py`, best of {args.rounds}; "
+            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n\n{table}",
+        )
     return 0
 
 

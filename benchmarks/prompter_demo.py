@@ -39,24 +39,59 @@ def main(argv=None) -> int:
     make_splits(args.out, args.train_images, 12, 0)
     run = args.out / f"prompter_{args.prompt_head}_e{args.epochs}_l{args.layers}_lr{args.lr}_s{args.stride}"
     began = time.perf_counter()
-    prompter = train_prompter(PrompterConfig(
-        coco=str(args.out / "train" / "annotations.json"), out=str(run), model="tiny", checkpoint=args.checkpoint,
-        cache=str(args.out / "cache"), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        num_encoder_layers=args.layers, num_decoder_layers=args.layers, stride=args.stride,
-        prompt_head=args.prompt_head, seed=0, threads=args.threads), progress=False)
+    prompter = train_prompter(
+        PrompterConfig(
+            coco=str(args.out / "train" / "annotations.json"),
+            out=str(run),
+            model="tiny",
+            checkpoint=args.checkpoint,
+            cache=str(args.out / "cache"),
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            num_encoder_layers=args.layers,
+            num_decoder_layers=args.layers,
+            stride=args.stride,
+            prompt_head=args.prompt_head,
+            seed=0,
+            threads=args.threads,
+        ),
+        progress=False,
+    )
     rows = {"train_images": args.train_images, "train_seconds": round(time.perf_counter() - began)}
     for split in ("test", "train"):
-        job = dict(coco=str(args.out / split / "annotations.json"), model="tiny", checkpoint=args.checkpoint,
-                   cache=str(args.out / "cache"), threads=args.threads)
-        free = run_pseudo_label(JobConfig(out=str(run / f"{split}_prompter"), method="prompter",
-                                          options={"checkpoint": str(prompter), "threshold": 0.5}, overwrite=True,
-                                          **job), progress=False)
+        job = dict(
+            coco=str(args.out / split / "annotations.json"),
+            model="tiny",
+            checkpoint=args.checkpoint,
+            cache=str(args.out / "cache"),
+            threads=args.threads,
+        )
+        free = run_pseudo_label(
+            JobConfig(
+                out=str(run / f"{split}_prompter"),
+                method="prompter",
+                options={"checkpoint": str(prompter), "threshold": 0.5},
+                overwrite=True,
+                **job,
+            ),
+            progress=False,
+        )
         rows[f"{split} prompter"] = round(100 * free["report"]["miou"], 1)
-    boxed = run_pseudo_label(JobConfig(out=str(args.out / "test_sam_gt_box"), method="sam-box",
-                                       options=SAM_GT_BOX_OPTIONS,
-                                       coco=str(args.out / "test" / "annotations.json"), model="tiny",
-                                       checkpoint=args.checkpoint, cache=str(args.out / "cache"), threads=args.threads,
-                                       overwrite=True), progress=False)
+    boxed = run_pseudo_label(
+        JobConfig(
+            out=str(args.out / "test_sam_gt_box"),
+            method="sam-box",
+            options=SAM_GT_BOX_OPTIONS,
+            coco=str(args.out / "test" / "annotations.json"),
+            model="tiny",
+            checkpoint=args.checkpoint,
+            cache=str(args.out / "cache"),
+            threads=args.threads,
+            overwrite=True,
+        ),
+        progress=False,
+    )
     rows["test sam_gt_box"] = round(100 * boxed["report"]["miou"], 1)
     rows["prompter / sam_gt_box"] = round(rows["test prompter"] / rows["test sam_gt_box"], 3)
     (run / "rows.json").write_text(json.dumps(rows, indent=1))

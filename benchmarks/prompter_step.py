@@ -56,8 +56,10 @@ def make_batch(batch, queries, classes, max_targets, grid, seed=0):
     g = torch.Generator().manual_seed(seed)
     embeddings = torch.randn(batch, 256, grid, grid, generator=g)
     sizes = torch.randint(1, max_targets + 1, (batch,), generator=g).tolist()
-    targets = [{"labels": torch.randint(0, classes, (n,), generator=g), "prompts": torch.randn(n, 2, 256, generator=g)}
-               for n in sizes]
+    targets = [
+        {"labels": torch.randint(0, classes, (n,), generator=g), "prompts": torch.randn(n, 2, 256, generator=g)}
+        for n in sizes
+    ]
     return embeddings, targets
 
 
@@ -70,18 +72,26 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=5, help="timed steps per row (after one warm-up step each)")
     p.add_argument("--small", action="store_true", help="d=32, 1+1 layers, FFN 64, 16x16 (tiny SAM) embeddings")
     args = p.parse_args(argv)
-    sizes = dict(embed_size=16, d_model=32, nhead=4, dim_feedforward=64, num_encoder_layers=1,
-                 num_decoder_layers=1) if args.small else {}
+    sizes = (
+        dict(embed_size=16, d_model=32, nhead=4, dim_feedforward=64, num_encoder_layers=1, num_decoder_layers=1)
+        if args.small
+        else {}
+    )
     grid = 16 if args.small else 64
     embeddings, targets = make_batch(args.batch, args.queries, args.classes, args.max_targets, grid)
     rows = {}
     for name, matcher in (("batched", HungarianMatcher()), ("scipy", ScipyLoopMatcher())):
         torch.manual_seed(0)
         model = QueryPrompter(args.classes, num_queries=args.queries, **sizes)
-        rows[name] = dict(model=model, crit=PromptSetCriterion(args.classes, matcher), timer=Timed(matcher),
-                          opt=torch.optim.Adam(model.parameters(), 1e-4), times=[])
+        rows[name] = dict(
+            model=model,
+            crit=PromptSetCriterion(args.classes, matcher),
+            timer=Timed(matcher),
+            opt=torch.optim.Adam(model.parameters(), 1e-4),
+            times=[],
+        )
     for step in range(args.steps + 1):
-        for name, r in rows.items():
+        for r in rows.values():
             t0 = time.perf_counter()
             out = r["model"](embeddings)
             t1 = time.perf_counter()
@@ -94,9 +104,11 @@ def main(argv=None):
             if step:
                 m = r["timer"].seconds
                 r["times"].append((t1 - t0, m, t2 - t1 - m, t3 - t2, t3 - t0))
-    print(f"torch threads {torch.get_num_threads()}, B={args.batch}, Q={args.queries}, C={args.classes}, "
-          f"targets 1..{args.max_targets}, embedding 256x{grid}x{grid}, {'small' if args.small else 'paper-size'} "
-          f"model, median of {args.steps} steps (ms)\n")
+    print(
+        f"torch threads {torch.get_num_threads()}, B={args.batch}, Q={args.queries}, C={args.classes}, "
+        f"targets 1..{args.max_targets}, embedding 256x{grid}x{grid}, {'small' if args.small else 'paper-size'} "
+        f"model, median of {args.steps} steps (ms)\n"
+    )
     print("| matcher | forward | matcher | loss+backward | optimizer | step | matcher share |")
     print("|---|---|---|---|---|---|---|")
     med = {}
@@ -104,8 +116,10 @@ def main(argv=None):
         med[name] = [statistics.median(col) * 1e3 for col in zip(*r["times"])]
         f, m, b, o, s = med[name]
         print(f"| {name} | {f:.1f} | {m:.2f} | {b:.1f} | {o:.1f} | {s:.1f} | {100 * m / s:.2f}% |")
-    print(f"\nstep scipy / batched: {med['scipy'][4] / med['batched'][4]:.3f}x; "
-          f"matcher scipy / batched: {med['scipy'][1] / med['batched'][1]:.2f}x")
+    print(
+        f"\nstep scipy / batched: {med['scipy'][4] / med['batched'][4]:.3f}x; "
+        f"matcher scipy / batched: {med['scipy'][1] / med['batched'][1]:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -57,35 +57,59 @@ def run_row(data: Path, out: Path, name: str, method: str, options: dict, refine
     run_options = dict(options)
     if "priors" in options:  # the YAML text -> a file; THINGS = every pair of the dataset's classes
         names = [c["name"] for c in json.loads((data / "annotations.json").read_text())["categories"]]
-        pairs = [[a, b] for i, a in enumerate(names) for b in names[i + 1:]]
+        pairs = [[a, b] for i, a in enumerate(names) for b in names[i + 1 :]]
         run_options["priors"] = str(out / f"{row_out.name}.yaml")
         atomic_write_text(run_options["priors"], options["priors"].replace("THINGS", json.dumps(pairs)))
     pairs = [f"{k}={v}" for k, v in run_options.items()]
-    cfg = JobConfig(coco=str(data / "annotations.json"), out=str(row_out),
-                    images=str(data / "images"), method=method, options=parse_options(method, pairs), model="tiny",
-                    cache=None, gt=str(data / "gt"), threads=1, refine=refine, overwrite=True)
+    cfg = JobConfig(
+        coco=str(data / "annotations.json"),
+        out=str(row_out),
+        images=str(data / "images"),
+        method=method,
+        options=parse_options(method, pairs),
+        model="tiny",
+        cache=None,
+        gt=str(data / "gt"),
+        threads=1,
+        refine=refine,
+        overwrite=True,
+    )
     start = time.perf_counter()
     summary = run_pseudo_label(cfg, progress=False)
     seconds = time.perf_counter() - start
     report = summary["report"]
-    return {"name": name, "method": method, "options": options, "refine": refine, "miou": report["miou"],
-            "per_class": {k: v["iou"] for k, v in report["per_class"].items()},
-            "images": summary["labelled"], "seconds_per_image": summary["run"]["labelling_seconds"] / max(1, summary["labelled"]),
-            "wall_seconds": seconds}
+    return {
+        "name": name,
+        "method": method,
+        "options": options,
+        "refine": refine,
+        "miou": report["miou"],
+        "per_class": {k: v["iou"] for k, v in report["per_class"].items()},
+        "images": summary["labelled"],
+        "seconds_per_image": summary["run"]["labelling_seconds"] / max(1, summary["labelled"]),
+        "wall_seconds": seconds,
+    }
 
 
 def markdown(rows: list[dict], data: str) -> str:
     classes = list(rows[0]["per_class"])
     box = next((r["miou"] for r in rows if r["name"] == "box"), None)
-    lines = [f"# Pseudo-labels on real photos: {data}", "",
-             f"{rows[0]['images']} images, 1 CPU thread; mIoU over background and the things; "
-             "s/img = the job's labelling time per image.", "",
-             "| row | mIoU | vs box | " + " | ".join(classes) + " | s/img |",
-             "|---|---|---|" + "---|" * len(classes) + "---|"]
+    lines = [
+        f"# Pseudo-labels on real photos: {data}",
+        "",
+        f"{rows[0]['images']} images, 1 CPU thread; mIoU over background and the things; "
+        "s/img = the job's labelling time per image.",
+        "",
+        "| row | mIoU | vs box | " + " | ".join(classes) + " | s/img |",
+        "|---|---|---|" + "---|" * len(classes) + "---|",
+    ]
     for r in rows:
         delta = f"{100 * (r['miou'] - box):+.1f}" if box is not None else ""
-        lines.append(f"| {r['name']} | {100 * r['miou']:.1f} | {delta} | "
-                     + " | ".join(f"{100 * r['per_class'][c]:.1f}" for c in classes) + f" | {r['seconds_per_image']:.2f} |")
+        lines.append(
+            f"| {r['name']} | {100 * r['miou']:.1f} | {delta} | "
+            + " | ".join(f"{100 * r['per_class'][c]:.1f}" for c in classes)
+            + f" | {r['seconds_per_image']:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -118,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("json", type=Path, help="pytest-benchmark JSON (--benchmark-json=...)")
     parser.add_argument("--reference", default=REFERENCE, help="the implementation ratios are against (default: torch)")
-    parser.add_argument("--out-dir", type=Path, default=None, help="where the .md/.csv/.png go (default: beside the JSON)")
+    parser.add_argument(
+        "--out-dir", type=Path, default=None, help="where the .md/.csv/.png go (default: beside the JSON)"
+    )
     args = parser.parse_args(argv)
     if not args.json.is_file():
         print(f"report: no such file {args.json}", file=sys.stderr)

@@ -24,9 +24,27 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def run_job(work: str, out: str, threads: int) -> tuple[float, dict]:
-    cmd = [sys.executable, "-m", "wsseg_fast", "pseudo-label", "--coco", f"{work}/demo/annotations.json",
-           "--method", "sam-box", "--model", "vit_b", "--checkpoint", f"{work}/sam_vit_b_random.pth",
-           "--cache", f"{work}/cache", "--out", out, "--threads", str(threads), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "wsseg_fast",
+        "pseudo-label",
+        "--coco",
+        f"{work}/demo/annotations.json",
+        "--method",
+        "sam-box",
+        "--model",
+        "vit_b",
+        "--checkpoint",
+        f"{work}/sam_vit_b_random.pth",
+        "--cache",
+        f"{work}/cache",
+        "--out",
+        out,
+        "--threads",
+        str(threads),
+        "--quiet",
+    ]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True)
     wall = time.perf_counter() - start
@@ -59,8 +77,10 @@ def main() -> int:
     cold_wall, cold = run_job(args.work, f"{args.work}/out-cold", args.threads)
     warm_wall, warm = run_job(args.work, f"{args.work}/out-warm", args.threads)
     assert cold["encoded"] == 4 and warm["cache_hits"] == 4, (cold, warm)
-    same = all(open(f"{args.work}/out-cold/labels/{f}", "rb").read() == open(f"{args.work}/out-warm/labels/{f}", "rb").read()
-               for f in os.listdir(f"{args.work}/out-cold/labels"))
+    same = all(
+        open(f"{args.work}/out-cold/labels/{f}", "rb").read() == open(f"{args.work}/out-warm/labels/{f}", "rb").read()
+        for f in os.listdir(f"{args.work}/out-cold/labels")
+    )
 
     encoder = build_image_encoder("vit_b", ckpt)
     start = time.perf_counter()
@@ -68,8 +88,10 @@ def main() -> int:
     export_seconds = time.perf_counter() - start
     x = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(0))
     timings, outputs = {}, {}
-    for name, runner in (("torch", ImageEncoderRunner(encoder, "torch")),
-                         ("onnxruntime", ImageEncoderRunner(encoder, "onnxruntime", model_file=onnx_path))):
+    for name, runner in (
+        ("torch", ImageEncoderRunner(encoder, "torch")),
+        ("onnxruntime", ImageEncoderRunner(encoder, "onnxruntime", model_file=onnx_path)),
+    ):
         runner(x)  # warm-up
         best = float("inf")
         for _ in range(args.repeats):
@@ -91,16 +113,25 @@ def main() -> int:
         "onnxruntime_max_abs_diff": max_diff,
         "onnx_export_seconds": round(export_seconds, 1),
     }
-    md = "\n".join([
-        f"# SAM goals (vit_b, random weights, 4 demo images, {args.threads} threads)", "",
-        "| measure | cold | warm | speed-up |", "|---|---|---|---|",
-        f"| whole process (s) | {cold_wall:.2f} | {warm_wall:.2f} | {results['warm_speedup_process']}x |",
-        f"| job only (s) | {cold['seconds']:.2f} | {warm['seconds']:.2f} | {results['warm_speedup_job']}x |", "",
-        "| image encoder, 1x3x1024x1024 | seconds (best of %d) |" % args.repeats, "|---|---|",
-        f"| torch eager | {timings['torch']:.3f} |", f"| onnxruntime | {timings['onnxruntime']:.3f} |", "",
-        f"ONNX Runtime speed-up: {results['onnxruntime_speedup']}x; max |diff| {max_diff:.2e}; "
-        f"cold/warm labels identical: {same}", "",
-    ])
+    md = "\n".join(
+        [
+            f"# SAM goals (vit_b, random weights, 4 demo images, {args.threads} threads)",
+            "",
+            "| measure | cold | warm | speed-up |",
+            "|---|---|---|---|",
+            f"| whole process (s) | {cold_wall:.2f} | {warm_wall:.2f} | {results['warm_speedup_process']}x |",
+            f"| job only (s) | {cold['seconds']:.2f} | {warm['seconds']:.2f} | {results['warm_speedup_job']}x |",
+            "",
+            f"| image encoder, 1x3x1024x1024 | seconds (best of {args.repeats}) |",
+            "|---|---|",
+            f"| torch eager | {timings['torch']:.3f} |",
+            f"| onnxruntime | {timings['onnxruntime']:.3f} |",
+            "",
+            f"ONNX Runtime speed-up: {results['onnxruntime_speedup']}x; max |diff| {max_diff:.2e}; "
+            f"cold/warm labels identical: {same}",
+            "",
+        ]
+    )
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     with open(os.path.join(HERE, "results", args.name + ".json"), "w") as f:
         json.dump(results, f, indent=1)

@@ -46,14 +46,18 @@ def main() -> None:
             for s in stems:
                 shutil.copy(data / sub / f"{s}.png", split[part] / sub / f"{s}.png")
     tr = split["train"]
-    common = dict(images=str(tr / "images"), size=args.size, widths=(16, 32, 64), epochs=args.epochs,
-                  batch_size=8, lr=3e-3)
+    common = dict(
+        images=str(tr / "images"), size=args.size, widths=(16, 32, 64), epochs=args.epochs, batch_size=8, lr=3e-3
+    )
     runs = {
         "student_gt": dict(sources={"pseudo": str(tr / "gt")}),
         "student_box": dict(sources={"pseudo": str(tr / "box")}),
-        f"gt_only_{args.gt_fraction:.0%}": dict(arch="multihead", sources={"gt": str(tr / "gt")}, gt_fraction=args.gt_fraction),
-        f"multihead_{args.gt_fraction:.0%}": dict(arch="multihead", sources={"box": str(tr / "box"), "gt": str(tr / "gt")},
-                                                 gt_fraction=args.gt_fraction),
+        f"gt_only_{args.gt_fraction:.0%}": dict(
+            arch="multihead", sources={"gt": str(tr / "gt")}, gt_fraction=args.gt_fraction
+        ),
+        f"multihead_{args.gt_fraction:.0%}": dict(
+            arch="multihead", sources={"box": str(tr / "box"), "gt": str(tr / "gt")}, gt_fraction=args.gt_fraction
+        ),
     }
     rows = []
     for name, kw in runs.items():
@@ -62,16 +66,32 @@ def main() -> None:
         seconds = time.perf_counter() - began
         predict(ck, split["val"] / "images", work / f"{name}_pred", progress=False)
         r = evaluate(work / f"{name}_pred", split["val"] / "gt")
-        rows.append({"name": name, "miou": r["miou"], "macc": r["macc"], "mdice": r["mdice"],
-                     "pixel_accuracy": r["pixel_accuracy"], "train_seconds": seconds})
+        rows.append(
+            {
+                "name": name,
+                "miou": r["miou"],
+                "macc": r["macc"],
+                "mdice": r["mdice"],
+                "pixel_accuracy": r["pixel_accuracy"],
+                "train_seconds": seconds,
+            }
+        )
         print(rows[-1], flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
-    lines = [f"{n_train} train / {len(names) - n_train} val images, {args.size} px, {args.epochs} epochs, "
-             f"{args.threads} thread(s)", "", "| run | mIoU | mACC | mDice | pixel acc | train s |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['name']} | {100 * r['miou']:.1f} | {100 * r['macc']:.1f} | {100 * r['mdice']:.1f} | "
-              f"{100 * r['pixel_accuracy']:.1f} | {r['train_seconds']:.0f} |" for r in rows]
+    lines = [
+        f"{n_train} train / {len(names) - n_train} val images, {args.size} px, {args.epochs} epochs, "
+        f"{args.threads} thread(s)",
+        "",
+        "| run | mIoU | mACC | mDice | pixel acc | train s |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['name']} | {100 * r['miou']:.1f} | {100 * r['macc']:.1f} | {100 * r['mdice']:.1f} | "
+        f"{100 * r['pixel_accuracy']:.1f} | {r['train_seconds']:.0f} |"
+        for r in rows
+    ]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     shutil.rmtree(work)

@@ -50,7 +50,6 @@ def test_box_constraint_loss(benchmark, shape, impl):
     record(benchmark, "box_constraint_loss", shape, impl, peak_bytes=peak, peak_extra_bytes=peak - probs.nbytes)
     loss, grad = benchmark(call)
     if impl != "torch":
-        ref_loss, ref_grad = forward_backward(lambda x: box_constraint_loss(x, boxes, labels, backend="torch"),
-                                              probs)()
+        ref_loss, ref_grad = forward_backward(lambda x: box_constraint_loss(x, boxes, labels, backend="torch"), probs)()
         torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=0)
         torch.testing.assert_close(grad, ref_grad, atol=1e-5, rtol=0)

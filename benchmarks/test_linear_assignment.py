@@ -47,8 +47,12 @@ def test_batch_linear_assignment(benchmark, shape, impl):
     else:
         fn = lambda: batch_linear_assignment(cost, backend=impl)  # noqa: E731
     assignment = benchmark(fn)
-    expected = np.array([cost[b].double().numpy()[scipy.optimize.linear_sum_assignment(cost[b].double().numpy())].sum()
-                         for b in range(shape[0])])
+    expected = np.array(
+        [
+            cost[b].double().numpy()[scipy.optimize.linear_sum_assignment(cost[b].double().numpy())].sum()
+            for b in range(shape[0])
+        ]
+    )
     np.testing.assert_allclose(total(cost, assignment), expected, rtol=1e-12)
 
 
@@ -64,11 +68,17 @@ def single_problem_overhead(problems: int = 256, repeat: int = 15) -> None:
     op = torch.ops.wsseg_fast.batch_linear_assignment.default
     calls = [
         ("scipy.optimize.linear_sum_assignment (float64 array)", scipy.optimize.linear_sum_assignment, arrays),
-        ("scipy.optimize.linear_sum_assignment (the float32 tensor)",
-         lambda c: scipy.optimize.linear_sum_assignment(c[0]), singles),
+        (
+            "scipy.optimize.linear_sum_assignment (the float32 tensor)",
+            lambda c: scipy.optimize.linear_sum_assignment(c[0]),
+            singles,
+        ),
         ("batch_linear_assignment (auto, fast path)", batch_linear_assignment, singles),
-        ("batch_linear_assignment (backend='cpu', generic path)",
-         lambda c: batch_linear_assignment(c, backend="cpu"), singles),
+        (
+            "batch_linear_assignment (backend='cpu', generic path)",
+            lambda c: batch_linear_assignment(c, backend="cpu"),
+            singles,
+        ),
         ("torch.ops.wsseg_fast.batch_linear_assignment alone", lambda c: op(c, False, True), singles),
     ]
     print(f"B=1, {problems} different 25x20 float32 problems, {torch.get_num_threads()} thread(s):")

@@ -20,11 +20,15 @@ SHAPES = [(8, 25, 10), (64, 25, 10), (64, 100, 80)]
 
 def make_batch(batch, queries, classes, seed=0):
     g = torch.Generator().manual_seed(seed)
-    outputs = {"pred_logits": torch.randn(batch, queries, classes + 1, generator=g),
-               "pred_prompts": torch.randn(batch, queries, 2, 256, generator=g)}
+    outputs = {
+        "pred_logits": torch.randn(batch, queries, classes + 1, generator=g),
+        "pred_prompts": torch.randn(batch, queries, 2, 256, generator=g),
+    }
     sizes = torch.randint(1, min(queries, 20) + 1, (batch,), generator=g).tolist()
-    targets = [{"labels": torch.randint(0, classes, (n,), generator=g), "prompts": torch.randn(n, 2, 256, generator=g)}
-               for n in sizes]
+    targets = [
+        {"labels": torch.randint(0, classes, (n,), generator=g), "prompts": torch.randn(n, 2, 256, generator=g)}
+        for n in sizes
+    ]
     return outputs, targets
 
 

@@ -39,7 +39,6 @@ def test_pairwise_constraint_loss(benchmark, shape, impl):
     record(benchmark, "pairwise_constraint_loss", shape, impl, peak_bytes=peak, peak_extra_bytes=peak - probs.nbytes)
     loss, grad = benchmark(call)
     if impl != "torch":
-        ref_loss, ref_grad = forward_backward(lambda x: pairwise_constraint_loss(x, lab=lab, backend="torch"),
-                                              probs)()
+        ref_loss, ref_grad = forward_backward(lambda x: pairwise_constraint_loss(x, lab=lab, backend="torch"), probs)()
         torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=0)
         torch.testing.assert_close(grad, ref_grad, atol=1e-5, rtol=0)

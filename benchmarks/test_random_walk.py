@@ -25,7 +25,10 @@ from wsseg_fast.reference.random_walk import dense_random_walk
 SHAPES = [(1, 21, 64, 64), (4, 21, 64, 64), (1, 21, 128, 128), (1, 21, 256, 256)]
 RADIUS, STEPS, BETA = 5, 256, 8.0
 SLOW = {  # impl -> shapes it is not run at, and why
-    "dense-psa": ({(1, 21, 128, 128), (1, 21, 256, 256)}, "the dense matrix is 1 GiB / 16 GiB and the squarings take hours"),
+    "dense-psa": (
+        {(1, 21, 128, 128), (1, 21, 256, 256)},
+        "the dense matrix is 1 GiB / 16 GiB and the squarings take hours",
+    ),
     "torch": ({(1, 21, 256, 256)}, "minutes per call"),
 }
 

@@ -47,7 +47,9 @@ def test_slic(benchmark, name, size, impl):
     if impl == "skimage":
         labels = torch.from_numpy(benchmark(skimage_slic, image))[None]
     elif impl == "torch":
-        labels = benchmark.pedantic(slic, args=(tensor, N_SEGMENTS), kwargs=dict(backend="torch"), rounds=1, iterations=1)
+        labels = benchmark.pedantic(
+            slic, args=(tensor, N_SEGMENTS), kwargs=dict(backend="torch"), rounds=1, iterations=1
+        )
     else:
         labels = benchmark(slic, tensor, N_SEGMENTS, backend=impl)
     theirs = torch.from_numpy(skimage_slic(image))[None]

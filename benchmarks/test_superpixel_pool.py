@@ -26,7 +26,9 @@ def inputs():
     data = pytest.importorskip("skimage.data")
     transform = pytest.importorskip("skimage.transform")
     photos = [
-        torch.from_numpy((transform.resize(getattr(data, n)(), SHAPE[2:], anti_aliasing=True) * 255).round().astype(np.uint8))
+        torch.from_numpy(
+            (transform.resize(getattr(data, n)(), SHAPE[2:], anti_aliasing=True) * 255).round().astype(np.uint8)
+        )
         for n in ("astronaut", "coffee", "chelsea")
     ]
     images = torch.stack([photos[i % 3].permute(2, 0, 1) for i in range(SHAPE[0])])

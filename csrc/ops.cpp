@@ -40,16 +40,20 @@ TORCH_LIBRARY_FRAGMENT(wsseg_fast, m) {
   // lines [B, N, H + W] (per box row/column sums of pi_0(p)^p_exists),
   // outside [B, N] (sum of pi_0(p)^p_forall outside the class's boxes, at the
   // class's first box), outside_count [B, N].
-  m.def("box_constraint_stats(Tensor probs, Tensor boxes, Tensor labels, float p_forall, float p_exists, "
-        "bool stable) -> (Tensor, Tensor, Tensor)");
-  m.def("box_constraint_grad(Tensor grad_lines, Tensor grad_outside, Tensor probs, Tensor boxes, Tensor labels, "
-        "float p_forall, float p_exists, bool stable) -> Tensor");
+  m.def(
+      "box_constraint_stats(Tensor probs, Tensor boxes, Tensor labels, float p_forall, float p_exists, "
+      "bool stable) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "box_constraint_grad(Tensor grad_lines, Tensor grad_outside, Tensor probs, Tensor boxes, Tensor labels, "
+      "float p_forall, float p_exists, bool stable) -> Tensor");
   // probs [B, C, H, W], lab [B, 3, H, W] float32, offsets [K, 2] int64 ->
   // sums [B, C] of (1 - pi_1(same))^p_forall over similar neighbours, counts [B].
-  m.def("pairwise_constraint_stats(Tensor probs, Tensor lab, Tensor offsets, float threshold, float p_forall, "
-        "bool stable) -> (Tensor, Tensor)");
-  m.def("pairwise_constraint_grad(Tensor grad_sums, Tensor probs, Tensor lab, Tensor offsets, float threshold, "
-        "float p_forall, bool stable) -> Tensor");
+  m.def(
+      "pairwise_constraint_stats(Tensor probs, Tensor lab, Tensor offsets, float threshold, float p_forall, "
+      "bool stable) -> (Tensor, Tensor)");
+  m.def(
+      "pairwise_constraint_grad(Tensor grad_sums, Tensor probs, Tensor lab, Tensor offsets, float threshold, "
+      "float p_forall, bool stable) -> Tensor");
 }
 
 // --- SLIC superpixels and superpixel pooling (issue 5) ---

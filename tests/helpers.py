@@ -52,7 +52,8 @@ sizes = []
 for constexprs in variants:
     sig = dict(signature, **{name: "constexpr" for name in constexprs})
     for cc in capabilities:
-        compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs), target=GPUTarget("cuda", cc, 32))
+        source = ASTSource(fn=fn, signature=sig, constexprs=constexprs)
+        compiled = triton.compile(source, target=GPUTarget("cuda", cc, 32))
         sizes.append(len(compiled.asm["cubin"]))
 print(sizes)
 """
@@ -93,6 +94,16 @@ def torchrun_two_cpu_processes(script, *args: str, timeout: int = 300) -> subpro
     """``torchrun --standalone --nproc_per_node 2 script args`` with one OMP thread per process and
     this checkout on PYTHONPATH (the script may live in a temporary directory, wsseg_fast uninstalled)."""
     root = os.path.dirname(os.path.dirname(wsseg_fast.__file__))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=root)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=root,
+    )

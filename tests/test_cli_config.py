@@ -19,9 +19,27 @@ def demo(tmp_path_factory):
 
 
 def _finetune(demo, out, *extra):
-    return main(["finetune", "--coco", str(demo / "annotations.json"), "--model", "tiny", "--epochs", "1",
-                 "--loss-scale", "0.25", "--threads", "1", "--quiet", "--cache", str(demo / "cache"),
-                 "--out", str(out), *extra])
+    return main(
+        [
+            "finetune",
+            "--coco",
+            str(demo / "annotations.json"),
+            "--model",
+            "tiny",
+            "--epochs",
+            "1",
+            "--loss-scale",
+            "0.25",
+            "--threads",
+            "1",
+            "--quiet",
+            "--cache",
+            str(demo / "cache"),
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def test_finetune_from_its_saved_config_gives_the_same_checkpoint(demo, tmp_path):
@@ -39,19 +57,33 @@ def test_finetune_from_its_saved_config_gives_the_same_checkpoint(demo, tmp_path
 
 def test_flags_override_the_file(demo, tmp_path):
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({"coco": str(demo / "annotations.json"), "model": "tiny", "epochs": 3,
-                                      "lr": 0.01, "loss_scale": 0.25, "threads": 1, "quiet": True}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "coco": str(demo / "annotations.json"),
+                "model": "tiny",
+                "epochs": 3,
+                "lr": 0.01,
+                "loss_scale": 0.25,
+                "threads": 1,
+                "quiet": True,
+            }
+        )
+    )
     assert main(["finetune", "--config", str(config), "--epochs", "1", "--out", str(tmp_path / "o")]) == 0
     resolved = yaml.safe_load((tmp_path / "o" / "config.yaml").read_text())
     assert resolved["epochs"] == 1 and resolved["lr"] == 0.01  # the flag won; the file filled the rest
 
 
-@pytest.mark.parametrize("text, message", [
-    ("epochz: 2\n", "unknown settings epochz"),
-    ("- 1\n", "expected a mapping"),
-    ("model: [tiny\n", "not valid YAML"),
-    ("model: huge\n", "model must be one of"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("epochz: 2\n", "unknown settings epochz"),
+        ("- 1\n", "expected a mapping"),
+        ("model: [tiny\n", "not valid YAML"),
+        ("model: huge\n", "model must be one of"),
+    ],
+)
 def test_bad_config_files_get_one_clear_line(tmp_path, capsys, text, message):
     config = tmp_path / "bad.yaml"
     config.write_text(text)

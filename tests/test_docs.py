@@ -43,14 +43,15 @@ def invocations(path: Path) -> list[list[str]]:
             for prefix in _PREFIXES:
                 at = part.find(prefix)
                 if at >= 0 and (at == 0 or part[at - 1] in " ("):
-                    tokens = shlex.split(part[at + len(prefix):], comments=True)
+                    tokens = shlex.split(part[at + len(prefix) :], comments=True)
                     found.append([t.strip("[]") for t in tokens if t.strip("[]")])
                     break
     return found
 
 
-CASES = [pytest.param(path, args, id=f"{path.name}:{' '.join(args[:2])}")
-         for path in DOCS for args in invocations(path)]
+CASES = [
+    pytest.param(path, args, id=f"{path.name}:{' '.join(args[:2])}") for path in DOCS for args in invocations(path)
+]
 
 
 def test_the_docs_show_commands():
@@ -76,7 +77,9 @@ def test_invocation_matches_the_parser(path, args):
                 assert value in action.choices, f"{path.name}: {flag} {value!r} is not one of {sorted(action.choices)}"
     for action in positionals:
         if action.choices is not None and rest and not rest[0].startswith("-"):
-            assert rest[0] in action.choices, f"{path.name}: `{args[0]} {rest[0]}`: expected one of {sorted(action.choices)}"
+            assert rest[0] in action.choices, (
+                f"{path.name}: `{args[0]} {rest[0]}`: expected one of {sorted(action.choices)}"
+            )
 
 
 def test_readme_is_a_front_door():
@@ -99,8 +102,10 @@ def test_readme_python_tour_runs(tmp_path, monkeypatch):
 
     block = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)[0]
     monkeypatch.chdir(tmp_path)
-    namespace = {"image_rgb_uint8": np.zeros((100, 120, 3), np.uint8),
-                 "boxes_xyxy": np.array([[10, 10, 50, 60]], np.float32)}
+    namespace = {
+        "image_rgb_uint8": np.zeros((100, 120, 3), np.uint8),
+        "boxes_xyxy": np.array([[10, 10, 50, 60]], np.float32),
+    }
     exec(compile(block, "README.md", "exec"), namespace)
     assert namespace["masks"].masks.shape == (1, 1, 100, 120)
     assert (tmp_path / "cache").is_dir()  # the embedding went through the cache

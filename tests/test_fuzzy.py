@@ -49,8 +49,9 @@ BINARY = [
 CASES = [(name, theirs, has, stable) for name, theirs, has in BINARY for stable in ((True, False) if has else (True,))]
 
 
-@pytest.mark.parametrize("name,theirs,has_stable,stable", CASES,
-                         ids=[f"{c[0]}-{'stable' if c[3] else 'plain'}" for c in CASES])
+@pytest.mark.parametrize(
+    "name,theirs,has_stable,stable", CASES, ids=[f"{c[0]}-{'stable' if c[3] else 'plain'}" for c in CASES]
+)
 def test_connectives_match_ltn(name, theirs, has_stable, stable):
     a, b = _pair(1)
     ours = getattr(fuzzy, name)
@@ -77,8 +78,9 @@ def test_quantifiers_match_ltn(p, stable, dim):
     mask[:, 0] = True  # no empty domain along either dim: LTN gives NaN there
     for ours, theirs in ((fuzzy.pmean, ltn_ops.AggregPMean), (fuzzy.pmean_error, ltn_ops.AggregPMeanError)):
         _assert_same(ours(a, dim, p=p, stable=stable), theirs(p=p, stable=stable)(a, dim=dim), (a,))
-        _assert_same(ours(a, dim, p=p, stable=stable, mask=mask),
-                     theirs(p=p, stable=stable)(a, dim=dim, mask=mask), (a,))
+        _assert_same(
+            ours(a, dim, p=p, stable=stable, mask=mask), theirs(p=p, stable=stable)(a, dim=dim, mask=mask), (a,)
+        )
 
 
 def test_sat_agg_matches_ltn():

@@ -16,8 +16,10 @@ def make_batch(batch, queries, classes, sizes, seed=0, k=2, d=16):
         "pred_logits": torch.randn(batch, queries, classes + 1, generator=g),
         "pred_prompts": torch.randn(batch, queries, k, d, generator=g),
     }
-    targets = [{"labels": torch.randint(0, classes, (n,), generator=g), "prompts": torch.randn(n, k, d, generator=g)}
-               for n in sizes]
+    targets = [
+        {"labels": torch.randint(0, classes, (n,), generator=g), "prompts": torch.randn(n, k, d, generator=g)}
+        for n in sizes
+    ]
     return outputs, targets
 
 
@@ -73,7 +75,9 @@ def test_criterion_values_match_a_direct_computation():
     reg = torch.zeros(2, queries)
     for b, (q, t) in enumerate(pairs):
         target_class[b, q] = targets[b]["labels"][t]
-        reg[b, q] = F.smooth_l1_loss(outputs["pred_prompts"][b, q], targets[b]["prompts"][t], reduction="none").mean((1, 2))
+        reg[b, q] = F.smooth_l1_loss(outputs["pred_prompts"][b, q], targets[b]["prompts"][t], reduction="none").mean(
+            (1, 2)
+        )
     weight = torch.tensor([1.0] * classes + [0.5])
     expected_cls = 5 * F.cross_entropy(outputs["pred_logits"].transpose(1, 2), target_class, weight=weight)
     expected_reg = 20 * reg.sum() / reg.numel()

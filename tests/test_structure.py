@@ -61,8 +61,10 @@ def _targets(name: str, node) -> set[str]:
 
 
 def import_graph() -> dict[str, set[str]]:
-    return {name: set().union(*(_targets(name, n) for n in _module_level_imports(ast.parse(path.read_text()))))
-            for name, path in MODULES.items()}
+    return {
+        name: set().union(*(_targets(name, n) for n in _module_level_imports(ast.parse(path.read_text()))))
+        for name, path in MODULES.items()
+    }
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -73,7 +75,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         state[node] = "done"
@@ -146,15 +148,26 @@ def layer(module: str) -> str:
 def test_the_layer_table_names_real_modules():
     assert all(pattern in MODULES for pattern in LAYER_OF if "*" not in pattern)
     assert {layer(name) for name in MODULES} == set(ALLOWED) | {"top"}
-    assert [layer(n) for n in ("wsseg_fast.ops", "wsseg_fast.ops.slic", "wsseg_fast.reference.slic",
-                               "wsseg_fast.kernels.fuzzy", "wsseg_fast.cli")] == [
-        "op helpers", "ops", "reference", "kernels", "top"]
+    assert [
+        layer(n)
+        for n in (
+            "wsseg_fast.ops",
+            "wsseg_fast.ops.slic",
+            "wsseg_fast.reference.slic",
+            "wsseg_fast.kernels.fuzzy",
+            "wsseg_fast.cli",
+        )
+    ] == ["op helpers", "ops", "reference", "kernels", "top"]
 
 
 def test_low_layers_import_nothing_above_them():
-    wrong = [f"{name} ({layer(name)}) imports {target} ({layer(target)})"
-             for name, targets in sorted(import_graph().items()) if layer(name) in ALLOWED
-             for target in sorted(targets) if layer(target) not in ALLOWED[layer(name)]]
+    wrong = [
+        f"{name} ({layer(name)}) imports {target} ({layer(target)})"
+        for name, targets in sorted(import_graph().items())
+        if layer(name) in ALLOWED
+        for target in sorted(targets)
+        if layer(target) not in ALLOWED[layer(name)]
+    ]
     assert wrong == []
 
 
@@ -166,18 +179,27 @@ def test_no_function_local_imports_of_the_package():
                 for node in ast.walk(fn):
                     module = node.module if isinstance(node, ast.ImportFrom) else None
                     names = [a.name for a in node.names] if isinstance(node, ast.Import) else [module or ""]
-                    if isinstance(node, (ast.Import, ast.ImportFrom)) and any(n.startswith("wsseg_fast") for n in names):
+                    if isinstance(node, (ast.Import, ast.ImportFrom)) and any(
+                        n.startswith("wsseg_fast") for n in names
+                    ):
                         local.append(f"{name}.{fn.name} (line {node.lineno})")
     assert local == []
 
 
-_WRITERS = re.compile(r"""\.write_text\(|\.write_bytes\(|\bjson\.dump\(|\btorch\.save\(|\bnp\.save\(|open\([^)]*["'][wax]b?\+?["']""")
+_WRITERS = re.compile(
+    r"""\.write_text\(|\.write_bytes\(|\bjson\.dump\(|\btorch\.save\(|\bnp\.save\(|open\([^)]*["'][wax]b?\+?["']"""
+)
 
 
 def test_only_the_io_module_writes_durable_files():
     """Files meant to survive a crash are written atomically by wsseg_fast/io.py, nowhere else."""
-    writers = [f"{name} line {i}" for name, path in MODULES.items() if name != "wsseg_fast.io"
-               for i, line in enumerate(path.read_text().splitlines(), 1) if _WRITERS.search(line)]
+    writers = [
+        f"{name} line {i}"
+        for name, path in MODULES.items()
+        if name != "wsseg_fast.io"
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if _WRITERS.search(line)
+    ]
     assert writers == []
     assert _WRITERS.search('with open(path, "w") as f:') and _WRITERS.search("torch.save(obj, path)")
 
@@ -185,8 +207,11 @@ def test_only_the_io_module_writes_durable_files():
 def test_no_long_functions():
     """No function of the package (outside the Triton kernels) is over 80 lines: a longer one holds
     several steps that want names of their own."""
-    long = [f"{name}.{fn.name} ({fn.end_lineno - fn.lineno + 1} lines)" for name, path in MODULES.items()
-            if not name.startswith("wsseg_fast.kernels")
-            for fn in ast.walk(ast.parse(path.read_text()))
-            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and fn.end_lineno - fn.lineno + 1 > 80]
+    long = [
+        f"{name}.{fn.name} ({fn.end_lineno - fn.lineno + 1} lines)"
+        for name, path in MODULES.items()
+        if not name.startswith("wsseg_fast.kernels")
+        for fn in ast.walk(ast.parse(path.read_text()))
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and fn.end_lineno - fn.lineno + 1 > 80
+    ]
     assert long == []

@@ -112,9 +112,13 @@ def field_docs(cls: type) -> dict[str, str]:
         except (OSError, TypeError):  # defined where there is no source (an interactive session)
             continue
         for node, following in zip(body, body[1:]):
-            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                    and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
-                    and isinstance(following.value.value, str)):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+            ):
                 docs[node.target.id] = " ".join(following.value.value.split())
     return docs
 
@@ -181,14 +185,17 @@ def require(condition: bool, message: str) -> None:
 def at_least(minimum: float, **values) -> None:
     """Each named value is a finite number >= ``minimum``."""
     for name, value in values.items():
-        require(value is not None and math.isfinite(value) and value >= minimum,
-                f"{name} must be >= {minimum}, got {value}")
+        require(
+            value is not None and math.isfinite(value) and value >= minimum, f"{name} must be >= {minimum}, got {value}"
+        )
 
 
 def positive(**values) -> None:
     """Each named value is a finite number > 0."""
     for name, value in values.items():
-        require(value is not None and math.isfinite(value) and value > 0, f"{name} must be a positive number, got {value}")
+        require(
+            value is not None and math.isfinite(value) and value > 0, f"{name} must be a positive number, got {value}"
+        )
 
 
 def within(low: float, high: float, **values) -> None:

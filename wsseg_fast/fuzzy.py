@@ -31,6 +31,7 @@ def pi_1(x: torch.Tensor) -> torch.Tensor:
 
 # --- connectives ---------------------------------------------------------------------------------
 
+
 def negation(a: torch.Tensor) -> torch.Tensor:
     """Standard negation 1 - a."""
     return 1.0 - a
@@ -106,18 +107,20 @@ def equivalence(a: torch.Tensor, b: torch.Tensor, and_op=and_prod, implies_op=im
 
 # --- quantifiers ---------------------------------------------------------------------------------
 
+
 def _masked_mean(values: torch.Tensor, dim, keepdim: bool, mask: torch.Tensor | None):
     """(mean of values over the mask, whether the domain is empty)."""
     if mask is None:
         if dim is None:
             return values.mean(), torch.tensor(values.numel() == 0, device=values.device)
         count = torch.tensor(1, device=values.device)
-        for d in (dim if isinstance(dim, (tuple, list)) else (dim,)):
+        for d in dim if isinstance(dim, (tuple, list)) else (dim,):
             count = count * values.shape[d]
         return values.mean(dim=dim, keepdim=keepdim), count == 0
     if mask.shape != values.shape:
-        raise ValueError(f"quantifier: `mask` must have the shape of the operand {tuple(values.shape)}, "
-                         f"got {tuple(mask.shape)}")
+        raise ValueError(
+            f"quantifier: `mask` must have the shape of the operand {tuple(values.shape)}, got {tuple(mask.shape)}"
+        )
     if mask.dtype != torch.bool:
         raise TypeError(f"quantifier: `mask` must be a bool tensor, got {mask.dtype}")
     total = torch.where(mask, values, torch.zeros_like(values)).sum(dim=dim, keepdim=keepdim)
@@ -127,8 +130,15 @@ def _masked_mean(values: torch.Tensor, dim, keepdim: bool, mask: torch.Tensor | 
     return total / torch.where(empty, torch.ones_like(count), count), empty
 
 
-def pmean(xs: torch.Tensor, dim=None, *, p: float = 2.0, mask: torch.Tensor | None = None,
-          stable: bool = True, keepdim: bool = False) -> torch.Tensor:
+def pmean(
+    xs: torch.Tensor,
+    dim=None,
+    *,
+    p: float = 2.0,
+    mask: torch.Tensor | None = None,
+    stable: bool = True,
+    keepdim: bool = False,
+) -> torch.Tensor:
     """Existential quantifier ∃: (mean x^p)^(1/p), over ``dim`` (all when None) and the
     ``mask`` (guarded quantification); 0 on an empty domain. pi_0 on x when stable."""
     if stable:
@@ -138,8 +148,15 @@ def pmean(xs: torch.Tensor, dim=None, *, p: float = 2.0, mask: torch.Tensor | No
     return torch.where(empty, torch.zeros_like(mean), safe ** (1.0 / p))
 
 
-def pmean_error(xs: torch.Tensor, dim=None, *, p: float = 2.0, mask: torch.Tensor | None = None,
-                stable: bool = True, keepdim: bool = False) -> torch.Tensor:
+def pmean_error(
+    xs: torch.Tensor,
+    dim=None,
+    *,
+    p: float = 2.0,
+    mask: torch.Tensor | None = None,
+    stable: bool = True,
+    keepdim: bool = False,
+) -> torch.Tensor:
     """Universal quantifier ∀: 1 - (mean (1 - x)^p)^(1/p), over ``dim`` and the ``mask``;
     1 on an empty domain. pi_1 on x when stable."""
     if stable:
@@ -153,8 +170,9 @@ exists = pmean
 forall = pmean_error
 
 
-def sat_agg(truths: torch.Tensor, weights: torch.Tensor | None = None, *, p: float = 2.0,
-            stable: bool = True) -> torch.Tensor:
+def sat_agg(
+    truths: torch.Tensor, weights: torch.Tensor | None = None, *, p: float = 2.0, stable: bool = True
+) -> torch.Tensor:
     """SatAgg: the (weighted) pMeanError of closed formulas' truths ``[K]``.
     With unit weights this is LTN's ``SatAgg(AggregPMeanError(p))``."""
     if weights is None:

@@ -12,7 +12,7 @@ matching into WPS-SAM's loss.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -57,8 +57,9 @@ class HungarianMatcher(nn.Module):
     ``cost_box * L1`` to the targets' ``boxes``, as DETR does.
     """
 
-    def __init__(self, cost_class: float = 10.0, cost_prompt: float = 1.0, *, cost_box: float = 5.0,
-                 backend: str = "auto"):
+    def __init__(
+        self, cost_class: float = 10.0, cost_prompt: float = 1.0, *, cost_box: float = 5.0, backend: str = "auto"
+    ):
         super().__init__()
         if cost_class < 0 or cost_prompt < 0 or cost_class + cost_prompt == 0:
             raise ValueError("HungarianMatcher: cost_class and cost_prompt must be >= 0, not both 0")

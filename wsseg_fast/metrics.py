@@ -14,14 +14,18 @@ import torch
 IGNORE_INDEX = 255
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
     """``[C, C]`` int64 counts, rows = target class, columns = predicted class.
 
     ``pred`` and ``target`` are integer label maps of the same shape; target
     pixels equal to ``ignore_index`` are skipped. A predicted label outside
     ``[0, C)`` on a counted pixel is an error, not silently dropped."""
     if pred.shape != target.shape:
-        raise ValueError(f"confusion_matrix: pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape")
+        raise ValueError(
+            f"confusion_matrix: pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape"
+        )
     if pred.is_floating_point() or target.is_floating_point():
         raise TypeError("confusion_matrix: pred and target must be integer label maps")
     if num_classes < 1:
@@ -35,7 +39,11 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
                 f"confusion_matrix: {name} has labels outside [0, {num_classes}) "
                 f"(min {labels.min().item()}, max {labels.max().item()}; ignore_index={ignore_index})"
             )
-    return torch.bincount(target * num_classes + pred, minlength=num_classes * num_classes).view(num_classes, num_classes).cpu()
+    return (
+        torch.bincount(target * num_classes + pred, minlength=num_classes * num_classes)
+        .view(num_classes, num_classes)
+        .cpu()
+    )
 
 
 def _nanmean(values: list[float]) -> float:
@@ -70,7 +78,13 @@ def scores(confusion: torch.Tensor, class_names: list[str] | None = None) -> dic
         "mdice": _nanmean(dice),
         "mprecision": _nanmean(precision),
         "per_class": {
-            name: {"iou": iou[c], "acc": recall[c], "precision": precision[c], "dice": dice[c], "pixels": int(in_target[c].item())}
+            name: {
+                "iou": iou[c],
+                "acc": recall[c],
+                "precision": precision[c],
+                "dice": dice[c],
+                "pixels": int(in_target[c].item()),
+            }
             for c, name in enumerate(names)
         },
     }
@@ -95,7 +109,11 @@ def markdown_table(results: dict, title: str = "") -> str:
     pct = lambda v: "n/a" if math.isnan(v) else f"{100 * v:.2f}"  # noqa: E731
     lines = [f"## {title}", ""] if title else []
     lines += ["| mIoU | mACC | mDice | pixel acc |", "|---|---|---|---|"]
-    lines += [f"| {pct(results['miou'])} | {pct(results['macc'])} | {pct(results['mdice'])} | {pct(results['pixel_accuracy'])} |", ""]
+    lines += [
+        f"| {pct(results['miou'])} | {pct(results['macc'])} | {pct(results['mdice'])} "
+        f"| {pct(results['pixel_accuracy'])} |",
+        "",
+    ]
     lines += ["| class | IoU | Acc | Dice | pixels |", "|---|---|---|---|---|"]
     for name, row in results["per_class"].items():
         lines.append(f"| {name} | {pct(row['iou'])} | {pct(row['acc'])} | {pct(row['dice'])} | {row['pixels']} |")

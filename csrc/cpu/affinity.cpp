@@ -38,8 +38,9 @@ at::Tensor local_affinity_cpu(const at::Tensor& features_in, int64_t radius, boo
   const Disc disc(static_cast<int>(radius));
   at::Tensor out = at::empty({features.size(0), disc.size(), features.size(2), features.size(3)}, features.options());
   if (out.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "local_affinity_cpu",
-                             [&] { local_affinity_rows<scalar_t>(features, out, disc, squared); });
+  AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "local_affinity_cpu", [&] {
+    local_affinity_rows<scalar_t>(features, out, disc, squared);
+  });
   return out;
 }
 

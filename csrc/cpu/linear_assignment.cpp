@@ -37,13 +37,17 @@ namespace sse2 {
 template <typename scalar_t>
 inline __m128d load_two(const scalar_t* p);
 template <>
-inline __m128d load_two<double>(const double* p) { return _mm_loadu_pd(p); }
+inline __m128d load_two<double>(const double* p) {
+  return _mm_loadu_pd(p);
+}
 template <>
 inline __m128d load_two<float>(const float* p) {
   return _mm_cvtps_pd(_mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 }
 
-inline double lowest_of(__m128d two) { return std::min(_mm_cvtsd_f64(two), _mm_cvtsd_f64(_mm_unpackhi_pd(two, two))); }
+inline double lowest_of(__m128d two) {
+  return std::min(_mm_cvtsd_f64(two), _mm_cvtsd_f64(_mm_unpackhi_pd(two, two)));
+}
 
 // lsap::reduce_row; a row with a non-finite entry goes to it for its flags.
 template <typename scalar_t>
@@ -130,8 +134,8 @@ Candidate<double> scan_row(const lsap::CostView<scalar_t, double>& cost, const l
 // rows it scanned are their rows plus cur_row, so the dual updates touch those
 // alone -- the same sums as lsap::update_row_dual / update_col_dual.
 template <typename scalar_t>
-Status solve(const lsap::CostView<scalar_t, double>& cost, const lsap::Workspace<double>& ws, double* gate,
-             int32_t nr, int32_t nc) {
+Status solve(const lsap::CostView<scalar_t, double>& cost, const lsap::Workspace<double>& ws, double* gate, int32_t nr,
+             int32_t nc) {
   int32_t flags = 0;
   for (int32_t i = 0; i < nr; ++i) flags |= reduce_row(cost, ws, nc, i);
   const Status status = lsap::start_matching(cost, ws, nr, nc, flags);
@@ -172,8 +176,8 @@ Status solve(const lsap::CostView<scalar_t, double>& cost, const lsap::Workspace
 
 // One problem: the SSE2 search for floating costs where there is SSE2, else lsap::solve.
 template <typename scalar_t, typename acc_t>
-Status solve_one(const lsap::CostView<scalar_t, acc_t>& cost, const lsap::Workspace<acc_t>& ws, acc_t* gate,
-                 int32_t nr, int32_t nc) {
+Status solve_one(const lsap::CostView<scalar_t, acc_t>& cost, const lsap::Workspace<acc_t>& ws, acc_t* gate, int32_t nr,
+                 int32_t nc) {
 #if WSSEG_LSAP_SSE2
   if constexpr (std::is_same_v<acc_t, double>) return sse2::solve(cost, ws, gate, nr, nc);
 #endif
@@ -189,9 +193,9 @@ Status solve_one(const lsap::CostView<scalar_t, acc_t>& cost, const lsap::Worksp
 template <typename scalar_t, typename acc_t>
 struct CpuScratch {
   std::vector<scalar_t> cost;
-  std::vector<acc_t> accs;      // u, v, shortest, gate (the SSE2 search's)
-  std::vector<int32_t> ints;    // path, col4row, row4col, remaining
-  std::vector<uint8_t> bytes;   // visited_row, visited_col
+  std::vector<acc_t> accs;     // u, v, shortest, gate (the SSE2 search's)
+  std::vector<int32_t> ints;   // path, col4row, row4col, remaining
+  std::vector<uint8_t> bytes;  // visited_row, visited_col
   lsap::Workspace<acc_t> ws;
   acc_t* gate;
   CpuScratch(int64_t nr, int64_t nc, bool copy)

@@ -17,8 +17,7 @@ namespace wsseg {
 namespace {
 
 void check_pairwise_inputs(const at::Tensor& probs, const at::Tensor& lab, const at::Tensor& offsets) {
-  TORCH_CHECK_VALUE(probs.dim() == 4, "pairwise_constraint: `probs` must have shape [B, C, H, W], got ",
-                    probs.sizes());
+  TORCH_CHECK_VALUE(probs.dim() == 4, "pairwise_constraint: `probs` must have shape [B, C, H, W], got ", probs.sizes());
   TORCH_CHECK_TYPE(probs.scalar_type() == at::kFloat || probs.scalar_type() == at::kDouble,
                    "pairwise_constraint: `probs` must be float32 or float64, got ", probs.scalar_type());
   TORCH_CHECK_VALUE(lab.dim() == 4 && lab.size(0) == probs.size(0) && lab.size(1) == 3 &&

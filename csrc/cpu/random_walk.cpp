@@ -36,7 +36,8 @@ struct Padded {
   Padded(const at::Tensor& x, const Disc& disc)
       : batch(x.size(0)), channels(x.size(1)), height(x.size(2)), width(x.size(3)), n_offsets(disc.size()) {
     reach = 0;
-    for (int k = 0; k < disc.size(); ++k) reach = std::max<int64_t>(reach, std::max(std::abs(disc.dy[k]), std::abs(disc.dx[k])));
+    for (int k = 0; k < disc.size(); ++k)
+      reach = std::max<int64_t>(reach, std::max(std::abs(disc.dy[k]), std::abs(disc.dx[k])));
     tiles = (width + kPixels - 1) / kPixels;
     ph = height + 2 * reach;
     pw = tiles * kPixels + 2 * reach;
@@ -52,9 +53,7 @@ struct Padded {
     out.narrow(2, reach, height).narrow(3, reach, width).copy_(t);
     return out;
   }
-  at::Tensor crop(const at::Tensor& t) const {
-    return t.narrow(2, reach, height).narrow(3, reach, width).contiguous();
-  }
+  at::Tensor crop(const at::Tensor& t) const { return t.narrow(2, reach, height).narrow(3, reach, width).contiguous(); }
   // The weights, padded, with the entries of out-of-image neighbours zeroed.
   at::Tensor pad_weights(const at::Tensor& w, const Disc& disc) const {
     at::Tensor valid = at::zeros({1, n_offsets, height, width}, w.options());
@@ -70,16 +69,23 @@ struct Padded {
   at::Tensor transposed(const at::Tensor& w, const Disc& disc) const {
     at::Tensor out = at::zeros_like(w);
     for (int64_t k = 0; k < n_offsets; ++k)
-      out.select(1, k).narrow(1, reach, height).narrow(2, reach, width).copy_(
-          w.select(1, n_offsets - 1 - k).narrow(1, reach + disc.dy[k], height).narrow(2, reach + disc.dx[k], width));
+      out.select(1, k)
+          .narrow(1, reach, height)
+          .narrow(2, reach, width)
+          .copy_(w.select(1, n_offsets - 1 - k)
+                     .narrow(1, reach + disc.dy[k], height)
+                     .narrow(2, reach + disc.dx[k], width));
     return out;
   }
   // Padded weights -> tiles [B, H, tiles, K, kPixels]: the K x kPixels weights
   // one output tile reads are one contiguous block (one stream for the
   // prefetcher instead of K).
   at::Tensor tiled(const at::Tensor& w) const {
-    return w.narrow(2, reach, height).narrow(3, reach, tiles * kPixels)
-        .reshape({batch, n_offsets, height, tiles, kPixels}).permute({0, 2, 3, 1, 4}).contiguous();
+    return w.narrow(2, reach, height)
+        .narrow(3, reach, tiles * kPixels)
+        .reshape({batch, n_offsets, height, tiles, kPixels})
+        .permute({0, 2, 3, 1, 4})
+        .contiguous();
   }
 };
 
@@ -137,8 +143,7 @@ struct PortableTile {
 };
 struct Avx2Tile {
   template <int kC>
-  WSSEG_AVX2 static void run(const float* w, const float* in, float* out, int64_t phw, const int64_t* x_at,
-                             int64_t n) {
+  WSSEG_AVX2 static void run(const float* w, const float* in, float* out, int64_t phw, const int64_t* x_at, int64_t n) {
     tile_avx2<kC>(w, in, out, phw, x_at, n);
   }
 };
@@ -147,8 +152,8 @@ struct Avx2Tile {
 // last block with the remainder). `w` is the row's [tiles, K, kPixels] weights,
 // `in`/`out` the padded planes at the row's first pixel.
 template <typename Tile, typename T>
-inline void step_row(const T* w, const T* in, T* out, int64_t channels, int64_t tiles, int64_t phw,
-                     const int64_t* x_at, int64_t n) {
+inline void step_row(const T* w, const T* in, T* out, int64_t channels, int64_t tiles, int64_t phw, const int64_t* x_at,
+                     int64_t n) {
   for (int64_t t = 0; t < tiles; ++t) {
     const T* wt = w + t * n * kPixels;
     for (int64_t c = 0; c < channels; c += kChannelBlock) {
@@ -167,8 +172,8 @@ inline void step_row(const T* w, const T* in, T* out, int64_t channels, int64_t 
   }
 }
 
-WSSEG_AVX2 void step_row_avx2(const float* w, const float* in, float* out, int64_t channels, int64_t tiles,
-                              int64_t phw, const int64_t* x_at, int64_t n) {
+WSSEG_AVX2 void step_row_avx2(const float* w, const float* in, float* out, int64_t channels, int64_t tiles, int64_t phw,
+                              const int64_t* x_at, int64_t n) {
   step_row<Avx2Tile, float>(w, in, out, channels, tiles, phw, x_at, n);
 }
 const bool kHasAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");

@@ -55,9 +55,11 @@ void to_lab(const at::Tensor& image, float* lab, int64_t hw) {
 
 // One row span of pixels against one centre: keep the nearer (strict <, so
 // earlier centres win ties). The body of slic::distance, written so it vectorises.
-__attribute__((target_clones("avx2", "default"))) void nearer_span(
-    const float* __restrict L, const float* __restrict A, const float* __restrict B, int x0, int x1,
-    const float* centre, float dyy, float weight, int32_t k, float* __restrict best, int32_t* __restrict arg) {
+__attribute__((target_clones("avx2", "default"))) void nearer_span(const float* __restrict L, const float* __restrict A,
+                                                                   const float* __restrict B, int x0, int x1,
+                                                                   const float* centre, float dyy, float weight,
+                                                                   int32_t k, float* __restrict best,
+                                                                   int32_t* __restrict arg) {
   const float cl = centre[0], ca = centre[1], cb = centre[2], cx = centre[4];
   for (int x = x0; x < x1; ++x) {
     const float dl = L[x] - cl, da = A[x] - ca, db = B[x] - cb, dx = float(x) - cx;
@@ -96,14 +98,22 @@ inline void add_run(const float* __restrict L, const float* __restrict A, const 
 struct Slic {
   int64_t height, width, hw;
   Grid grid;
-  const float* lab;   // [3, HW]
-  const bool* mask;   // [HW] or null
+  const float* lab;             // [3, HW]
+  const bool* mask;             // [HW] or null
   std::vector<int32_t> labels;  // centre index per pixel, -1 outside the mask
   std::vector<float> centre;    // [cells, 5]: L, a, b, y, x
   std::vector<uint8_t> alive;   // the centre has pixels
 
   Slic(int64_t h, int64_t w, const Grid& g, const float* lab_, const bool* mask_)
-      : height(h), width(w), hw(h * w), grid(g), lab(lab_), mask(mask_), labels(hw), centre(5 * g.cells()), alive(g.cells()) {}
+      : height(h),
+        width(w),
+        hw(h * w),
+        grid(g),
+        lab(lab_),
+        mask(mask_),
+        labels(hw),
+        centre(5 * g.cells()),
+        alive(g.cells()) {}
 
   bool valid(int64_t p) const { return mask == nullptr || mask[p]; }
 

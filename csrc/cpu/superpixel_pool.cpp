@@ -28,9 +28,9 @@ void check_inputs(const at::Tensor& x, const at::Tensor& labels) {
                    "superpixel_pool: x must be float32 or float64, got ", x.scalar_type());
   TORCH_CHECK_TYPE(labels.scalar_type() == at::kInt || labels.scalar_type() == at::kLong,
                    "superpixel_pool: labels must be int32 or int64, got ", labels.scalar_type());
-  TORCH_CHECK(labels.dim() == 3 && labels.size(0) == x.size(0) && labels.size(1) == x.size(2) &&
-                  labels.size(2) == x.size(3),
-              "superpixel_pool: labels must be [B, H, W] like x, got ", labels.sizes(), " for x ", x.sizes());
+  TORCH_CHECK(
+      labels.dim() == 3 && labels.size(0) == x.size(0) && labels.size(1) == x.size(2) && labels.size(2) == x.size(3),
+      "superpixel_pool: labels must be [B, H, W] like x, got ", labels.sizes(), " for x ", x.sizes());
 }
 
 // An uninitialised tensor like `like` whose pages are advised huge before the
@@ -60,7 +60,7 @@ int64_t num_segments(const at::Tensor& labels) {
 
 // superpixel::plane_gather, with AVX2 gathers for float32 / int32 labels when the CPU has them.
 __attribute__((target("avx2"))) void plane_gather_avx2(const int32_t* labels, int64_t n, const float* table,
-                                                      float* out) {
+                                                       float* out) {
   superpixel::plane_gather(labels, n, table, out);
 }
 const bool kHasAvx2 = __builtin_cpu_supports("avx2");
@@ -143,7 +143,9 @@ std::tuple<at::Tensor, at::Tensor> superpixel_pool_cpu(const at::Tensor& x_in, c
   at::Tensor out = empty_output(x);
   int64_t k = 1;
   if (labels.numel()) {
-    k = AT_DISPATCH_INDEX_TYPES(labels.scalar_type(), "superpixel_pool", [&] { return num_segments<index_t>(labels); });
+    k = AT_DISPATCH_INDEX_TYPES(labels.scalar_type(), "superpixel_pool", [&] {
+      return num_segments<index_t>(labels);
+    });
   }
   at::Tensor argmax = is_max ? at::empty({x.size(0), x.size(1), k}, x.options().dtype(at::kLong))
                              : at::empty({0}, x.options().dtype(at::kLong));
@@ -174,8 +176,9 @@ at::Tensor superpixel_pool_max_backward_cpu(const at::Tensor& grad_in, const at:
   at::Tensor out = empty_output(grad);
   const int64_t channels = grad.size(1), hw = grad.size(2) * grad.size(3), k = argmax.size(2);
   if (grad.numel() == 0) return out;
-  const int64_t labels_k =
-      AT_DISPATCH_INDEX_TYPES(labels.scalar_type(), "superpixel_pool_max_backward", [&] { return num_segments<index_t>(labels); });
+  const int64_t labels_k = AT_DISPATCH_INDEX_TYPES(labels.scalar_type(), "superpixel_pool_max_backward", [&] {
+    return num_segments<index_t>(labels);
+  });
   TORCH_CHECK(labels_k <= k, "superpixel_pool_max_backward: labels go up to ", labels_k - 1, " but argmax has ", k,
               " superpixels");
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "superpixel_pool_max_backward", [&] {

@@ -59,16 +59,18 @@ __global__ void __launch_bounds__(kThreads)
   const lsap::CostView<scalar_t, acc_t> view{cost + b * nr * nc, nc};
   int32_t* ints = ints_all + b * (int64_t(nr) + 3 * nc);
   uint8_t* bytes = flags_all + b * (int64_t(nr) + nc);
-  const lsap::Workspace<acc_t> ws{u_all + b * nr, v_all + b * nc,      shortest_all + b * nc,
-                                  ints,           ints + nc,           ints + nc + nr,
-                                  ints + 2 * nc + nr, bytes,           bytes + nr};
+  const lsap::Workspace<acc_t> ws{u_all + b * nr, v_all + b * nc, shortest_all + b * nc, ints,
+                                  ints + nc,      ints + nc + nr, ints + 2 * nc + nr,    bytes,
+                                  bytes + nr};
 
   __shared__ Candidate<acc_t> warp_cand[kWarps];
   __shared__ acc_t warp_min[kWarps];
   __shared__ int32_t s_flags, s_ok, s_row, s_sink, s_remaining;
   __shared__ acc_t s_min_val;
 
-  const auto min_acc = [](acc_t a, acc_t c) { return c < a ? c : a; };
+  const auto min_acc = [](acc_t a, acc_t c) {
+    return c < a ? c : a;
+  };
   const auto min_cand = [](const Candidate<acc_t>& a, const Candidate<acc_t>& c) {
     return lsap::better(c, a) ? c : a;
   };

@@ -45,18 +45,20 @@ __global__ void weight_grad_kernel(const T* __restrict__ g, const T* __restrict_
   const int64_t p = idx % hw, k = (idx / hw) % n_offsets, b = idx / (hw * n_offsets);
   int ny, nx;
   if (!neighbor_inside(int(p / width), int(p % width), dy[k], dx[k], height, width, &ny, &nx)) return;
-  grad_w[idx] += weight_grad_at(g + b * channels * hw, state + b * channels * hw, channels, hw, p,
-                                int64_t(ny) * width + nx);
+  grad_w[idx] +=
+      weight_grad_at(g + b * channels * hw, state + b * channels * hw, channels, hw, p, int64_t(ny) * width + nx);
 }
 
-inline int64_t blocks_for(int64_t total) { return (total + kThreads - 1) / kThreads; }
+inline int64_t blocks_for(int64_t total) {
+  return (total + kThreads - 1) / kThreads;
+}
 
 template <typename T, bool kTranspose>
 void step(const DeviceDisc& disc, const at::Tensor& w, const at::Tensor& in, at::Tensor& out) {
   const int64_t total = in.numel();
   step_kernel<T, kTranspose><<<blocks_for(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      w.data_ptr<T>(), in.data_ptr<T>(), out.data_ptr<T>(), disc.dy(), disc.dx(), total, in.size(1),
-      int(in.size(2)), int(in.size(3)), disc.n);
+      w.data_ptr<T>(), in.data_ptr<T>(), out.data_ptr<T>(), disc.dy(), disc.dx(), total, in.size(1), int(in.size(2)),
+      int(in.size(3)), disc.n);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -68,7 +70,9 @@ at::Tensor random_walk_cuda(const at::Tensor& x_in, const at::Tensor& w_in, int6
   const DeviceDisc disc(Disc(static_cast<int>(radius)), x.device());
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "random_walk_cuda", [&] {
-    out = walk_steps(x, steps, [&](const at::Tensor& in, at::Tensor& o) { step<scalar_t, false>(disc, w, in, o); });
+    out = walk_steps(x, steps, [&](const at::Tensor& in, at::Tensor& o) {
+      step<scalar_t, false>(disc, w, in, o);
+    });
   });
   return out;
 }
@@ -84,7 +88,10 @@ std::tuple<at::Tensor, at::Tensor> random_walk_backward_cuda(const at::Tensor& g
   std::tuple<at::Tensor, at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "random_walk_backward_cuda", [&] {
     out = walk_backward(
-        grad, x, w, steps, [&](const at::Tensor& in, at::Tensor& o) { step<scalar_t, false>(disc, w, in, o); },
+        grad, x, w, steps,
+        [&](const at::Tensor& in, at::Tensor& o) {
+          step<scalar_t, false>(disc, w, in, o);
+        },
         [&](const at::Tensor& g, const at::Tensor& state, at::Tensor& g_out, at::Tensor& grad_w) {
           const int64_t total = grad_w.numel();
           weight_grad_kernel<scalar_t><<<blocks_for(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(

@@ -32,8 +32,12 @@ using slic::Grid;
 
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ float unit_rgb(uint8_t v) { return float(v) / 255.0f; }
-__device__ __forceinline__ float unit_rgb(float v) { return v; }
+__device__ __forceinline__ float unit_rgb(uint8_t v) {
+  return float(v) / 255.0f;
+}
+__device__ __forceinline__ float unit_rgb(float v) {
+  return v;
+}
 
 // images [B, 3, HW] -> lab [B, 3, HW].
 template <typename T>
@@ -149,7 +153,9 @@ __global__ void assign_kernel(const float* __restrict__ lab, const float* __rest
   labels[idx] = arg;
 }
 
-int64_t blocks_for(int64_t n) { return (n + kThreads - 1) / kThreads; }
+int64_t blocks_for(int64_t n) {
+  return (n + kThreads - 1) / kThreads;
+}
 
 at::Tensor slic_cuda(const at::Tensor& images_in, const c10::optional<at::Tensor>& mask_in, int64_t n_segments,
                      double compactness, int64_t max_iter, bool enforce_connectivity, double min_size_factor,
@@ -174,15 +180,15 @@ at::Tensor slic_cuda(const at::Tensor& images_in, const c10::optional<at::Tensor
   const int H = int(height), W = int(width);
 
   if (images.scalar_type() == at::kByte) {
-    lab_kernel<uint8_t><<<blocks_for(total), kThreads, 0, stream>>>(images.data_ptr<uint8_t>(), lab.data_ptr<float>(),
-                                                                   hw, total);
+    lab_kernel<uint8_t>
+        <<<blocks_for(total), kThreads, 0, stream>>>(images.data_ptr<uint8_t>(), lab.data_ptr<float>(), hw, total);
   } else {
-    lab_kernel<float><<<blocks_for(total), kThreads, 0, stream>>>(images.data_ptr<float>(), lab.data_ptr<float>(), hw,
-                                                                 total);
+    lab_kernel<float>
+        <<<blocks_for(total), kThreads, 0, stream>>>(images.data_ptr<float>(), lab.data_ptr<float>(), hw, total);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  init_labels_kernel<<<blocks_for(total), kThreads, 0, stream>>>(m, labels.data_ptr<int32_t>(), H, W, grid.ny,
-                                                                 grid.nx, total);
+  init_labels_kernel<<<blocks_for(total), kThreads, 0, stream>>>(m, labels.data_ptr<int32_t>(), H, W, grid.ny, grid.nx,
+                                                                 total);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const auto update = [&] {
     update_kernel<<<batch * cells, kThreads, 0, stream>>>(lab.data_ptr<float>(), labels.data_ptr<int32_t>(),
@@ -193,9 +199,8 @@ at::Tensor slic_cuda(const at::Tensor& images_in, const c10::optional<at::Tensor
   update();
   for (int64_t it = 0; it < max_iter; ++it) {
     assign_kernel<<<blocks_for(total), kThreads, 0, stream>>>(lab.data_ptr<float>(), centre.data_ptr<float>(),
-                                                              alive.data_ptr<uint8_t>(), m,
-                                                              labels.data_ptr<int32_t>(), H, W, grid.ny, grid.nx,
-                                                              float(grid.weight), total);
+                                                              alive.data_ptr<uint8_t>(), m, labels.data_ptr<int32_t>(),
+                                                              H, W, grid.ny, grid.nx, float(grid.weight), total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     update();
   }
@@ -212,11 +217,10 @@ at::Tensor slic_cuda(const at::Tensor& images_in, const c10::optional<at::Tensor
       if (enforce_connectivity) {
         const bool* mb = mask_h.defined() ? mask_h.data_ptr<bool>() + b * hw : nullptr;
         int64_t min_size, max_size;
-        slic::size_limits(mb == nullptr ? hw : std::count(mb, mb + hw, true), cells, min_size_factor,
-                          max_size_factor, &min_size, &max_size);
-        slic::connect_components(src, lab_h.data_ptr<float>() + b * 3 * hw,
-                                 centre_h.data_ptr<float>() + b * cells * 5, height, width, grid.weight, min_size,
-                                 max_size, dst);
+        slic::size_limits(mb == nullptr ? hw : std::count(mb, mb + hw, true), cells, min_size_factor, max_size_factor,
+                          &min_size, &max_size);
+        slic::connect_components(src, lab_h.data_ptr<float>() + b * 3 * hw, centre_h.data_ptr<float>() + b * cells * 5,
+                                 height, width, grid.weight, min_size, max_size, dst);
       } else {
         slic::relabel_in_raster_order(src, hw, cells, dst);
       }

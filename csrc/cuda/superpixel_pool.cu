@@ -28,9 +28,9 @@ void check_inputs(const at::Tensor& x, const at::Tensor& labels, const char* op)
                    ": x must be float32 or float64, got ", x.scalar_type());
   TORCH_CHECK_TYPE(labels.scalar_type() == at::kInt || labels.scalar_type() == at::kLong, op,
                    ": labels must be int32 or int64, got ", labels.scalar_type());
-  TORCH_CHECK(labels.dim() == 3 && labels.size(0) == x.size(0) && labels.size(1) == x.size(2) &&
-                  labels.size(2) == x.size(3),
-              op, ": labels must be [B, H, W] like x, got ", labels.sizes(), " for x ", x.sizes());
+  TORCH_CHECK(
+      labels.dim() == 3 && labels.size(0) == x.size(0) && labels.size(1) == x.size(2) && labels.size(2) == x.size(3),
+      op, ": labels must be [B, H, W] like x, got ", labels.sizes(), " for x ", x.sizes());
   TORCH_CHECK(labels.device() == x.device(), op, ": labels are on ", labels.device(), " but x on ", x.device());
 }
 
@@ -147,12 +147,13 @@ __global__ void scatter_kernel(const scalar_t* __restrict__ sums, const int64_t*
   if (p >= 0 && p < hw) out[plane * hw + p] = sums[idx];
 }
 
-int64_t blocks_for(int64_t n) { return (n + kThreads - 1) / kThreads; }
+int64_t blocks_for(int64_t n) {
+  return (n + kThreads - 1) / kThreads;
+}
 
 // Launch reduce_kernel over every plane: table [B*C, K] must hold the empty value.
 template <typename scalar_t, typename label_t>
-void reduce(const at::Tensor& x, const at::Tensor& labels, at::Tensor& table, scalar_t* count, int64_t k,
-            bool is_max) {
+void reduce(const at::Tensor& x, const at::Tensor& labels, at::Tensor& table, scalar_t* count, int64_t k, bool is_max) {
   const int64_t planes = x.size(0) * x.size(1), hw = x.size(2) * x.size(3);
   const int64_t chunks = (hw + kPixelsPerBlock - 1) / kPixelsPerBlock;  // blocks per plane
   const int64_t bytes = k * int64_t(sizeof(scalar_t));
@@ -196,12 +197,12 @@ std::tuple<at::Tensor, at::Tensor> superpixel_pool_cuda(const at::Tensor& x_in, 
             reinterpret_cast<unsigned long long*>(argmax.data_ptr<int64_t>()), hw, x.size(1), k, total);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         finish_argmax_kernel<<<blocks_for(argmax.numel()), kThreads, 0, stream>>>(argmax.data_ptr<int64_t>(), hw,
-                                                                                   argmax.numel());
+                                                                                  argmax.numel());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
-      write_kernel<scalar, index_t><<<blocks_for(total), kThreads, 0, stream>>>(
-          labels.data_ptr<index_t>(), table.data_ptr<scalar>(), count_ptr, out.data_ptr<scalar>(), hw, x.size(1), k,
-          total);
+      write_kernel<scalar, index_t>
+          <<<blocks_for(total), kThreads, 0, stream>>>(labels.data_ptr<index_t>(), table.data_ptr<scalar>(), count_ptr,
+                                                       out.data_ptr<scalar>(), hw, x.size(1), k, total);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });

@@ -29,7 +29,9 @@ def test_round_trip(tmp_path, dtype):
     back = cache.get(key)
     assert back.original_size == (120, 200) and back.input_size == (154, 256)
     assert back.tensor.dtype == (torch.float16 if dtype == "fp16" else torch.float32)
-    torch.testing.assert_close(back.tensor.float(), emb.tensor, atol=2e-3 if dtype == "fp16" else 0, rtol=1e-3 if dtype == "fp16" else 0)
+    torch.testing.assert_close(
+        back.tensor.float(), emb.tensor, atol=2e-3 if dtype == "fp16" else 0, rtol=1e-3 if dtype == "fp16" else 0
+    )
     assert cache.info()["entries"] == 1 and not cache.info()["temporary_files"]
 
 

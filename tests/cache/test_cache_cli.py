@@ -13,8 +13,10 @@ IDENTITY = {"model": "tiny", "weights": "w", "backend": "torch", "precision": "f
 
 def _fill(root, n):
     cache = EmbeddingCache(root)
-    return [cache.put(cache.key(str(i), IDENTITY), Embedding(torch.full((256, 16, 16), float(i)), (10, 10), (256, 256)))
-            for i in range(n)]
+    return [
+        cache.put(cache.key(str(i), IDENTITY), Embedding(torch.full((256, 16, 16), float(i)), (10, 10), (256, 256)))
+        for i in range(n)
+    ]
 
 
 def test_info_verify_prune(tmp_path, capsys):

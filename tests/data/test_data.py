@@ -96,10 +96,13 @@ def test_unreadable_and_missing_images(tmp_path, demo):
 
 
 def test_polygon_segmentation(tmp_path):
-    coco = {"images": [{"id": 1, "file_name": "a.png", "height": 10, "width": 10}],
-            "categories": [{"id": 7, "name": "thing"}],
-            "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [2, 2, 4, 4],
-                             "segmentation": [[2, 2, 6, 2, 6, 6, 2, 6]]}]}
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png", "height": 10, "width": 10}],
+        "categories": [{"id": 7, "name": "thing"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 7, "bbox": [2, 2, 4, 4], "segmentation": [[2, 2, 6, 2, 6, 6, 2, 6]]}
+        ],
+    }
     (tmp_path / "c.json").write_text(json.dumps(coco))
     ds = CocoWeakDataset(tmp_path / "c.json")
     label = ds.gt_label_map(ds.images[0], 10, 10)

@@ -69,8 +69,9 @@ def test_weak_labels_lie_on_the_mask():
 
 def test_generic_layout(generic, tmp_path):
     out = tmp_path / "weak"
-    summary = make_weak_from_layout(out, generic, "generic", ["car", "person"], class_names=NAMES, void=VOID,
-                                    points=2, seed=1)
+    summary = make_weak_from_layout(
+        out, generic, "generic", ["car", "person"], class_names=NAMES, void=VOID, points=2, seed=1
+    )
     assert summary == {"images": 3, "instances": 9, "too_small": 6, "categories": ["car", "person"]}
     ds = CocoWeakDataset(out / "annotations.json")
     assert ds.class_names == ["background", "car", "person"]
@@ -108,13 +109,14 @@ def test_camvid_layout(tmp_path):
     for split in ("val", "valannot"):
         (root / split).mkdir(parents=True)
     label = np.full((36, 48), 3, np.uint8)  # road
-    label[10:25, 5:20] = 8    # car
-    label[5:30, 30:33] = 2    # pole
-    label[0:3] = 11           # void
+    label[10:25, 5:20] = 8  # car
+    label[5:30, 30:33] = 2  # pole
+    label[0:3] = 11  # void
     Image.fromarray(np.zeros((36, 48, 3), np.uint8)).save(root / "val" / "f001.png")
     Image.fromarray(label, mode="L").save(root / "valannot" / "f001.png")
-    make_weak_from_layout(tmp_path / "out", root, "camvid", ["pole", "sign", "car", "pedestrian", "bicyclist"],
-                          split="val", min_area=10)
+    make_weak_from_layout(
+        tmp_path / "out", root, "camvid", ["pole", "sign", "car", "pedestrian", "bicyclist"], split="val", min_area=10
+    )
     coco = json.loads((tmp_path / "out/annotations.json").read_text())
     assert [c["name"] for c in coco["categories"]] == ["pole", "sign", "car", "pedestrian", "bicyclist"]
     assert sorted(a["category_id"] for a in coco["annotations"]) == [1, 3]
@@ -177,9 +179,40 @@ def test_bad_sources(generic, tmp_path):
 
 
 def test_cli(generic, tmp_path, capsys):
-    assert main(["make-weak", str(generic), str(tmp_path / "o"), "--layout", "generic", "--class-names", *NAMES,
-                 "--things", "car", "person", "--void", str(VOID)]) == 0
+    assert (
+        main(
+            [
+                "make-weak",
+                str(generic),
+                str(tmp_path / "o"),
+                "--layout",
+                "generic",
+                "--class-names",
+                *NAMES,
+                "--things",
+                "car",
+                "person",
+                "--void",
+                str(VOID),
+            ]
+        )
+        == 0
+    )
     assert "9 instances of car, person" in capsys.readouterr().out
-    assert main(["make-weak", str(generic), str(tmp_path / "o"), "--layout", "generic", "--class-names", *NAMES,
-                 "--things", "truck"]) == 2
+    assert (
+        main(
+            [
+                "make-weak",
+                str(generic),
+                str(tmp_path / "o"),
+                "--layout",
+                "generic",
+                "--class-names",
+                *NAMES,
+                "--things",
+                "truck",
+            ]
+        )
+        == 2
+    )
     assert "unknown class 'truck'" in capsys.readouterr().err

@@ -13,10 +13,13 @@ NAMES = ["background", "disc", "cup"]
 def refuge_like(height=16, width=20):
     """Two images: a disc box containing a cup box, points, a scribble, tags."""
     anns = [
-        {"annotations": [
-            {"bbox": [4, 3, 10, 9], "category_id": 1, "points": [[8, 7]]},
-            {"bbox": [7, 5, 4, 4], "category_id": 2, "scribbles": [[[7.5, 6.0], [10.0, 8.0]]]},
-        ], "tags": ["background"]},
+        {
+            "annotations": [
+                {"bbox": [4, 3, 10, 9], "category_id": 1, "points": [[8, 7]]},
+                {"bbox": [7, 5, 4, 4], "category_id": 2, "scribbles": [[[7.5, 6.0], [10.0, 8.0]]]},
+            ],
+            "tags": ["background"],
+        },
         [{"bbox": [0, 0, 6, 5], "category_id": 1}, {"category_id": 2}],  # a tag-only annotation
     ]
     masks = torch.zeros(2, 3, height, width)
@@ -31,12 +34,32 @@ def refuge_like(height=16, width=20):
 def test_compiles_every_kind_and_trains():
     anns, masks = refuge_like()
     images = torch.rand(2, 3, 16, 20)
-    kb = compile_knowledge_base(anns, 3, (16, 20), class_names=NAMES, images=images, exhaustive=False,
-                                priors={"contains": [("cup", "disc")], "excludes": [("background", "cup")],
-                                        "one_class_per_pixel": True, "box_size": (0.3, 1.0)},
-                                weights={"pairwise": 0.5})
-    assert kb.names() == ["boxes", "box_size", "points", "scribbles", "tags_present",
-                          "contains[cup->disc]", "excludes[background,cup]", "one_class_per_pixel", "pairwise"]
+    kb = compile_knowledge_base(
+        anns,
+        3,
+        (16, 20),
+        class_names=NAMES,
+        images=images,
+        exhaustive=False,
+        priors={
+            "contains": [("cup", "disc")],
+            "excludes": [("background", "cup")],
+            "one_class_per_pixel": True,
+            "box_size": (0.3, 1.0),
+        },
+        weights={"pairwise": 0.5},
+    )
+    assert kb.names() == [
+        "boxes",
+        "box_size",
+        "points",
+        "scribbles",
+        "tags_present",
+        "contains[cup->disc]",
+        "excludes[background,cup]",
+        "one_class_per_pixel",
+        "pairwise",
+    ]
     logits = torch.zeros(2, 3, 16, 20, requires_grad=True)
     loss, sat = kb(torch.sigmoid(logits))
     loss.backward()
@@ -60,8 +83,7 @@ def test_loss_is_one_minus_satagg_and_weights_repeat():
 
 
 def test_points_and_scribbles_read_the_right_pixels():
-    anns = [{"bbox": [0, 0, 2, 2], "category_id": 1, "points": [[8, 7], [3.9, 2.2]],
-             "scribbles": [[[2, 10], [5, 10]]]}]
+    anns = [{"bbox": [0, 0, 2, 2], "category_id": 1, "points": [[8, 7], [3.9, 2.2]], "scribbles": [[[2, 10], [5, 10]]]}]
     kb = compile_knowledge_base(anns, 3, (16, 20))
     probs = torch.full((1, 3, 16, 20), 0.5, dtype=torch.float64)
     probs[0, 1, 7, 8] = probs[0, 1, 2, 3] = 0.9
@@ -74,8 +96,9 @@ def test_points_and_scribbles_read_the_right_pixels():
 def test_coco_boxes_are_scaled_and_exhaustive_tags():
     # annotated at 160 x 200, probs at 16 x 20: the box [40, 30, 100, 90] -> x 4..14, y 3..12
     anns = [{"bbox": [40, 30, 100, 90], "category_id": 7}]
-    kb = compile_knowledge_base(anns, 3, (16, 20), category_map={7: 1}, annotation_size=(160, 200), exhaustive=True,
-                                background=0)
+    kb = compile_knowledge_base(
+        anns, 3, (16, 20), category_map={7: 1}, annotation_size=(160, 200), exhaustive=True, background=0
+    )
     assert kb.names() == ["boxes", "tags_present", "tags_absent"]
     _, masks = refuge_like()
     good = masks[:1].clone()

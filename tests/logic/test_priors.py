@@ -23,16 +23,27 @@ ANNS = [{"bbox": [2, 2, 8, 8], "category_id": 1}, {"bbox": [4, 4, 3, 3], "catego
 
 
 def test_the_mapping_and_the_typed_priors_compile_the_same_knowledge_base():
-    mapping = {"contains": [["cup", "disc"]], "excludes": [["background", "cup"]], "box_size": [0.2, 0.9],
-               "pairwise": {"threshold": 0.5}}
+    mapping = {
+        "contains": [["cup", "disc"]],
+        "excludes": [["background", "cup"]],
+        "box_size": [0.2, 0.9],
+        "pairwise": {"threshold": 0.5},
+    }
     typed = [Pairwise({"threshold": 0.5}), Excludes("background", "cup"), BoxSize(0.2, 0.9), Contains("cup", "disc")]
-    assert as_priors(mapping) == [Contains("cup", "disc"), Excludes("background", "cup"), BoxSize(0.2, 0.9),
-                                  Pairwise({"threshold": 0.5})]
+    assert as_priors(mapping) == [
+        Contains("cup", "disc"),
+        Excludes("background", "cup"),
+        BoxSize(0.2, 0.9),
+        Pairwise({"threshold": 0.5}),
+    ]
     images = torch.rand(1, 3, 12, 12)
     a = compile_knowledge_base(ANNS, 3, (12, 12), class_names=NAMES, priors=mapping, images=images)
     b = compile_knowledge_base(ANNS, 3, (12, 12), class_names=NAMES, priors=typed, images=images)
-    assert a.names() == b.names() == ["boxes", "box_size", "tags_present", "contains[cup->disc]",
-                                      "excludes[background,cup]", "pairwise"]
+    assert (
+        a.names()
+        == b.names()
+        == ["boxes", "box_size", "tags_present", "contains[cup->disc]", "excludes[background,cup]", "pairwise"]
+    )
     probs = torch.rand(1, 3, 12, 12, dtype=torch.float64)
     assert a(probs)[0] == b(probs)[0]
 
@@ -41,14 +52,18 @@ def test_contains_is_reichenbach_under_forall_and_classes_go_by_channel_too():
     kb = compile_knowledge_base({"annotations": []}, 3, (4, 4), priors=[Contains(2, 1)])
     probs = torch.rand(1, 3, 4, 4, dtype=torch.float64)
     assert kb.names() == ["contains[2->1]"]
-    torch.testing.assert_close(kb.truths(probs)["contains[2->1]"], forall(implies_reichenbach(probs[:, 2], probs[:, 1])))
+    torch.testing.assert_close(
+        kb.truths(probs)["contains[2->1]"], forall(implies_reichenbach(probs[:, 2], probs[:, 1]))
+    )
 
 
 def test_pairwise_is_on_with_images_unless_turned_off():
     images = torch.rand(1, 3, 8, 8)
     assert "pairwise" in compile_knowledge_base(ANNS, 3, (8, 8), images=images).names()
-    assert "pairwise" not in compile_knowledge_base(ANNS, 3, (8, 8), images=images,
-                                                    priors=[Pairwise(enabled=False)]).names()
+    assert (
+        "pairwise"
+        not in compile_knowledge_base(ANNS, 3, (8, 8), images=images, priors=[Pairwise(enabled=False)]).names()
+    )
     assert "pairwise" not in compile_knowledge_base(ANNS, 3, (8, 8), images=images, priors={"pairwise": False}).names()
     assert "one_class_per_pixel" in compile_knowledge_base(ANNS, 3, (8, 8), priors=[OneClassPerPixel()]).names()
 

@@ -107,8 +107,11 @@ def test_resnet_backbone_cams_at_stride_32_and_weights_of_another_network_refuse
     with pytest.raises(ValueError, match="not a state dict of torchvision's resnet50"):
         resnet50_body(str(tmp_path / "vgg.pt"))
     # a torchvision resnet50 state dict (fc included) loads
-    full = {f"{name}.{k}": v for name, m in zip(("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"), body)
-            for k, v in m.state_dict().items()}
+    full = {
+        f"{name}.{k}": v
+        for name, m in zip(("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"), body)
+        for k, v in m.state_dict().items()
+    }
     full["fc.weight"] = torch.zeros(1000, 2048)
     torch.save(full, tmp_path / "r50.pt")
     assert torch.equal(resnet50_body(str(tmp_path / "r50.pt"))[0].weight, body[0].weight)

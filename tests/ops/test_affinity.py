@@ -60,7 +60,7 @@ def test_definition_and_symmetry():
 def test_gradcheck(backend):
     f = features((1, 2, 4, 5), seed=3).to(device_of(backend)).requires_grad_()
     for metric in ("l1", "l2"):
-        assert torch.autograd.gradcheck(lambda t: local_affinity(t, 2, metric=metric, backend=backend), (f,))
+        assert torch.autograd.gradcheck(lambda t, m=metric: local_affinity(t, 2, metric=m, backend=backend), (f,))
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b.id in ("cpu", "cuda")])
@@ -124,8 +124,19 @@ def test_triton_kernel_compiles_for_gpu():
     """The kernel goes through Triton's whole GPU pipeline (sm_80, sm_90), not just the interpreter."""
     from tests.helpers import compile_triton_for_gpu
 
-    signature = {"f_ptr": "*fp32", "off_ptr": "*i32", "out_ptr": "*fp32", "depth": "i32", "height": "i32",
-                 "width": "i32", "n_offsets": "i32"}
-    sizes = compile_triton_for_gpu("wsseg_fast.kernels.affinity", "_local_affinity_kernel", signature,
-                                   [dict(SQUARED=s, BLOCK=128) for s in (False, True)])
+    signature = {
+        "f_ptr": "*fp32",
+        "off_ptr": "*i32",
+        "out_ptr": "*fp32",
+        "depth": "i32",
+        "height": "i32",
+        "width": "i32",
+        "n_offsets": "i32",
+    }
+    sizes = compile_triton_for_gpu(
+        "wsseg_fast.kernels.affinity",
+        "_local_affinity_kernel",
+        signature,
+        [dict(SQUARED=s, BLOCK=128) for s in (False, True)],
+    )
     assert len(sizes) == 4 and all(size > 1000 for size in sizes)

@@ -10,8 +10,11 @@ from wsseg_fast import reference
 from wsseg_fast.ops import box_constraint_loss
 
 BACKENDS = backends_here("box_constraint_loss")
-TOL = {torch.float64: dict(atol=1e-10, rtol=1e-8), torch.float32: dict(atol=1e-5, rtol=1e-5),
-       torch.float16: dict(atol=2e-3, rtol=2e-3)}
+TOL = {
+    torch.float64: dict(atol=1e-10, rtol=1e-8),
+    torch.float32: dict(atol=1e-5, rtol=1e-5),
+    torch.float16: dict(atol=2e-3, rtol=2e-3),
+}
 
 
 def random_case(seed: int, batch=3, classes=4, height=19, width=23, n=5, dtype=torch.float64):
@@ -23,9 +26,9 @@ def random_case(seed: int, batch=3, classes=4, height=19, width=23, n=5, dtype=t
     size = torch.rand(batch, n, 2, generator=g) * torch.tensor([width, height]) * 0.7 + 0.3
     boxes = torch.cat([xy0, xy0 + size], dim=-1).double()
     labels = torch.randint(0, classes, (batch, n), generator=g)
-    labels[:, 1] = labels[:, 0]                    # two boxes of one class per image
-    labels[-1, -1] = -1                            # padding
-    boxes[-1, -1] = float("nan")                   # ... whose values are ignored
+    labels[:, 1] = labels[:, 0]  # two boxes of one class per image
+    labels[-1, -1] = -1  # padding
+    boxes[-1, -1] = float("nan")  # ... whose values are ignored
     boxes[0, 2] = torch.tensor([-3.0, 0.0, float(width + 4), float(height)])  # the whole image
     if n > 3 and batch > 1:
         boxes[1, 3] = torch.tensor([5.0, 5.0, 5.0, 9.0])  # zero area: ignored
@@ -42,8 +45,9 @@ def loss_and_grad(probs, boxes, labels, backend, **kwargs):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16], ids=str)
-@pytest.mark.parametrize("params", [dict(), dict(p_forall=3.0, p_exists=1.5), dict(stable=False)],
-                         ids=["default", "p", "unstable"])
+@pytest.mark.parametrize(
+    "params", [dict(), dict(p_forall=3.0, p_exists=1.5), dict(stable=False)], ids=["default", "p", "unstable"]
+)
 def test_backend_matches_reference(backend, dtype, params):
     small = {}
     if backend == "triton":  # the interpreter is slow: one small case per dtype, the variants in float32
@@ -100,8 +104,11 @@ def test_no_valid_box_gives_zero_with_zero_gradient(backend):
     probs = torch.rand(2, 3, 6, 7, dtype=torch.float64)
     padding = torch.tensor([[[0.0, 0, 3, 3], [2, 2, 2, 5]], [[9, 9, 12, 12], [1, 1, 4, 4]]], dtype=torch.float64)
     labels = torch.tensor([[-1, 0], [1, -1]])  # a degenerate box, a box outside, padding
-    for args in [(probs, padding, labels), (probs[:0], padding[:0], labels[:0]),
-                 (probs, padding[:, :0], labels[:, :0])]:
+    for args in [
+        (probs, padding, labels),
+        (probs[:0], padding[:0], labels[:0]),
+        (probs, padding[:, :0], labels[:, :0]),
+    ]:
         loss, grad = loss_and_grad(*args, backend)
         assert loss.item() == 0.0 and grad.shape == args[0].shape and not grad.any()
 
@@ -130,18 +137,21 @@ def test_bad_input_raises_value_error(backend):
 def test_gradcheck_cpu():
     probs, boxes, labels = random_case(3, batch=2, classes=2, height=4, width=5, n=3)
     probs = probs.clamp(0.05, 0.95).requires_grad_()
-    assert torch.autograd.gradcheck(lambda p: box_constraint_loss(p, boxes, labels, backend="cpu", p_exists=3.0),
-                                    (probs,))
+    assert torch.autograd.gradcheck(
+        lambda p: box_constraint_loss(p, boxes, labels, backend="cpu", p_exists=3.0), (probs,)
+    )
 
 
 def test_opcheck():
     probs, boxes, labels = random_case(4, batch=2, classes=3, height=7, width=8, n=4)
     lines, outside, _ = torch.ops.wsseg_fast.box_constraint_stats(probs, boxes, labels, 2.0, 2.0, True)
-    torch.library.opcheck(torch.ops.wsseg_fast.box_constraint_stats.default,
-                          (probs.requires_grad_(), boxes, labels, 2.0, 3.0, True))
-    torch.library.opcheck(torch.ops.wsseg_fast.box_constraint_grad.default,
-                          (torch.rand_like(lines), torch.rand_like(outside), probs.detach(), boxes, labels, 2.0, 2.0,
-                           False))
+    torch.library.opcheck(
+        torch.ops.wsseg_fast.box_constraint_stats.default, (probs.requires_grad_(), boxes, labels, 2.0, 3.0, True)
+    )
+    torch.library.opcheck(
+        torch.ops.wsseg_fast.box_constraint_grad.default,
+        (torch.rand_like(lines), torch.rand_like(outside), probs.detach(), boxes, labels, 2.0, 2.0, False),
+    )
 
 
 def test_torch_compile_fullgraph_cpu():
@@ -168,8 +178,12 @@ def test_triton_kernels_compile_for_gpu():
     ptrs = ["probs_ptr", "bounds_ptr", "labels_ptr", "valid_ptr", "rep_ptr"]
     kinds = {"probs_ptr": "*fp16", "bounds_ptr": "*i32", "labels_ptr": "*i32", "valid_ptr": "*i32", "rep_ptr": "*i32"}
     stats = dict({p: kinds[p] for p in ptrs}, lines_ptr="*fp32", outside_ptr="*fp32", count_ptr="*fp32", **common)
-    grad = dict({"grad_lines_ptr": "*fp32", "grad_outside_ptr": "*fp32"}, **{p: kinds[p] for p in ptrs},
-                grad_ptr="*fp16", **common)
+    grad = dict(
+        {"grad_lines_ptr": "*fp32", "grad_outside_ptr": "*fp32"},
+        **{p: kinds[p] for p in ptrs},
+        grad_ptr="*fp16",
+        **common,
+    )
     variant = dict(STABLE=True, PF_IS_2=True, PE_IS_2=False, BLOCK_R=16, BLOCK_W=128)
     sizes = compile_triton_for_gpu("wsseg_fast.kernels.box_constraint", "_stats_kernel", stats, [variant], (80,))
     sizes += compile_triton_for_gpu("wsseg_fast.kernels.box_constraint", "_grad_kernel", grad, [variant], (80,))

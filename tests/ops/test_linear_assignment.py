@@ -274,8 +274,11 @@ def test_direct_op_checks_its_input():
 
 def test_opcheck():
     op = torch.ops.wsseg_fast.batch_linear_assignment.default
-    for args in [(torch.rand(3, 4, 5), False, True), (torch.randint(0, 9, (2, 5, 3)), True, True),
-                 (torch.rand(2, 4, 4, dtype=torch.float64), False, False)]:
+    for args in [
+        (torch.rand(3, 4, 5), False, True),
+        (torch.randint(0, 9, (2, 5, 3)), True, True),
+        (torch.rand(2, 4, 4, dtype=torch.float64), False, False),
+    ]:
         torch.library.opcheck(op, args)
 
 
@@ -301,14 +304,30 @@ def test_triton_op_compile_fullgraph():
 def test_triton_kernel_compiles_for_gpu():
     """The kernel goes through Triton's whole GPU pipeline (sm_80, sm_90), not just the interpreter."""
     signature = {
-        "cost_ptr": "*fp64", "out_ptr": "*i64", "status_ptr": "*i32", "scratch_ptr": "*fp64",
-        "nr": "i32", "nc": "i32", "stride_b": "i64", "stride_r": "i64", "stride_c": "i64", "n_workers": "i32",
+        "cost_ptr": "*fp64",
+        "out_ptr": "*i64",
+        "status_ptr": "*i32",
+        "scratch_ptr": "*fp64",
+        "nr": "i32",
+        "nc": "i32",
+        "stride_b": "i64",
+        "stride_r": "i64",
+        "stride_c": "i64",
+        "n_workers": "i32",
     }
     variants = []
     for is_int in (False, True):
         for transposed in (False, True):
-            variants.append(dict(INF=2**63 - 1 if is_int else float("inf"), TRANSPOSED=transposed, NEGATE=transposed,
-                                 IS_INT=is_int, BLOCK_R=32, BLOCK_C=64))
+            variants.append(
+                dict(
+                    INF=2**63 - 1 if is_int else float("inf"),
+                    TRANSPOSED=transposed,
+                    NEGATE=transposed,
+                    IS_INT=is_int,
+                    BLOCK_R=32,
+                    BLOCK_C=64,
+                )
+            )
     int_signature = dict(signature, cost_ptr="*i64", scratch_ptr="*i64")
     sizes = compile_triton_for_gpu("wsseg_fast.kernels.linear_assignment", "_lsap_kernel", signature, variants[:2])
     sizes += compile_triton_for_gpu("wsseg_fast.kernels.linear_assignment", "_lsap_kernel", int_signature, variants[2:])
@@ -322,8 +341,9 @@ def test_cuda_matches_cpu_exactly():
     for kind in ("float", "int-ties"):
         for workers, tasks in SHAPES + [(300, 300), (300, 100)]:
             cost = random_problems(kind, 20, workers, tasks, generator)
-            assert torch.equal(batch_linear_assignment(cost.cuda(), backend="cuda").cpu(),
-                               batch_linear_assignment(cost, backend="cpu"))
+            assert torch.equal(
+                batch_linear_assignment(cost.cuda(), backend="cuda").cpu(), batch_linear_assignment(cost, backend="cpu")
+            )
 
 
 @pytest.mark.cuda

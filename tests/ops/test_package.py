@@ -45,7 +45,8 @@ _SCRIPT = textwrap.dedent(
 def test_exported_names_are_the_functions(order):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the kernels are not needed here
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    out = subprocess.run([sys.executable, "-c", _SCRIPT, order], capture_output=True, text=True, env=env,
-                         cwd=ROOT, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, order], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"

@@ -11,15 +11,18 @@ from wsseg_fast.ops.color import rgb_to_lab
 from wsseg_fast.reference.pairwise_constraint import pairwise_edges
 
 BACKENDS = backends_here("pairwise_constraint_loss")
-TOL = {torch.float64: dict(atol=1e-10, rtol=1e-8), torch.float32: dict(atol=1e-5, rtol=1e-5),
-       torch.float16: dict(atol=2e-3, rtol=2e-3)}
+TOL = {
+    torch.float64: dict(atol=1e-10, rtol=1e-8),
+    torch.float32: dict(atol=1e-5, rtol=1e-5),
+    torch.float16: dict(atol=2e-3, rtol=2e-3),
+}
 
 
 def random_case(seed: int, batch=2, classes=3, height=13, width=17, dtype=torch.float64):
     """Piecewise-flat colours with a little noise: about half the edges are similar."""
     g = torch.Generator().manual_seed(seed)
     images = torch.rand(batch, 3, 1, 1, generator=g) * 0.5 + 0.02 * torch.rand(batch, 3, height, width, generator=g)
-    images[..., width // 2:] += 0.4
+    images[..., width // 2 :] += 0.4
     images[..., height // 3, :] = torch.rand(batch, 3, width, generator=g)  # a noisy row
     probs = torch.rand(batch, classes, height, width, generator=g, dtype=torch.float64)
     return probs.to(dtype), images
@@ -41,8 +44,11 @@ def test_case_has_similar_and_dissimilar_edges():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16], ids=str)
-@pytest.mark.parametrize("params", [dict(), dict(p_forall=3.0, threshold=0.5, dilation=1), dict(stable=False)],
-                         ids=["default", "params", "unstable"])
+@pytest.mark.parametrize(
+    "params",
+    [dict(), dict(p_forall=3.0, threshold=0.5, dilation=1), dict(stable=False)],
+    ids=["default", "params", "unstable"],
+)
 def test_backend_matches_reference(backend, dtype, params):
     small = {}
     if backend == "triton":
@@ -89,17 +95,21 @@ def test_bad_input_raises(backend):
 def test_gradcheck_cpu():
     probs, images = random_case(2, batch=1, classes=2, height=5, width=6)
     probs = probs.clamp(0.05, 0.95).requires_grad_()
-    assert torch.autograd.gradcheck(lambda p: pairwise_constraint_loss(p, images, backend="cpu", p_forall=3.0,
-                                                                       dilation=1), (probs,))
+    assert torch.autograd.gradcheck(
+        lambda p: pairwise_constraint_loss(p, images, backend="cpu", p_forall=3.0, dilation=1), (probs,)
+    )
 
 
 def test_opcheck():
     probs, images = random_case(3, batch=2, classes=2, height=6, width=7)
     lab, offsets = rgb_to_lab(images), dilated_offsets()
-    torch.library.opcheck(torch.ops.wsseg_fast.pairwise_constraint_stats.default,
-                          (probs.requires_grad_(), lab, offsets, 0.3, 2.0, True))
-    torch.library.opcheck(torch.ops.wsseg_fast.pairwise_constraint_grad.default,
-                          (torch.rand(2, 2, dtype=torch.float64), probs.detach(), lab, offsets, 0.3, 3.0, False))
+    torch.library.opcheck(
+        torch.ops.wsseg_fast.pairwise_constraint_stats.default, (probs.requires_grad_(), lab, offsets, 0.3, 2.0, True)
+    )
+    torch.library.opcheck(
+        torch.ops.wsseg_fast.pairwise_constraint_grad.default,
+        (torch.rand(2, 2, dtype=torch.float64), probs.detach(), lab, offsets, 0.3, 3.0, False),
+    )
 
 
 def test_torch_compile_fullgraph_cpu():
@@ -123,10 +133,10 @@ def test_triton_kernels_compile_for_gpu():
     from tests.helpers import compile_triton_for_gpu
 
     common = {"C": "i32", "H": "i32", "W": "i32", "K": "i32", "threshold": "fp32", "p_forall": "fp32"}
-    stats = dict(probs_ptr="*fp16", lab_ptr="*fp32", offsets_ptr="*i32", sums_ptr="*fp32", counts_ptr="*fp32",
-                 **common)
-    grad = dict(grad_sums_ptr="*fp32", probs_ptr="*fp16", lab_ptr="*fp32", offsets_ptr="*i32", grad_ptr="*fp16",
-                **common)
+    stats = dict(probs_ptr="*fp16", lab_ptr="*fp32", offsets_ptr="*i32", sums_ptr="*fp32", counts_ptr="*fp32", **common)
+    grad = dict(
+        grad_sums_ptr="*fp32", probs_ptr="*fp16", lab_ptr="*fp32", offsets_ptr="*i32", grad_ptr="*fp16", **common
+    )
     variant = dict(STABLE=True, PF_IS_2=False, BLOCK_R=16, BLOCK_W=64)
     sizes = compile_triton_for_gpu("wsseg_fast.kernels.pairwise_constraint", "_stats_kernel", stats, [variant], (80,))
     sizes += compile_triton_for_gpu("wsseg_fast.kernels.pairwise_constraint", "_grad_kernel", grad, [variant], (80,))

@@ -52,7 +52,9 @@ def test_matches_dense_psa(backend, case):
 # float32 takes the cpu backend's AVX2 tiles: channel blocks of 7 plus a
 # remainder, tiles of 16 pixels plus a ragged last tile.
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("shape", [(1, 5, 12, 12), (2, 10, 9, 37), (1, 21, 17, 16)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize(
+    "shape", [(1, 5, 12, 12), (2, 10, 9, 37), (1, 21, 17, 16)], ids=lambda s: "x".join(map(str, s))
+)
 def test_float32_within_1e4_of_dense(backend, shape):
     x, a = inputs(*shape, 5, seed=1)
     steps = 8 if backend == "triton" and device_of(backend) == "cpu" else 64
@@ -99,7 +101,7 @@ def test_gradcheck(backend):
     a = local_affinity(f, 2, backend="torch").detach() + 0.05  # away from 0, where a**beta is flat
     for steps in (0, 2) if interpreted else (0, 1, 5):
         assert torch.autograd.gradcheck(
-            lambda x, a: random_walk(x, a, 2, beta=2.0, steps=steps, backend=backend),
+            lambda x, a, steps=steps: random_walk(x, a, 2, beta=2.0, steps=steps, backend=backend),
             (x.to(dev).requires_grad_(), a.to(dev).requires_grad_()),
         )
 
@@ -145,7 +147,9 @@ def test_opcheck(backend):
     w = transition(a, 2, 8.0).to(device_of(backend))
     x = x.to(device_of(backend))
     torch.library.opcheck(torch.ops.wsseg_fast.random_walk.default, (x.requires_grad_(), w.requires_grad_(), 2, 3))
-    torch.library.opcheck(torch.ops.wsseg_fast.random_walk_backward.default, (torch.ones_like(x), x.detach(), w.detach(), 2, 3))
+    torch.library.opcheck(
+        torch.ops.wsseg_fast.random_walk_backward.default, (torch.ones_like(x), x.detach(), w.detach(), 2, 3)
+    )
 
 
 @pytest.mark.cuda
@@ -207,12 +211,33 @@ def test_triton_kernels_compile_for_gpu():
     """Both kernels go through Triton's whole GPU pipeline (sm_80, sm_90), not just the interpreter."""
     from tests.helpers import compile_triton_for_gpu
 
-    step = {"x_ptr": "*fp32", "w_ptr": "*fp32", "off_ptr": "*i32", "out_ptr": "*fp32", "channels": "i32",
-            "height": "i32", "width": "i32", "n_offsets": "i32"}
-    sizes = compile_triton_for_gpu("wsseg_fast.kernels.random_walk", "_step_kernel", step,
-                                   [dict(TRANSPOSE=t, BLOCK_C=8, BLOCK_P=128) for t in (False, True)])
-    grad = {"g_ptr": "*fp32", "y_ptr": "*fp32", "off_ptr": "*i32", "gw_ptr": "*fp32", "channels": "i32",
-            "height": "i32", "width": "i32", "n_offsets": "i32"}
-    sizes += compile_triton_for_gpu("wsseg_fast.kernels.random_walk", "_grad_weights_kernel", grad,
-                                    [dict(BLOCK_C=8, BLOCK_P=128)])
+    step = {
+        "x_ptr": "*fp32",
+        "w_ptr": "*fp32",
+        "off_ptr": "*i32",
+        "out_ptr": "*fp32",
+        "channels": "i32",
+        "height": "i32",
+        "width": "i32",
+        "n_offsets": "i32",
+    }
+    sizes = compile_triton_for_gpu(
+        "wsseg_fast.kernels.random_walk",
+        "_step_kernel",
+        step,
+        [dict(TRANSPOSE=t, BLOCK_C=8, BLOCK_P=128) for t in (False, True)],
+    )
+    grad = {
+        "g_ptr": "*fp32",
+        "y_ptr": "*fp32",
+        "off_ptr": "*i32",
+        "gw_ptr": "*fp32",
+        "channels": "i32",
+        "height": "i32",
+        "width": "i32",
+        "n_offsets": "i32",
+    }
+    sizes += compile_triton_for_gpu(
+        "wsseg_fast.kernels.random_walk", "_grad_weights_kernel", grad, [dict(BLOCK_C=8, BLOCK_P=128)]
+    )
     assert len(sizes) == 6 and all(size > 1000 for size in sizes)

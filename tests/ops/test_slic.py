@@ -108,7 +108,10 @@ def test_agrees_with_scikit_image(backend, capsys):
     images = real_images(64)
     labels = run(images, 60, backend)
     theirs = torch.stack(
-        [torch.from_numpy(segmentation.slic(im.permute(1, 2, 0).numpy(), 60, compactness=10, start_label=0)) for im in images]
+        [
+            torch.from_numpy(segmentation.slic(im.permute(1, 2, 0).numpy(), 60, compactness=10, start_label=0))
+            for im in images
+        ]
     )
     ours_e, theirs_e = slic_energy(images, labels, 60), slic_energy(images, theirs, 60)
     ari = [adjusted_rand_index(labels[b].numpy(), theirs[b].numpy()) for b in range(3)]

@@ -50,7 +50,9 @@ def test_pool_gradient_matches_reference(backend, reduce):
     x, labels = make()
     grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     mine = x.clone().to(device_of(backend)).requires_grad_()
-    (g_mine,) = torch.autograd.grad(superpixel_pool(mine, labels.to(mine.device), reduce=reduce, backend=backend), mine, grad.to(mine.device))
+    (g_mine,) = torch.autograd.grad(
+        superpixel_pool(mine, labels.to(mine.device), reduce=reduce, backend=backend), mine, grad.to(mine.device)
+    )
     ref = x.clone().requires_grad_()
     (g_ref,) = torch.autograd.grad(reference.superpixel_pool(ref, labels, reduce), ref, grad)
     torch.testing.assert_close(g_mine.cpu(), g_ref, atol=1e-10, rtol=1e-10)
@@ -186,7 +188,10 @@ def test_torch_compile_fullgraph(backend):
     x, labels = x.to(device_of(backend)), labels.to(device_of(backend))
 
     def fn(t):
-        return superpixel_pool(t, labels, reduce="mean", backend=backend).sum() + superpixel_pool(t, labels, reduce="max", backend=backend).sum()
+        return (
+            superpixel_pool(t, labels, reduce="mean", backend=backend).sum()
+            + superpixel_pool(t, labels, reduce="max", backend=backend).sum()
+        )
 
     compiled = torch.compile(fn, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(x), fn(x))

@@ -18,16 +18,26 @@ def tiny_sam():
     grid = img_size // patch
     sam = modeling.Sam(
         image_encoder=modeling.ImageEncoderViT(
-            img_size=img_size, patch_size=patch, embed_dim=32, depth=1, num_heads=2, out_chans=dim,
+            img_size=img_size,
+            patch_size=patch,
+            embed_dim=32,
+            depth=1,
+            num_heads=2,
+            out_chans=dim,
             norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
         ),
         prompt_encoder=modeling.PromptEncoder(
-            embed_dim=dim, image_embedding_size=(grid, grid), input_image_size=(img_size, img_size), mask_in_chans=4,
+            embed_dim=dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(img_size, img_size),
+            mask_in_chans=4,
         ),
         mask_decoder=modeling.MaskDecoder(
             transformer_dim=dim,
             transformer=modeling.TwoWayTransformer(depth=1, embedding_dim=dim, mlp_dim=64, num_heads=2),
-            num_multimask_outputs=3, iou_head_depth=2, iou_head_hidden_dim=32,
+            num_multimask_outputs=3,
+            iou_head_depth=2,
+            iou_head_hidden_dim=32,
         ),
     )
     return sam.eval()

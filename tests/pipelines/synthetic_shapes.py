@@ -42,4 +42,3 @@ def make_shapes_dataset(root: Path, n: int = 12, size: int = 32, seed: int = 0) 
         write_label(root / "gt" / f"{stem}.png", torch.from_numpy(gt))
         write_label(root / "box" / f"{stem}.png", torch.from_numpy(box))
     return root
-

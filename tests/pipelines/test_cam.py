@@ -13,15 +13,15 @@ import torch
 from tests.helpers import torchrun_two_cpu_processes
 from wsseg_fast.cli import main
 from wsseg_fast.data import make_demo, read_label_png
+from wsseg_fast.errors import CheckpointError, ConfigError, DataError
 from wsseg_fast.io import atomic_torch_save
 from wsseg_fast.models.cam import CamClassifier
-from wsseg_fast.errors import CheckpointError, ConfigError, DataError
 from wsseg_fast.pipelines.cam import CamConfig, load_cam, subclass_targets, train_cam
 from wsseg_fast.pipelines.cam.load import LEGACY_VERSION
 from wsseg_fast.pipelines.methods import MethodInput
 from wsseg_fast.pipelines.methods.cam import cam_method, cam_rw
-from wsseg_fast.pipelines.training import RunDirError, epoch_shard
 from wsseg_fast.pipelines.pseudo_label import JobConfig, run_pseudo_label
+from wsseg_fast.pipelines.training import RunDirError, epoch_shard
 from wsseg_fast.sam.prompting import Embedding
 
 
@@ -33,8 +33,15 @@ def demo(tmp_path_factory):
 
 
 def _config(demo, tmp_path, name, **kw):
-    return CamConfig(coco=str(demo / "annotations.json"), out=str(tmp_path / name), cache=str(tmp_path / "cache"),
-                     model="tiny", batch_size=2, lr=1e-2, **kw)
+    return CamConfig(
+        coco=str(demo / "annotations.json"),
+        out=str(tmp_path / name),
+        cache=str(tmp_path / "cache"),
+        model="tiny",
+        batch_size=2,
+        lr=1e-2,
+        **kw,
+    )
 
 
 def _losses(line: str) -> dict:
@@ -83,8 +90,12 @@ def test_bad_tags_give_one_clear_error(demo, tmp_path, capsys):
     coco = json.load(open(coco))
     coco["images"][0]["tags"] = [1]  # one tagged image: trained on it alone, and the run says so
     (tmp_path / "one.json").write_text(json.dumps(coco))
-    _train(CamConfig(coco=str(tmp_path / "one.json"), out=str(tmp_path / "o1"), model="tiny", epochs=1, hidden=8,
-                     cache=None), progress=True)
+    _train(
+        CamConfig(
+            coco=str(tmp_path / "one.json"), out=str(tmp_path / "o1"), model="tiny", epochs=1, hidden=8, cache=None
+        ),
+        progress=True,
+    )
     assert "1 of 4 images have tags" in capsys.readouterr().out
     coco["images"][1]["tags"] = [99]
     (tmp_path / "bad.json").write_text(json.dumps(coco))
@@ -109,8 +120,14 @@ def test_methods_in_the_pseudo_label_job_keep_to_the_tags(demo, tmp_path):
     coco = json.load(open(demo / "annotations.json"))
     for method in ("cam", "cam-rw", "cam-sam-rw"):
         options = {"cam": ckpt, "steps": 8} if method != "cam" else {"cam": ckpt}
-        cfg = JobConfig(coco=str(demo / "annotations.json"), out=str(tmp_path / method), method=method,
-                        options=options, model="tiny", cache=str(tmp_path / "cache"))
+        cfg = JobConfig(
+            coco=str(demo / "annotations.json"),
+            out=str(tmp_path / method),
+            method=method,
+            options=options,
+            model="tiny",
+            cache=str(tmp_path / "cache"),
+        )
         summary = run_pseudo_label(cfg, progress=False)
         assert summary["labelled"] == 4 and summary["run"]["encoded"] == 0  # the training's cached embeddings
         for im in coco["images"]:
@@ -129,8 +146,15 @@ def _toy(tmp_path, seed_only: bool):
         net.adapter.weight.copy_(torch.eye(3)[:, :, None, None])
         net.adapter.bias.zero_()
         net.head.weight.copy_(torch.tensor([[0.0, 0, 1], [0, 1, 0]])[:, :, None, None])
-    meta = {"version": LEGACY_VERSION, "backbone": "sam", "model": "toy", "in_channels": 3, "hidden": 3,
-            "num_classes": 2, "num_subclasses": 0}
+    meta = {
+        "version": LEGACY_VERSION,
+        "backbone": "sam",
+        "model": "toy",
+        "in_channels": 3,
+        "hidden": 3,
+        "num_classes": 2,
+        "num_subclasses": 0,
+    }
     path = str(tmp_path / "toy.pt")
     atomic_torch_save({"meta": meta, "model": net.state_dict()}, path)
     x = torch.zeros(3, 8, 8)
@@ -143,8 +167,9 @@ def _toy(tmp_path, seed_only: bool):
     emb = Embedding(x, (32, 32), (64, 64))
     engine = SimpleNamespace(model="toy", img_size=64)
     image = np.zeros((32, 32, 3), np.uint8)
-    return lambda options: MethodInput(image, np.zeros((1, 4), np.float32), np.array([1]), [{}],
-                                       {"cam": path, **options}, engine, emb)
+    return lambda options: MethodInput(
+        image, np.zeros((1, 4), np.float32), np.array([1]), [{}], {"cam": path, **options}, engine, emb
+    )
 
 
 def test_cam_on_a_toy_image(tmp_path):
@@ -172,7 +197,7 @@ def test_subclass_labels_are_deterministic_and_follow_the_clusters():
     a, b = subclass_targets(blobs, targets, 2, seed=3), subclass_targets(blobs, targets, 2, seed=3)
     assert torch.equal(a, b) and a.shape == (12, 4)
     assert torch.equal(a[:, :2].sum(1), torch.ones(12))  # one sub-class per positive image and class
-    assert torch.equal(a[:, 2:].sum(1), targets[:, 1])   # none for negatives
+    assert torch.equal(a[:, 2:].sum(1), targets[:, 1])  # none for negatives
     first = a[:6, :2].argmax(1)
     assert (first == first[0]).all() and (a[6:, :2].argmax(1) != first[0]).all()  # the two blobs part
 
@@ -210,20 +235,50 @@ def test_reconstruction_term_resumes_exactly_and_the_run_says_its_vgg_is_random(
 
 
 def test_resnet50_backbone_trains_on_images_and_its_checkpoint_serves_the_methods(demo, tmp_path, capsys):
-    ckpt = _train(_config(demo, tmp_path, "r", epochs=1, backbone="resnet50", image_size=64, hidden=8,
-                             ssc_weight=1.0, ssc_segments=8, subclasses=2))
+    ckpt = _train(
+        _config(
+            demo,
+            tmp_path,
+            "r",
+            epochs=1,
+            backbone="resnet50",
+            image_size=64,
+            hidden=8,
+            ssc_weight=1.0,
+            ssc_segments=8,
+            subclasses=2,
+        )
+    )
     net, meta = load_cam(ckpt, "resnet50")
     assert meta["model"] == "resnet50" and meta["weights"] == "random" and net.backbone is not None
     assert not (tmp_path / "cache").exists()  # no SAM embedding for this backbone
     with pytest.raises(CheckpointError, match="trained on backbone resnet50"):
         load_cam(ckpt, "sam", "tiny")
-    cfg = JobConfig(coco=str(demo / "annotations.json"), out=str(tmp_path / "pl"), method="cam-rw",
-                    options={"cam": ckpt, "steps": 4, "radius": 1}, model="tiny", cache=str(tmp_path / "cache"))
+    cfg = JobConfig(
+        coco=str(demo / "annotations.json"),
+        out=str(tmp_path / "pl"),
+        method="cam-rw",
+        options={"cam": ckpt, "steps": 4, "radius": 1},
+        model="tiny",
+        cache=str(tmp_path / "cache"),
+    )
     assert run_pseudo_label(cfg, progress=False)["labelled"] == 4
     # weights of another network for the backbone: one line from the CLI
     torch.save({"0.weight": torch.zeros(64, 3, 3, 3)}, tmp_path / "vgg.pt")
-    args = ["train-cam", "--coco", str(demo / "annotations.json"), "--no-cache", "--model", "tiny",
-            "--backbone", "resnet50", "--image-size", "64", "--backbone-weights", str(tmp_path / "vgg.pt")]
+    args = [
+        "train-cam",
+        "--coco",
+        str(demo / "annotations.json"),
+        "--no-cache",
+        "--model",
+        "tiny",
+        "--backbone",
+        "resnet50",
+        "--image-size",
+        "64",
+        "--backbone-weights",
+        str(tmp_path / "vgg.pt"),
+    ]
     assert main(args + ["--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--backbone-weights" in err[0] and "not a state dict of torchvision's resnet50" in err[0]
@@ -235,7 +290,9 @@ def test_epoch_shards_pad_and_cover_the_epoch():
     shards = [epoch_shard(5, 0, 3, r, 2) for r in (0, 1)]
     assert [len(s) for s in shards] == [3, 3]
     assert set(torch.cat(shards).tolist()) == set(range(5))  # one image repeated to pad
-    assert torch.equal(epoch_shard(5, 0, 3), torch.stack(shards, 1).flatten()[:5])  # interleaved = the one-process order
+    assert torch.equal(
+        epoch_shard(5, 0, 3), torch.stack(shards, 1).flatten()[:5]
+    )  # interleaved = the one-process order
 
 
 _DDP_SCRIPT = """
@@ -252,8 +309,16 @@ def test_torchrun_ddp_two_cpu_processes_equals_one_process_with_both_batches(dem
     one = torch.load(_train(_config(demo, tmp_path, "one", epochs=2, hidden=16)), weights_only=True)
     script = tmp_path / "ddp_cam.py"
     script.write_text(_DDP_SCRIPT)
-    config = dict(coco=str(demo / "annotations.json"), out=str(tmp_path / "ddp"), cache=str(tmp_path / "cache"),
-                  model="tiny", batch_size=1, lr=1e-2, epochs=2, hidden=16)
+    config = dict(
+        coco=str(demo / "annotations.json"),
+        out=str(tmp_path / "ddp"),
+        cache=str(tmp_path / "cache"),
+        model="tiny",
+        batch_size=1,
+        lr=1e-2,
+        epochs=2,
+        hidden=16,
+    )
     proc = torchrun_two_cpu_processes(script, json.dumps(config))
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.count("ignored); DDP over 2 processes") == 1  # rank 0 reports

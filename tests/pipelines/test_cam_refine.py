@@ -44,17 +44,23 @@ def test_grid_prompt_masks_one_decoder_call(tiny_sam, multimask, monkeypatch):
     assert calls == [9]  # every prompt in one decoder call on the one embedding
     # Same masks as prompting SAM one point at a time.
     point = grid_points(3, height, width)[4] * (tiny_sam.image_encoder.img_size / max(height, width))
-    sparse, dense = tiny_sam.prompt_encoder(points=(point.view(1, 1, 2), torch.ones(1, 1, dtype=torch.int)),
-                                            boxes=None, masks=None)
+    sparse, dense = tiny_sam.prompt_encoder(
+        points=(point.view(1, 1, 2), torch.ones(1, 1, dtype=torch.int)), boxes=None, masks=None
+    )
     with torch.no_grad():
-        low, iou = decoder(image_embeddings=embedding, image_pe=tiny_sam.prompt_encoder.get_dense_pe(),
-                           sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                           multimask_output=multimask)
+        low, iou = decoder(
+            image_embeddings=embedding,
+            image_pe=tiny_sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
     low = low[:, iou.argmax(1)] if multimask else low
     one = tiny_sam.postprocess_masks(low, (64, 40), (height, width))[0, 0]
     torch.testing.assert_close(masks[4], one, rtol=1e-4, atol=1e-4)
-    chunked = grid_prompt_masks(tiny_sam, embedding, (height, width), points_per_side=3,
-                                multimask_output=multimask, points_per_batch=4)
+    chunked = grid_prompt_masks(
+        tiny_sam, embedding, (height, width), points_per_side=3, multimask_output=multimask, points_per_batch=4
+    )
     assert calls[-3:] == [4, 4, 1]
     torch.testing.assert_close(chunked, masks, rtol=1e-4, atol=1e-4)
 

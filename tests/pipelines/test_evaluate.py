@@ -52,8 +52,26 @@ def test_evaluate_cli_writes_strict_json_and_markdown(tmp_path, capsys):
     _write(tmp_path / "gt", {"a": [[0, 1], [1, 1]]})
     _write(tmp_path / "pred", {"a": [[0, 1], [1, 0]]})
     out = tmp_path / "report" / "report.json"
-    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--num-classes", "3",
-                 "--class-names", "bg", "fg", "other", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--pred",
+                str(tmp_path / "pred"),
+                "--gt",
+                str(tmp_path / "gt"),
+                "--num-classes",
+                "3",
+                "--class-names",
+                "bg",
+                "fg",
+                "other",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
     assert report["miou"] == pytest.approx((1 / 2 + 2 / 3) / 2)  # class 'other' is absent: left out
     assert report["per_class"]["other"]["iou"] is None

@@ -15,9 +15,18 @@ def test_demo_experiment_writes_every_row_and_resumes(tmp_path):
     weights = build_sam("tiny").state_dict()
     weights["mask_decoder.iou_token.weight"] += 1  # not the random init
     torch.save(weights, tmp_path / "standin.pth")
-    cfg = DemoExperimentConfig(out=str(tmp_path / "exp"), train_images=2, test_images=2, finetune_epochs=1,
-                               loss_scale=0.25, student_epochs=1, student_size=32, student_widths=(8, 16), threads=1,
-                               checkpoint=str(tmp_path / "standin.pth"))
+    cfg = DemoExperimentConfig(
+        out=str(tmp_path / "exp"),
+        train_images=2,
+        test_images=2,
+        finetune_epochs=1,
+        loss_scale=0.25,
+        student_epochs=1,
+        student_size=32,
+        student_widths=(8, 16),
+        threads=1,
+        checkpoint=str(tmp_path / "standin.pth"),
+    )
     report = run_demo_experiment(cfg, progress=False)
     for job in ("test_sam_box", "test_prompter"):
         settings = json.loads((tmp_path / "exp" / job / "settings.json").read_text())

@@ -11,9 +11,18 @@ from wsseg_fast.pipelines.experiments.tags import (
 
 
 def test_tags_experiment_writes_the_ablation_walks_and_student_and_resumes(tmp_path):
-    cfg = TagsExperimentConfig(out=str(tmp_path / "exp"), train_images=2, test_images=2, cam_epochs=1,
-                               walk_steps=2, points_per_side=2, student_epochs=1, student_size=32,
-                               student_widths=(8, 16), threads=1)
+    cfg = TagsExperimentConfig(
+        out=str(tmp_path / "exp"),
+        train_images=2,
+        test_images=2,
+        cam_epochs=1,
+        walk_steps=2,
+        points_per_side=2,
+        student_epochs=1,
+        student_size=32,
+        student_widths=(8, 16),
+        threads=1,
+    )
     report = run_tags_experiment(cfg, progress=False)
     saved = json.loads((tmp_path / "exp" / "report.json").read_text())
     names = [r["name"] for r in saved["rows"]]
@@ -37,6 +46,8 @@ def test_tags_experiment_writes_the_ablation_walks_and_student_and_resumes(tmp_p
 
 def test_bad_vgg_weights_are_one_line(tmp_path, capsys):
     (tmp_path / "vgg.pt").write_bytes(b"junk")
-    assert main(["experiment", "demo-tags", "--out", str(tmp_path / "e"), "--vgg-weights", str(tmp_path / "vgg.pt")]) == 2
+    assert (
+        main(["experiment", "demo-tags", "--out", str(tmp_path / "e"), "--vgg-weights", str(tmp_path / "vgg.pt")]) == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--vgg-weights" in err[0]

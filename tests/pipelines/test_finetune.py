@@ -8,9 +8,9 @@ import torch
 from benchmarks import stage1_real
 from wsseg_fast.cli import main
 from wsseg_fast.data import CocoWeakDataset, make_demo
+from wsseg_fast.errors import ConfigError
 from wsseg_fast.logic import class_truths
 from wsseg_fast.logic.priors import Contains, Pairwise, PriorsError, load_priors
-from wsseg_fast.errors import ConfigError
 from wsseg_fast.pipelines.finetune import FinetuneConfig, finetune
 from wsseg_fast.pipelines.training import RunDirError
 from wsseg_fast.sam.engine import SamEngine
@@ -28,8 +28,16 @@ def demo(tmp_path_factory):
 
 
 def config(demo, out, **kw) -> FinetuneConfig:
-    base = dict(coco=str(demo / "annotations.json"), out=str(out), model="tiny", priors=str(demo / "priors.yaml"),
-                epochs=1, lr=1e-3, loss_scale=0.25, threads=1)
+    base = dict(
+        coco=str(demo / "annotations.json"),
+        out=str(out),
+        model="tiny",
+        priors=str(demo / "priors.yaml"),
+        epochs=1,
+        lr=1e-3,
+        loss_scale=0.25,
+        threads=1,
+    )
     return FinetuneConfig(**{**base, **kw})
 
 
@@ -51,10 +59,14 @@ def test_priors_file(tmp_path):
     path.write_text("contains: [[cup, disc]]\npairwise: true\n")
     assert load_priors(path, NAMES) == [Contains("cup", "disc"), Pairwise({})]
     assert load_priors(None, NAMES) == []
-    for text, match in [("containz: []", "unknown prior kinds"), ("contains: [[cup, lid]]", "unknown class 'lid'"),
-                        ("contains: [cup, disc]", "pairs"),
-                        ("contains: [cup", "not valid YAML"), ("- 1", "mapping"),
-                        ("box_size: [0.9, 0.2]", "box_size")]:
+    for text, match in [
+        ("containz: []", "unknown prior kinds"),
+        ("contains: [[cup, lid]]", "unknown class 'lid'"),
+        ("contains: [cup, disc]", "pairs"),
+        ("contains: [cup", "not valid YAML"),
+        ("- 1", "mapping"),
+        ("box_size: [0.9, 0.2]", "box_size"),
+    ]:
         path.write_text(text)
         with pytest.raises(PriorsError, match=match):
             load_priors(path, NAMES)
@@ -74,8 +86,16 @@ def test_decoder_training_logs_constraints_resumes_exactly_and_is_deterministic(
     log = [json.loads(line) for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]
     sat = log[-1]["satisfaction"]
-    assert {"boxes", "points", "scribbles", "tags_present", "tags_absent", "pairwise", "one_class_per_pixel",
-            "contains[cup->disc]"} <= set(sat)
+    assert {
+        "boxes",
+        "points",
+        "scribbles",
+        "tags_present",
+        "tags_absent",
+        "pairwise",
+        "one_class_per_pixel",
+        "contains[cup->disc]",
+    } <= set(sat)
     assert all(0.0 <= v <= 1.0 for v in sat.values())
     weights = load_state_dict_file(whole)
     assert weights and all(k.startswith("mask_decoder.") for k in weights)
@@ -104,8 +124,14 @@ def test_distillation_keeps_the_masks_near_the_starting_sam(demo, tmp_path):
             image = dataset.load_image(record)
             [embedding] = base.embed([image])
             boxes = dataset.boxes(record)[0]
-            total += float((torch.sigmoid(tuned.predict(embedding, boxes=boxes).logits)
-                            - torch.sigmoid(base.predict(embedding, boxes=boxes).logits)).abs().mean())
+            total += float(
+                (
+                    torch.sigmoid(tuned.predict(embedding, boxes=boxes).logits)
+                    - torch.sigmoid(base.predict(embedding, boxes=boxes).logits)
+                )
+                .abs()
+                .mean()
+            )
         return total / len(dataset.images)
 
     free = drift(finetune(config(demo, tmp_path / "free", epochs=3), progress=False))
@@ -117,17 +143,55 @@ def test_distillation_keeps_the_masks_near_the_starting_sam(demo, tmp_path):
 
 def test_whole_model_training_feeds_sbr_pseudo_labels(demo, tmp_path, capsys):
     out = tmp_path / "ft"
-    assert main(["finetune", "--coco", str(demo / "annotations.json"), "--model", "tiny", "--train", "all",
-                 "--priors", str(demo / "priors.yaml"), "--epochs", "1", "--loss-scale", "0.25", "--out", str(out),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "--coco",
+                str(demo / "annotations.json"),
+                "--model",
+                "tiny",
+                "--train",
+                "all",
+                "--priors",
+                str(demo / "priors.yaml"),
+                "--epochs",
+                "1",
+                "--loss-scale",
+                "0.25",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     weights = load_state_dict_file(out / "finetuned.pth")
     assert any(k.startswith("image_encoder.") for k in weights)
     # A fine-tuned encoder makes the weights a whole model: new embeddings, not the base ones.
     engine = SamEngine("tiny", finetuned=str(out / "finetuned.pth"))
     assert engine.checkpoint == str(out / "finetuned.pth")
-    assert main(["pseudo-label", "--coco", str(demo / "annotations.json"), "--method", "sbr", "--model", "tiny",
-                 "--finetuned", str(out / "finetuned.pth"), "--cache", str(tmp_path / "cache"),
-                 "--out", str(tmp_path / "pl"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "pseudo-label",
+                "--coco",
+                str(demo / "annotations.json"),
+                "--method",
+                "sbr",
+                "--model",
+                "tiny",
+                "--finetuned",
+                str(out / "finetuned.pth"),
+                "--cache",
+                str(tmp_path / "cache"),
+                "--out",
+                str(tmp_path / "pl"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert len(list((tmp_path / "pl" / "labels").glob("*.png"))) == 2
     assert "mIoU" in capsys.readouterr().out
 
@@ -136,14 +200,34 @@ def test_stage1_benchmark_runs_on_a_tiny_dataset(demo, tmp_path):
     """benchmarks/stage1_real.py on the 2-image demo with a saved checkpoint (CamVid is not needed)."""
     torch.save(build_sam("tiny").state_dict(), tmp_path / "tiny.pth")
     rows = ["sam-box", "stage 1 -> sam-box", "stage 1 without boxes -> sbr", "stage 1 only boxes -> sam-box"]
-    assert stage1_real.main([str(demo), "--checkpoint", str(tmp_path / "tiny.pth"), "--epochs", "1", "--rows", *rows,
-                             "--out", str(tmp_path / "res"), "--work", str(tmp_path / "work")]) == 0
+    assert (
+        stage1_real.main(
+            [
+                str(demo),
+                "--checkpoint",
+                str(tmp_path / "tiny.pth"),
+                "--epochs",
+                "1",
+                "--rows",
+                *rows,
+                "--out",
+                str(tmp_path / "res"),
+                "--work",
+                str(tmp_path / "work"),
+            ]
+        )
+        == 0
+    )
     result = json.loads((tmp_path / "res/stage1_real.json").read_text())
     assert [r["name"] for r in result["rows"]] == rows
     assert set(result["stage1"]) == {"stage 1", "stage 1 without boxes", "stage 1 only boxes"}  # one per variant
     assert stage1_real._variant("stage 1 without boxes -> sbr") == ("stage 1 without boxes", ("boxes",))
     only = stage1_real._variant("stage 1 only pairwise prior -> sam-box")
-    assert only[0] == "stage 1 only pairwise prior" and "pairwise" not in only[1] and {"boxes", "points", "tags_present"} <= set(only[1])
+    assert (
+        only[0] == "stage 1 only pairwise prior"
+        and "pairwise" not in only[1]
+        and {"boxes", "points", "tags_present"} <= set(only[1])
+    )
     assert all(0 <= r["miou"] <= 1 for r in result["rows"]) and result["stage1"]["stage 1"]["seconds_per_step"] > 0
     assert "| stage 1 -> sam-box |" in (tmp_path / "res/stage1_real.md").read_text()
     assert stage1_real.main([str(demo), "--checkpoint", str(tmp_path / "missing.pth")]) == 2

@@ -15,8 +15,8 @@ import torch
 
 from wsseg_fast.data import make_demo
 from wsseg_fast.pipelines.cam import CamConfig, load_cam, train_cam
-from wsseg_fast.pipelines.student import load_student, predict
 from wsseg_fast.pipelines.prompter import load_prompter
+from wsseg_fast.pipelines.student import load_student, predict
 from wsseg_fast.pipelines.training import RunDirError
 
 LEGACY = Path(__file__).resolve().parents[1] / "fixtures" / "legacy"
@@ -50,5 +50,14 @@ def test_a_legacy_run_is_not_resumed_but_refused_in_one_line(tmp_path):
     out.mkdir()
     (out / "last.pt").write_bytes((LEGACY / "cam_last.pt").read_bytes())
     with pytest.raises(RunDirError, match="not a cam checkpoint of this version"):
-        train_cam(CamConfig(coco=str(tmp_path / "demo" / "annotations.json"), out=str(out), model="tiny", hidden=8,
-                            cache=None, epochs=2), progress=False)
+        train_cam(
+            CamConfig(
+                coco=str(tmp_path / "demo" / "annotations.json"),
+                out=str(out),
+                model="tiny",
+                hidden=8,
+                cache=None,
+                epochs=2,
+            ),
+            progress=False,
+        )

@@ -10,6 +10,7 @@ from PIL import Image
 from wsseg_fast.cli import main
 from wsseg_fast.data import CocoWeakDataset, make_demo
 from wsseg_fast.data.weak import encode_rle, mask_bbox
+from wsseg_fast.errors import ConfigError, DataError
 from wsseg_fast.pipelines.pretrain import (
     MAX_JITTER_PX,
     PretrainConfig,
@@ -21,7 +22,6 @@ from wsseg_fast.pipelines.pretrain import (
     sample_prompts,
     zoomed,
 )
-from wsseg_fast.errors import ConfigError, DataError
 from wsseg_fast.pipelines.training import RunDirError
 from wsseg_fast.sam.model import build_sam, load_state_dict_file
 from wsseg_fast.sam.prompting import MIN_ZOOM, preprocess, zoom_factor, zoom_window
@@ -38,8 +38,16 @@ def shapes(tmp_path_factory):
 
 
 def config(shapes, out, **kw) -> PretrainConfig:
-    return PretrainConfig(**{"coco": str(shapes / "annotations.json"), "out": str(out), "epochs": 2, "max_instances": 4,
-                             "threads": 1, **kw})
+    return PretrainConfig(
+        **{
+            "coco": str(shapes / "annotations.json"),
+            "out": str(out),
+            "epochs": 2,
+            "max_instances": 4,
+            "threads": 1,
+            **kw,
+        }
+    )
 
 
 def test_prompts_lie_on_their_instances():
@@ -58,7 +66,10 @@ def test_prompts_lie_on_their_instances():
     assert (jittered[:, 2:] > jittered[:, :2]).all() and (jittered >= 0).all() and (jittered <= 64).all()
     again = sample_prompts(masks, boxes, 64, 0.5, 0.1, torch.Generator().manual_seed(0))
     assert all(torch.equal(a, b) for a, b in zip((use_box, jittered, points), again))  # seeded
-    assert sample_prompts(masks, boxes, 64, 1.0, 0.1, g)[0].all() and not sample_prompts(masks, boxes, 64, 0.0, 0.1, g)[0].any()
+    assert (
+        sample_prompts(masks, boxes, 64, 1.0, 0.1, g)[0].all()
+        and not sample_prompts(masks, boxes, 64, 0.0, 0.1, g)[0].any()
+    )
 
 
 def test_corrective_clicks_point_at_the_error():
@@ -71,8 +82,12 @@ def test_corrective_clicks_point_at_the_error():
     for _ in range(5):
         points, labels = corrective_click(logits, target, 32, g)
         cells = (points[:, 0] / 4).floor().long()
-        assert labels[0, 0] == 1 and target[0, cells[0, 1], cells[0, 0]] == 1 and logits[0, cells[0, 1], cells[0, 0]] < 0
-        assert labels[1, 0] == 0 and target[1, cells[1, 1], cells[1, 0]] == 0 and logits[1, cells[1, 1], cells[1, 0]] > 0
+        assert (
+            labels[0, 0] == 1 and target[0, cells[0, 1], cells[0, 0]] == 1 and logits[0, cells[0, 1], cells[0, 0]] < 0
+        )
+        assert (
+            labels[1, 0] == 0 and target[1, cells[1, 1], cells[1, 0]] == 0 and logits[1, cells[1, 1], cells[1, 0]] > 0
+        )
 
 
 def test_loss_falls_and_the_weights_load_everywhere(shapes, tmp_path):
@@ -83,7 +98,9 @@ def test_loss_falls_and_the_weights_load_everywhere(shapes, tmp_path):
     state = load_state_dict_file(path)
     sam = build_sam("tiny", path)  # the same loader as every command's --checkpoint
     assert all(torch.equal(v, state[k]) for k, v in sam.state_dict().items())
-    assert not torch.equal(state["mask_decoder.iou_token.weight"], build_sam("tiny").state_dict()["mask_decoder.iou_token.weight"])
+    assert not torch.equal(
+        state["mask_decoder.iou_token.weight"], build_sam("tiny").state_dict()["mask_decoder.iou_token.weight"]
+    )
 
 
 def test_mirroring_keeps_masks_and_boxes_together(shapes, tmp_path):
@@ -111,10 +128,21 @@ def test_thin_things_keep_their_pixels_at_the_input_resolution(tmp_path):
     pole[100:400, 201:204] = True
     (tmp_path / "images").mkdir()
     Image.fromarray(image).save(tmp_path / "images/a.png")
-    coco = {"images": [{"id": 1, "file_name": "a.png", "height": 512, "width": 512}],
-            "categories": [{"id": 1, "name": "pole"}],
-            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": mask_bbox(pole), "iscrowd": 0,
-                             "area": int(pole.sum()), "segmentation": encode_rle(pole)}]}
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png", "height": 512, "width": 512}],
+        "categories": [{"id": 1, "name": "pole"}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "bbox": mask_bbox(pole),
+                "iscrowd": 0,
+                "area": int(pole.sum()),
+                "segmentation": encode_rle(pole),
+            }
+        ],
+    }
     (tmp_path / "a.json").write_text(json.dumps(coco))
     dataset = CocoWeakDataset(str(tmp_path / "a.json"))
     [sample] = prepare_samples(dataset, 256, lambda message: None)
@@ -131,8 +159,9 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (fp
 
 
 def test_zoomed_windows_show_small_instances_larger(shapes, tmp_path):
-    samples = prepare_samples(CocoWeakDataset(str(shapes / "annotations.json")), 256, lambda message: None,
-                              keep_originals=True)
+    samples = prepare_samples(
+        CocoWeakDataset(str(shapes / "annotations.json")), 256, lambda message: None, keep_originals=True
+    )
     sample = samples[0]
     image, boxes = sample.original.image, sample.original.boxes
     h, w = image.shape[:2]
@@ -141,8 +170,13 @@ def test_zoomed_windows_show_small_instances_larger(shapes, tmp_path):
     g = torch.Generator().manual_seed(0)
     for _ in range(4):
         view = zoomed(sample, 256, "input", g)
-        window = next(win for win in windows
-                      if torch.equal(view.pixels, preprocess(np.ascontiguousarray(image[win[1]:win[3], win[0]:win[2]]), 256)[0]))
+        window = next(
+            win
+            for win in windows
+            if torch.equal(
+                view.pixels, preprocess(np.ascontiguousarray(image[win[1] : win[3], win[0] : win[2]]), 256)[0]
+            )
+        )
         x0, y0, x1, y1 = window
         inside = (boxes[:, 0] >= x0) & (boxes[:, 1] >= y0) & (boxes[:, 2] <= x1) & (boxes[:, 3] <= y1)
         assert len(view.masks) == inside.sum() >= 1 and view.masks.shape[1:] == (256, 256)
@@ -162,15 +196,18 @@ def test_zoomed_windows_show_small_instances_larger(shapes, tmp_path):
 @pytest.mark.parametrize("amp, device", [("off", "cpu"), ("bf16", "cpu"), pytest.param("fp16", "cuda", marks=CUDA)])
 def test_resume_is_bit_exact(shapes, tmp_path, amp, device):
     straight = pretrain_sam(config(shapes, tmp_path / "a", amp=amp, device=device), progress=False)
-    first = load_state_dict_file(pretrain_sam(config(shapes, tmp_path / "b", epochs=1, amp=amp, device=device),
-                                              progress=False))
+    first = load_state_dict_file(
+        pretrain_sam(config(shapes, tmp_path / "b", epochs=1, amp=amp, device=device), progress=False)
+    )
     resumed = pretrain_sam(config(shapes, tmp_path / "b", amp=amp, device=device), progress=False)  # from epoch 2
     a, b = load_state_dict_file(straight), load_state_dict_file(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a) and all(v.dtype == torch.float32 for v in a.values())
     log = [json.loads(line) for line in (tmp_path / "a/log.jsonl").read_text().splitlines()]
     assert len(log) == 2 and all(np.isfinite(r["loss"]) for r in log)
     if amp != "off":  # mixed precision computes in another precision, into fp32 weights
-        fp32 = load_state_dict_file(pretrain_sam(config(shapes, tmp_path / "fp32", epochs=1, device=device), progress=False))
+        fp32 = load_state_dict_file(
+            pretrain_sam(config(shapes, tmp_path / "fp32", epochs=1, device=device), progress=False)
+        )
         assert any(not torch.equal(first[k], fp32[k]) for k in first)
     with pytest.raises(RunDirError, match="other settings"):
         pretrain_sam(config(shapes, tmp_path / "b", lr=1e-2, amp=amp, device=device), progress=False)
@@ -182,30 +219,60 @@ def test_cosine_schedule_spans_the_run(shapes, tmp_path):
     assert _lr_at(config(shapes, tmp_path, lr=1e-3), 7, 8) == 1e-3  # constant
     pretrain_sam(config(shapes, tmp_path / "c", epochs=1, lr=1e-3, lr_schedule="cosine"), progress=False)
     [record] = [json.loads(line) for line in (tmp_path / "c/log.jsonl").read_text().splitlines()]
-    assert record["lr"] == pytest.approx(_lr_at(config(shapes, tmp_path, lr=1e-3, lr_schedule="cosine", epochs=1), 0, 1))
+    assert record["lr"] == pytest.approx(
+        _lr_at(config(shapes, tmp_path, lr=1e-3, lr_schedule="cosine", epochs=1), 0, 1)
+    )
     with pytest.raises(RunDirError, match="other settings"):  # more epochs would change the schedule already run
         pretrain_sam(cfg, progress=False)
 
 
 def test_bad_inputs(shapes, tmp_path, capsys):
     coco = json.loads((shapes / "annotations.json").read_text())
-    no_masks = {**coco, "annotations": [{k: v for k, v in a.items() if k != "segmentation"} for a in coco["annotations"]]}
+    no_masks = {
+        **coco,
+        "annotations": [{k: v for k, v in a.items() if k != "segmentation"} for a in coco["annotations"]],
+    }
     (tmp_path / "boxes_only.json").write_text(json.dumps(no_masks))
     with pytest.raises(DataError, match="segmentation"):
-        pretrain_sam(config(shapes, tmp_path / "o", coco=str(tmp_path / "boxes_only.json"), images=str(shapes / "images")))
-    empty = {**coco, "annotations": [{**a, "segmentation": {"size": [a_h, a_w], "counts": [a_h * a_w]}}
-                                     for a in coco["annotations"]
-                                     for a_h, a_w in [(coco["images"][0]["height"], coco["images"][0]["width"])]]}
+        pretrain_sam(
+            config(shapes, tmp_path / "o", coco=str(tmp_path / "boxes_only.json"), images=str(shapes / "images"))
+        )
+    empty = {
+        **coco,
+        "annotations": [
+            {**a, "segmentation": {"size": [a_h, a_w], "counts": [a_h * a_w]}}
+            for a in coco["annotations"]
+            for a_h, a_w in [(coco["images"][0]["height"], coco["images"][0]["width"])]
+        ],
+    }
     (tmp_path / "empty.json").write_text(json.dumps(empty))
     with pytest.raises(DataError, match="no readable image has a non-empty instance mask"):
         pretrain_sam(config(shapes, tmp_path / "o", coco=str(tmp_path / "empty.json"), images=str(shapes / "images")))
-    for bad, match in [({"epochs": 0}, "epochs"), ({"clicks": -1}, "clicks"), ({"box_fraction": 2.0}, "box_fraction"),
-                       ({"model": "vit_x"}, "model"), ({"loss_resolution": "full"}, "loss_resolution"), ({"amp": "fp8"}, "amp"),
-                       ({"lr_schedule": "step"}, "lr_schedule"),
-                       ({"zoom": 1.5}, "zoom")]:
+    for bad, match in [
+        ({"epochs": 0}, "epochs"),
+        ({"clicks": -1}, "clicks"),
+        ({"box_fraction": 2.0}, "box_fraction"),
+        ({"model": "vit_x"}, "model"),
+        ({"loss_resolution": "full"}, "loss_resolution"),
+        ({"amp": "fp8"}, "amp"),
+        ({"lr_schedule": "step"}, "lr_schedule"),
+        ({"zoom": 1.5}, "zoom"),
+    ]:
         with pytest.raises(ConfigError, match=match):
             pretrain_sam(config(shapes, tmp_path / "o", **bad))
-    assert main(["pretrain-sam", "--coco", str(tmp_path / "boxes_only.json"), "--images", str(shapes / "images"),
-                 "--out", str(tmp_path / "cli")]) == 2
+    assert (
+        main(
+            [
+                "pretrain-sam",
+                "--coco",
+                str(tmp_path / "boxes_only.json"),
+                "--images",
+                str(shapes / "images"),
+                "--out",
+                str(tmp_path / "cli"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "segmentation" in err[0]

@@ -10,9 +10,9 @@ from tests.helpers import torchrun_two_cpu_processes
 from wsseg_fast.cache import EmbeddingCache
 from wsseg_fast.cli import main
 from wsseg_fast.data import CocoWeakDataset, make_demo
+from wsseg_fast.errors import CheckpointError, ConfigError, DataError
 from wsseg_fast.matching import HungarianMatcher, PromptSetCriterion
 from wsseg_fast.models.prompter import QueryPrompter
-from wsseg_fast.errors import CheckpointError, ConfigError, DataError
 from wsseg_fast.pipelines.methods.prompter import predict_semantic, prompter_instances
 from wsseg_fast.pipelines.prompter import PrompterConfig, load_prompter, train_prompter, train_step
 from wsseg_fast.pipelines.training import RunDirError
@@ -20,8 +20,9 @@ from wsseg_fast.sam.engine import SamEngine
 from wsseg_fast.sam.model import build_sam
 from wsseg_fast.sam.prompting import Embedding, decode_tokens, encode_boxes, predict_masks
 
-SMALL = dict(embed_size=16, d_model=32, nhead=4, dim_feedforward=64, num_encoder_layers=1, num_decoder_layers=1,
-             dropout=0.0)
+SMALL = dict(
+    embed_size=16, d_model=32, nhead=4, dim_feedforward=64, num_encoder_layers=1, num_decoder_layers=1, dropout=0.0
+)
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +162,7 @@ def test_predict_semantic_no_queries_kept_is_background(sam):
 
 # --- training on a generated demo dataset (tiny SAM, random weights) ---------------------------------------
 
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("prompterdemo")
@@ -169,9 +171,21 @@ def demo(tmp_path_factory):
 
 
 def _cfg(demo, out, **kw):
-    base = dict(coco=str(demo / "annotations.json"), out=str(out), model="tiny", epochs=1, batch_size=2, lr=1e-3,
-                num_queries=6, d_model=32, nhead=4, dim_feedforward=64, num_encoder_layers=1, num_decoder_layers=1,
-                threads=1)
+    base = dict(
+        coco=str(demo / "annotations.json"),
+        out=str(out),
+        model="tiny",
+        epochs=1,
+        batch_size=2,
+        lr=1e-3,
+        num_queries=6,
+        d_model=32,
+        nhead=4,
+        dim_feedforward=64,
+        num_encoder_layers=1,
+        num_decoder_layers=1,
+        threads=1,
+    )
     return PrompterConfig(**{**base, **kw})
 
 
@@ -195,8 +209,7 @@ def test_training_resumes_bit_exact_is_deterministic_and_shares_the_cache(demo, 
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(RunDirError, match="other settings"):
         train_prompter(_cfg(demo, tmp_path / "split", epochs=3, lr=5e-4), progress=False)
-    boxed = train_prompter(_cfg(demo, tmp_path / "box", epochs=1, cache=str(cache), prompt_head="box"),
-                           progress=False)
+    boxed = train_prompter(_cfg(demo, tmp_path / "box", epochs=1, cache=str(cache), prompt_head="box"), progress=False)
     prompter, _ = load_prompter(boxed, model="tiny")
     assert prompter.config()["prompt_head"] == "box" and prompter.box_gaussian.abs().sum() > 0
 
@@ -217,9 +230,28 @@ def test_bad_inputs(demo, tmp_path, capsys):
     spec["annotations"] = [a for a in spec["annotations"] if a["category_id"] in {c["id"] for c in spec["categories"]}]
     (demo / "three.json").write_text(json.dumps(spec))
     capsys.readouterr()
-    assert main(["pseudo-label", "--coco", str(demo / "three.json"), "--images", str(demo / "images"), "--model", "tiny",
-                 "--method", "prompter", "--prompter", str(ckpt), "--no-cache", "--out", str(tmp_path / "pl"),
-                 "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "pseudo-label",
+                "--coco",
+                str(demo / "three.json"),
+                "--images",
+                str(demo / "images"),
+                "--model",
+                "tiny",
+                "--method",
+                "prompter",
+                "--prompter",
+                str(ckpt),
+                "--no-cache",
+                "--out",
+                str(tmp_path / "pl"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "predicts 6 classes, the dataset has 3" in err and "Traceback" not in err
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
@@ -235,22 +267,82 @@ def test_bad_inputs(demo, tmp_path, capsys):
 
 
 def test_cli_train_prompter_then_prompt_free_pseudo_labels(demo, tmp_path, capsys):
-    args = ["train-prompter", "--coco", str(demo / "annotations.json"), "--model", "tiny", "--epochs", "1",
-            "--queries", "6", "--d-model", "32", "--heads", "4", "--ffn", "64", "--encoder-layers", "1",
-            "--decoder-layers", "1", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "p"), "--quiet",
-            "--threads", "1"]
+    args = [
+        "train-prompter",
+        "--coco",
+        str(demo / "annotations.json"),
+        "--model",
+        "tiny",
+        "--epochs",
+        "1",
+        "--queries",
+        "6",
+        "--d-model",
+        "32",
+        "--heads",
+        "4",
+        "--ffn",
+        "64",
+        "--encoder-layers",
+        "1",
+        "--decoder-layers",
+        "1",
+        "--cache",
+        str(tmp_path / "cache"),
+        "--out",
+        str(tmp_path / "p"),
+        "--quiet",
+        "--threads",
+        "1",
+    ]
     assert main(args) == 0
     assert (tmp_path / "p" / "prompter.pt").exists() and (tmp_path / "p" / "config.yaml").exists()
     ckpt = str(tmp_path / "p" / "prompter.pt")
-    job = ["pseudo-label", "--coco", str(demo / "annotations.json"), "--model", "tiny", "--cache", str(tmp_path / "cache"),
-           "--quiet"]
-    assert main(job + ["--method", "prompter", "--prompter", ckpt, "--method-option", "threshold=0.99",
-                       "--out", str(tmp_path / "pl")]) == 0
+    job = [
+        "pseudo-label",
+        "--coco",
+        str(demo / "annotations.json"),
+        "--model",
+        "tiny",
+        "--cache",
+        str(tmp_path / "cache"),
+        "--quiet",
+    ]
+    assert (
+        main(
+            job
+            + [
+                "--method",
+                "prompter",
+                "--prompter",
+                ckpt,
+                "--method-option",
+                "threshold=0.99",
+                "--out",
+                str(tmp_path / "pl"),
+            ]
+        )
+        == 0
+    )
     assert len(list((tmp_path / "pl" / "labels").glob("*.png"))) == 3
     assert "mIoU" in capsys.readouterr().out
     # --prompter is the method option checkpoint=, which still works: the same labels
-    assert main(job + ["--method", "prompter", "--method-option", f"checkpoint={ckpt}", "--method-option",
-                       "threshold=0.99", "--out", str(tmp_path / "pl2")]) == 0
+    assert (
+        main(
+            job
+            + [
+                "--method",
+                "prompter",
+                "--method-option",
+                f"checkpoint={ckpt}",
+                "--method-option",
+                "threshold=0.99",
+                "--out",
+                str(tmp_path / "pl2"),
+            ]
+        )
+        == 0
+    )
     for png in (tmp_path / "pl" / "labels").glob("*.png"):
         assert png.read_bytes() == (tmp_path / "pl2" / "labels" / png.name).read_bytes()
     # prompt-free: an image without any box is labelled too (box methods leave it background)
@@ -258,21 +350,53 @@ def test_cli_train_prompter_then_prompt_free_pseudo_labels(demo, tmp_path, capsy
     first = spec["images"][0]
     spec["annotations"] = [a for a in spec["annotations"] if a["image_id"] != first["id"]]
     (demo / "fewer_boxes.json").write_text(json.dumps(spec))
-    assert main(job[:2] + [str(demo / "fewer_boxes.json"), "--images", str(demo / "images")] + job[3:]
-                + ["--method", "prompter", "--prompter", ckpt, "--method-option", "threshold=0.0",
-                   "--out", str(tmp_path / "pl3")]) == 0
+    assert (
+        main(
+            job[:2]
+            + [str(demo / "fewer_boxes.json"), "--images", str(demo / "images")]
+            + job[3:]
+            + [
+                "--method",
+                "prompter",
+                "--prompter",
+                ckpt,
+                "--method-option",
+                "threshold=0.0",
+                "--out",
+                str(tmp_path / "pl3"),
+            ]
+        )
+        == 0
+    )
     stem = first["file_name"].rsplit(".", 1)[0]
     assert (np.asarray(Image.open(tmp_path / "pl3" / "labels" / f"{stem}.png")) > 0).any()
     capsys.readouterr()
-    for extra, message in ((["--method", "sam-box", "--prompter", ckpt], "--prompter goes with --method prompter"),
-                           (["--method", "prompter", "--prompter", ckpt, "--method-option", f"checkpoint={ckpt}"],
-                            "give the prompter once"),
-                           (["--method", "prompter"], "method prompter needs --prompter")):
+    for extra, message in (
+        (["--method", "sam-box", "--prompter", ckpt], "--prompter goes with --method prompter"),
+        (
+            ["--method", "prompter", "--prompter", ckpt, "--method-option", f"checkpoint={ckpt}"],
+            "give the prompter once",
+        ),
+        (["--method", "prompter"], "method prompter needs --prompter"),
+    ):
         assert main(job + extra + ["--out", str(tmp_path / "bad")]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
-    assert main(["train-prompter", "--coco", str(demo / "annotations.json"), "--out", str(tmp_path / "q"),
-                 "--batch-size", "0", "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "train-prompter",
+                "--coco",
+                str(demo / "annotations.json"),
+                "--out",
+                str(tmp_path / "q"),
+                "--batch-size",
+                "0",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "batch_size must be >= 1" in capsys.readouterr().err
 
 
@@ -306,8 +430,10 @@ def test_torchrun_ddp_equals_one_process_with_the_whole_batch(tmp_path):
         out_a, out_b = a(x), b(x)
     for k in out_a:
         torch.testing.assert_close(out_b[k], out_a[k], rtol=1e-4, atol=1e-4)
-    logs = [[json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
-            for run in ("single", "ddp")]
+    logs = [
+        [json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+        for run in ("single", "ddp")
+    ]
     assert [r["epoch"] for r in logs[1]] == [1, 2]
     for x, y in zip(*logs):  # the losses are all-reduced over the ranks
         assert y["loss"] == pytest.approx(x["loss"], rel=1e-4)

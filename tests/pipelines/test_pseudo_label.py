@@ -76,8 +76,9 @@ def test_sam_box_resume_and_determinism(demo, tmp_path):
     assert redo["run"]["images_labelled"] == 1 and snapshot(tmp_path / "a") == snapshot(tmp_path / "b")
     with pytest.raises(JobError, match="other settings .*method"):
         run_pseudo_label(JobConfig(out=str(tmp_path / "a"), **{**common, "method": "box"}), progress=False)
-    replaced = run_pseudo_label(JobConfig(out=str(tmp_path / "a"), overwrite=True, **{**common, "method": "box"}),
-                                progress=False)
+    replaced = run_pseudo_label(
+        JobConfig(out=str(tmp_path / "a"), overwrite=True, **{**common, "method": "box"}), progress=False
+    )
     assert replaced["run"]["images_labelled"] == 4 and replaced["run"]["images_skipped_as_done"] == 0
 
 
@@ -85,8 +86,18 @@ def test_bad_image_is_skipped_and_reported(demo, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(demo, data)
     (data / "images/demo_0001.png").write_bytes(b"not a png")
-    code = main(["pseudo-label", "--coco", str(data / "annotations.json"), "--out", str(tmp_path / "out"),
-                 "--method", "box", "--quiet"])
+    code = main(
+        [
+            "pseudo-label",
+            "--coco",
+            str(data / "annotations.json"),
+            "--out",
+            str(tmp_path / "out"),
+            "--method",
+            "box",
+            "--quiet",
+        ]
+    )
     assert code == 3
     manifest = json.loads((tmp_path / "out/manifest.json").read_text())
     assert len(manifest["images"]) == 3 and manifest["failed"][0]["file_name"] == "demo_0001.png"
@@ -104,7 +115,10 @@ def test_method_options():
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    assert main(["pseudo-label", "--coco", str(tmp_path / "none.json"), "--out", str(tmp_path / "o"), "--method", "box"]) == 2
+    assert (
+        main(["pseudo-label", "--coco", str(tmp_path / "none.json"), "--out", str(tmp_path / "o"), "--method", "box"])
+        == 2
+    )
     assert "annotation file not found" in capsys.readouterr().err
     assert main(["pseudo-label", "--coco", "x.json", "--out", "o", "--method-option", "bad"]) == 2
 
@@ -112,11 +126,25 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 @pytest.mark.slow
 def test_sigkill_midway_then_resume_gives_identical_outputs(demo, tmp_path):
     """A run killed with SIGKILL mid-image and re-run == an uninterrupted run, byte for byte."""
-    args = [sys.executable, "-m", "wsseg_fast", "pseudo-label", "--coco", str(demo / "annotations.json"),
-            "--method", "sam-point", "--model", "tiny", "--no-cache", "--quiet"]
+    args = [
+        sys.executable,
+        "-m",
+        "wsseg_fast",
+        "pseudo-label",
+        "--coco",
+        str(demo / "annotations.json"),
+        "--method",
+        "sam-point",
+        "--model",
+        "tiny",
+        "--no-cache",
+        "--quiet",
+    ]
     env = {**os.environ, "WSSEG_FAST_TEST_DELAY": "0.5"}  # seconds per image, so the kill lands midway
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(args + ["--out", str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        args + ["--out", str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
 
     def finished():
@@ -129,8 +157,13 @@ def test_sigkill_midway_then_resume_gives_identical_outputs(demo, tmp_path):
     parts = finished()
     assert 2 <= len(parts) < 4, parts  # really midway
     assert not (killed / "manifest.json").exists()
-    common = dict(coco=str(demo / "annotations.json"), method="sam-point", model="tiny",
-                  options=parse_options("sam-point", []), cache=None)
+    common = dict(
+        coco=str(demo / "annotations.json"),
+        method="sam-point",
+        model="tiny",
+        options=parse_options("sam-point", []),
+        cache=None,
+    )
     with pytest.raises(JobError, match="embedding differ"):  # cached (fp16-stored) embeddings would not match
         run_pseudo_label(JobConfig(out=str(killed), **{**common, "cache": str(tmp_path / "cache")}), progress=False)
     resumed = run_pseudo_label(JobConfig(out=str(killed), **common), progress=False)
@@ -145,12 +178,21 @@ def test_sigkill_midway_then_resume_gives_identical_outputs(demo, tmp_path):
 @pytest.mark.slow
 def test_ray_executor_gives_the_local_outputs(demo, tmp_path):
     pytest.importorskip("ray.data")
-    common = dict(coco=str(demo / "annotations.json"), method="sam-box", model="tiny", cache=str(tmp_path / "cache"),
-                  options=parse_options("sam-box", []))
+    common = dict(
+        coco=str(demo / "annotations.json"),
+        method="sam-box",
+        model="tiny",
+        cache=str(tmp_path / "cache"),
+        options=parse_options("sam-box", []),
+    )
     local = run_pseudo_label(JobConfig(out=str(tmp_path / "local"), **common), progress=False)
     assert local["run"]["encoded"] == 4
-    remote = run_pseudo_label(JobConfig(out=str(tmp_path / "ray"), executor="ray", workers=2,
-                                        **{**common, "cache": str(tmp_path / "cache2")}), progress=False)
+    remote = run_pseudo_label(
+        JobConfig(
+            out=str(tmp_path / "ray"), executor="ray", workers=2, **{**common, "cache": str(tmp_path / "cache2")}
+        ),
+        progress=False,
+    )
     assert remote["run"]["encoded"] == 4 and remote["labelled"] == 4
     assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")
 
@@ -165,11 +207,17 @@ def test_finetuned_decoder_changes_the_labels(demo, tmp_path):
         for p in sam.mask_decoder.parameters():
             p.add_(0.05)
     torch.save(sam.mask_decoder.state_dict(), tmp_path / "decoder.pth")
-    common = dict(coco=str(demo / "annotations.json"), method="sam-box", model="tiny", cache=str(tmp_path / "cache"),
-                  options=parse_options("sam-box", ["fallback=false", "clip_to_box=false"]))
+    common = dict(
+        coco=str(demo / "annotations.json"),
+        method="sam-box",
+        model="tiny",
+        cache=str(tmp_path / "cache"),
+        options=parse_options("sam-box", ["fallback=false", "clip_to_box=false"]),
+    )
     run_pseudo_label(JobConfig(out=str(tmp_path / "base"), **common), progress=False)
-    tuned = run_pseudo_label(JobConfig(out=str(tmp_path / "tuned"), finetuned=str(tmp_path / "decoder.pth"), **common),
-                             progress=False)
+    tuned = run_pseudo_label(
+        JobConfig(out=str(tmp_path / "tuned"), finetuned=str(tmp_path / "decoder.pth"), **common), progress=False
+    )
     assert tuned["run"]["cache_hits"] == 4  # the decoder is not part of the embedding key
     assert snapshot(tmp_path / "base")["labels/demo_0000.png"] != snapshot(tmp_path / "tuned")["labels/demo_0000.png"]
     settings = json.loads((tmp_path / "tuned/settings.json").read_text())
@@ -180,10 +228,13 @@ def test_batched_encoding_and_point_prompts(demo, tmp_path):
     common = dict(coco=str(demo / "annotations.json"), model="tiny", cache=None)
     for method, options in (("sam-box", []), ("sam-point", ["with_box=true"])):
         opts = parse_options(method, options)
-        one = run_pseudo_label(JobConfig(out=str(tmp_path / f"{method}-1"), method=method, options=opts, **common),
-                               progress=False)
-        three = run_pseudo_label(JobConfig(out=str(tmp_path / f"{method}-3"), method=method, options=opts, batch_size=3,
-                                           **common), progress=False)
+        one = run_pseudo_label(
+            JobConfig(out=str(tmp_path / f"{method}-1"), method=method, options=opts, **common), progress=False
+        )
+        three = run_pseudo_label(
+            JobConfig(out=str(tmp_path / f"{method}-3"), method=method, options=opts, batch_size=3, **common),
+            progress=False,
+        )
         assert one["run"]["encoded"] == three["run"]["encoded"] == 4  # no cache: always encoded
         assert snapshot(tmp_path / f"{method}-1") == snapshot(tmp_path / f"{method}-3")
 
@@ -204,8 +255,15 @@ def run_method(one_image, method: str, boxes: np.ndarray, options: list[str]):
     from wsseg_fast.pipelines.methods import METHODS, MethodInput
 
     image, engine, embedding = one_image
-    ctx = MethodInput(image=image, boxes=boxes, classes=np.arange(1, len(boxes) + 1), annotations=[{}] * len(boxes),
-                      engine=engine, embedding=embedding, options=parse_options(method, options))
+    ctx = MethodInput(
+        image=image,
+        boxes=boxes,
+        classes=np.arange(1, len(boxes) + 1),
+        annotations=[{}] * len(boxes),
+        engine=engine,
+        embedding=embedding,
+        options=parse_options(method, options),
+    )
     return METHODS[method].fn(ctx)
 
 
@@ -217,11 +275,14 @@ def test_zoom_redecodes_small_boxes_on_their_windows(one_image, method, options)
     image, engine, _ = one_image
     h, w = image.shape[:2]
     boxes = np.array([[10, 12, 30, 40], [0, 0, w - 1, h - 1]], np.float32)  # a small box and the whole image
-    plain, zoomed = (run_method(one_image, method, boxes, ["fallback=false", f"zoom={zoom}", *options])
-                     for zoom in (False, True))
+    plain, zoomed = (
+        run_method(one_image, method, boxes, ["fallback=false", f"zoom={zoom}", *options]) for zoom in (False, True)
+    )
     window = zoom_window(boxes[0], h, w)
     assert zoom_factor(window, h, w) >= MIN_ZOOM and zoom_factor(zoom_window(boxes[1], h, w), h, w) < MIN_ZOOM
-    assert np.array_equal(zoomed.masks[1], plain.masks[1]) and np.array_equal(zoomed.pixel_scores[1], plain.pixel_scores[1])
+    assert np.array_equal(zoomed.masks[1], plain.masks[1]) and np.array_equal(
+        zoomed.pixel_scores[1], plain.pixel_scores[1]
+    )
     x0, y0, x1, y1 = window
     outside = np.ones((h, w), bool)
     outside[y0:y1, x0:x1] = False

@@ -7,19 +7,18 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from benchmarks import real_photos
 from wsseg_fast.data import make_demo
 from wsseg_fast.data.labels import write_label_png
 from wsseg_fast.data.weak import make_weak_from_layout
-from wsseg_fast.pipelines.crf import crf_refine
-import torch
-
-from wsseg_fast.logic import class_truths
-from wsseg_fast.pipelines.methods.logic_refine import OPTIONS, _Coupling, refine
-from wsseg_fast.pipelines.methods import METHODS, MethodError, MethodInput, parse_options, resolve
 from wsseg_fast.errors import ConfigError
+from wsseg_fast.logic import class_truths
+from wsseg_fast.pipelines.crf import crf_refine
+from wsseg_fast.pipelines.methods import METHODS, MethodError, MethodInput, parse_options, resolve
+from wsseg_fast.pipelines.methods.logic_refine import OPTIONS, _Coupling, refine
 from wsseg_fast.pipelines.pseudo_label import JobConfig, JobError, run_pseudo_label
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -33,7 +32,12 @@ def toy(seed: int = 0):
     truth[10:50, 20:30] = True
     truth[40:50, 20:60] = True
     image[truth] = np.clip([200, 40, 40] + 12 * rng.standard_normal((int(truth.sum()), 3)), 0, 255)
-    ann = {"bbox": [20, 10, 40, 40], "category_id": 1, "points": [[25, 30]], "scribbles": [[[25, 15], [25, 45], [55, 45]]]}
+    ann = {
+        "bbox": [20, 10, 40, 40],
+        "category_id": 1,
+        "points": [[25, 30]],
+        "scribbles": [[[25, 15], [25, 45], [55, 45]]],
+    }
     return image.astype(np.uint8), truth, ann
 
 
@@ -42,8 +46,9 @@ def iou(a, b):
 
 
 def run_method(name, image, ann, **options):
-    boxes = np.array([[ann["bbox"][0], ann["bbox"][1], ann["bbox"][0] + ann["bbox"][2], ann["bbox"][1] + ann["bbox"][3]]],
-                     np.float32)
+    boxes = np.array(
+        [[ann["bbox"][0], ann["bbox"][1], ann["bbox"][0] + ann["bbox"][2], ann["bbox"][1] + ann["bbox"][3]]], np.float32
+    )
     ctx = MethodInput(image, boxes, np.array([1]), [ann], parse_options(name, [f"{k}={v}" for k, v in options.items()]))
     label, _ = resolve(METHODS[name].fn(ctx), *image.shape[:2])
     return label == 1
@@ -58,9 +63,19 @@ def test_logic_refine_recovers_the_object_that_the_box_overstates():
     assert not (refined & ~box).any()  # nothing outside the box
 
 
-@pytest.mark.parametrize("options", [{"colour_weight": 0.0}, {"box_weight": 0.0}, {"pairwise_weight": 1.0},
-                                     {"superpixels": 30}, {"object_colour": "seeds"}, {"object_colour": "both"},
-                                     {"rounds": 2}, {"scale": 0.5, "steps": 5}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"colour_weight": 0.0},
+        {"box_weight": 0.0},
+        {"pairwise_weight": 1.0},
+        {"superpixels": 30},
+        {"object_colour": "seeds"},
+        {"object_colour": "both"},
+        {"rounds": 2},
+        {"scale": 0.5, "steps": 5},
+    ],
+)
 def test_every_step_can_be_switched(options):
     image, truth, ann = toy(1)
     mask = run_method("logic-refine", image, ann, **options)
@@ -95,8 +110,10 @@ def nested(seed: int = 0):
     image[12:52, 12:52] = np.clip([40, 60, 200] + 10 * rng.standard_normal((40, 40, 3)), 0, 255)
     image[26:38, 26:38] = np.clip([210, 40, 40] + 10 * rng.standard_normal((12, 12, 3)), 0, 255)
     boxes = np.array([[12, 12, 52, 52], [26, 26, 38, 38]], np.float32)
-    anns = [{"bbox": [12, 12, 40, 40], "category_id": 1, "scribbles": [[[15, 15], [15, 48], [48, 48]]]},
-            {"bbox": [26, 26, 12, 12], "category_id": 2, "points": [[32, 32]]}]
+    anns = [
+        {"bbox": [12, 12, 40, 40], "category_id": 1, "scribbles": [[[15, 15], [15, 48], [48, 48]]]},
+        {"bbox": [26, 26, 12, 12], "category_id": 2, "points": [[32, 32]]},
+    ]
     return image.astype(np.uint8), boxes, anns
 
 
@@ -105,8 +122,9 @@ def refine_nested(tmp_path, rules: str, **options):
     if rules:
         (tmp_path / "priors.yaml").write_text(rules)
         options["priors"] = str(tmp_path / "priors.yaml")
-    logits = refine(image, boxes, anns, {**OPTIONS, **options}, classes=np.array([1, 2]),
-                    class_names=("background", "disc", "cup"))
+    logits = refine(
+        image, boxes, anns, {**OPTIONS, **options}, classes=np.array([1, 2]), class_names=("background", "disc", "cup")
+    )
     p = 1 / (1 + np.exp(-logits))
     return p[0, 26:38, 26:38].mean(), p[1, 26:38, 26:38].mean()  # the disc and the cup over the cup
 
@@ -159,8 +177,13 @@ def test_bad_class_priors(tmp_path):
 def test_class_priors_in_the_job(tmp_path):
     make_demo(tmp_path / "demo", images=2, seed=4)
     (tmp_path / "priors.yaml").write_text("contains: [[cup, disc]]\none_class_per_pixel: true\n")
-    cfg = JobConfig(coco=str(tmp_path / "demo/annotations.json"), out=str(tmp_path / "out"), method="logic-refine",
-                    options=parse_options("logic-refine", [f"priors={tmp_path / 'priors.yaml'}", "steps=5"]), threads=1)
+    cfg = JobConfig(
+        coco=str(tmp_path / "demo/annotations.json"),
+        out=str(tmp_path / "out"),
+        method="logic-refine",
+        options=parse_options("logic-refine", [f"priors={tmp_path / 'priors.yaml'}", "steps=5"]),
+        threads=1,
+    )
     assert run_pseudo_label(cfg, progress=False)["labelled"] == 2
     (tmp_path / "bad.yaml").write_text("contains: [[cup, lid]]\n")
     cfg.options = parse_options("logic-refine", [f"priors={tmp_path / 'bad.yaml'}"])
@@ -192,8 +215,9 @@ def test_crf_moves_a_boundary_to_the_colour_edge():
 
 def test_refine_crf_in_the_job(tmp_path):
     make_demo(tmp_path / "demo", images=2, seed=4)
-    cfg = JobConfig(coco=str(tmp_path / "demo/annotations.json"), out=str(tmp_path / "out"), method="box",
-                    refine="crf", threads=1)
+    cfg = JobConfig(
+        coco=str(tmp_path / "demo/annotations.json"), out=str(tmp_path / "out"), method="box", refine="crf", threads=1
+    )
     summary = run_pseudo_label(cfg, progress=False)
     assert summary["labelled"] == 2
     settings = json.loads((tmp_path / "out/settings.json").read_text())
@@ -211,9 +235,24 @@ def test_real_photos_benchmark_runs_on_a_converted_dataset(tmp_path):
         (tmp_path / "src/images").mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(tmp_path / "src/images" / f"t{i}.png")
         write_label_png(tmp_path / "src/labels" / f"t{i}.png", truth.astype(np.uint8))
-    make_weak_from_layout(tmp_path / "weak", tmp_path / "src", "generic", ["thing"], class_names=["background", "thing"])
-    assert real_photos.main([str(tmp_path / "weak"), "--out", str(tmp_path / "results"), "--work", str(tmp_path / "work"),
-                             "--rows", "box", "logic-refine"]) == 0
+    make_weak_from_layout(
+        tmp_path / "weak", tmp_path / "src", "generic", ["thing"], class_names=["background", "thing"]
+    )
+    assert (
+        real_photos.main(
+            [
+                str(tmp_path / "weak"),
+                "--out",
+                str(tmp_path / "results"),
+                "--work",
+                str(tmp_path / "work"),
+                "--rows",
+                "box",
+                "logic-refine",
+            ]
+        )
+        == 0
+    )
     rows = {r["name"]: r for r in json.loads((tmp_path / "results/real_photos.json").read_text())["rows"]}
     assert rows["logic-refine"]["miou"] > rows["box"]["miou"] + 0.1
     assert "| logic-refine |" in (tmp_path / "results/real_photos.md").read_text()

@@ -63,7 +63,7 @@ def test_a_few_seeds_still_give_a_wide_enough_colour_model():
 
 def test_keep_seeded_components_drops_unseeded_patches():
     logits = -np.ones((1, 20, 20), np.float32)
-    logits[0, 2:6, 2:6] = 3.0    # seeded
+    logits[0, 2:6, 2:6] = 3.0  # seeded
     logits[0, 12:16, 12:16] = 2.0  # stray
     logits[0, 2:4, 18:20] = 2.0  # stray but outside the box: left to the box clipping
     box = np.array([[0, 0, 17, 17]], np.float32)
@@ -80,8 +80,14 @@ def test_sbr_colour_refinement_beats_the_box_baseline(tmp_path):
 
     def miou(method, **options):
         opts = parse_options(method, [f"{k}={v}" for k, v in options.items()])
-        cfg = JobConfig(coco=coco, out=str(tmp_path / f"{method}{len(options)}"), method=method, options=opts,
-                        model="tiny", threads=1)
+        cfg = JobConfig(
+            coco=coco,
+            out=str(tmp_path / f"{method}{len(options)}"),
+            method=method,
+            options=opts,
+            model="tiny",
+            threads=1,
+        )
         return run_pseudo_label(cfg, progress=False)["report"]["miou"]
 
     box, refined, raw = miou("box"), miou("sbr"), miou("sbr", colour_refine="false")

@@ -13,15 +13,22 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from tests.helpers import torchrun_two_cpu_processes
+from tests.pipelines.synthetic_shapes import make_shapes_dataset
 from wsseg_fast.cli import main
 from wsseg_fast.pipelines.evaluate import evaluate
 from wsseg_fast.pipelines.label_maps import read_image, read_label, write_label
-from wsseg_fast.pipelines.student import (StudentConfig, StudentDataset, balanced_class_weights, head_losses,
-                                          load_student, predict, predict_logits, train_student)
-
-from tests.helpers import torchrun_two_cpu_processes
+from wsseg_fast.pipelines.student import (
+    StudentConfig,
+    StudentDataset,
+    balanced_class_weights,
+    head_losses,
+    load_student,
+    predict,
+    predict_logits,
+    train_student,
+)
 from wsseg_fast.pipelines.training import RunDirError
-from tests.pipelines.synthetic_shapes import make_shapes_dataset
 
 TINY = dict(size=32, widths=(8, 16, 32), batch_size=4, lr=3e-3)
 
@@ -57,7 +64,9 @@ def _assert_same_state(a: dict, b: dict) -> None:
 
 
 def test_student_learns_the_shapes(shapes, tmp_path):
-    config = _config(shapes, tmp_path / "ck", epochs=15, val_images=str(shapes / "images"), val_labels=str(shapes / "gt"))
+    config = _config(
+        shapes, tmp_path / "ck", epochs=15, val_images=str(shapes / "images"), val_labels=str(shapes / "gt")
+    )
     checkpoint = train_student(config)
     assert checkpoint == tmp_path / "ck" / "last.pt"
     written = predict(checkpoint, shapes / "images", tmp_path / "pred", progress=False)
@@ -97,14 +106,18 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(shapes, tmp_pa
 def test_multihead_gt_subset_and_final_phase(shapes, tmp_path):
     snapshots = []
     config = _multihead(shapes, tmp_path / "ck", epochs=5, final_fraction=0.2)
-    train_student(config, on_epoch_end=lambda e, m, r: snapshots.append(({k: v.clone() for k, v in m.state_dict().items()}, r)))
+    train_student(
+        config, on_epoch_end=lambda e, m, r: snapshots.append(({k: v.clone() for k, v in m.state_dict().items()}, r))
+    )
     meta = load_student(tmp_path / "ck")[1]
     assert meta["heads"] == ["pseudo", "gt"] and meta["primary"] == "gt"
     assert len(meta["gt_subset"]) == 3  # round(0.25 * 12)
     assert [r["final_phase"] for _, r in snapshots] == [False] * 4 + [True]
 
     def changed(i, prefix):
-        return any(not torch.equal(snapshots[i][0][k], snapshots[i - 1][0][k]) for k in snapshots[i][0] if k.startswith(prefix))
+        return any(
+            not torch.equal(snapshots[i][0][k], snapshots[i - 1][0][k]) for k in snapshots[i][0] if k.startswith(prefix)
+        )
 
     assert changed(3, "heads.pseudo.") and changed(3, "heads.gt.")
     assert not changed(4, "heads.pseudo.")  # the last 20%: only the GT head (and the trunk) train
@@ -143,7 +156,7 @@ def test_class_weights_weigh_each_class_in_the_loss():
 
 def test_balanced_class_weights_favour_rare_classes(tmp_path):
     labels = np.zeros((8, 8), np.uint8)
-    labels[:2] = 1   # 16 pixels of class 1, 48 of background, none of class 2
+    labels[:2] = 1  # 16 pixels of class 1, 48 of background, none of class 2
     write_label(tmp_path / "a.png", torch.from_numpy(labels))
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a_image.png")
     dataset = StudentDataset([tmp_path / "a_image.png"], [[tmp_path / "a.png", None]], 3, 8, flip=False)
@@ -180,7 +193,9 @@ def test_predict_returns_each_image_at_its_own_size(shapes, tmp_path):
     images = tmp_path / "odd"
     images.mkdir()
     for name, (h, w) in {"a": (40, 48), "b": (19, 33)}.items():
-        Image.fromarray(np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(images / f"{name}.jpg")
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
+            images / f"{name}.jpg"
+        )
     written = predict(checkpoint, images, tmp_path / "pred", batch_size=1, progress=False)
     assert [p.name for p in written] == ["a.png", "b.png"]
     assert read_label(written[0]).shape == (40, 48) and read_label(written[1]).shape == (19, 33)
@@ -190,8 +205,14 @@ def test_predict_returns_each_image_at_its_own_size(shapes, tmp_path):
     logits = predict_logits(model, meta, [image])[0]
     with torch.no_grad():
         x = torch.nn.functional.interpolate(
-            ((image.permute(2, 0, 1)[None].float() / 255 - torch.tensor(meta["mean"]).view(1, 3, 1, 1))
-             / torch.tensor(meta["std"]).view(1, 3, 1, 1)), size=(32, 32), mode="bilinear", antialias=True)
+            (
+                (image.permute(2, 0, 1)[None].float() / 255 - torch.tensor(meta["mean"]).view(1, 3, 1, 1))
+                / torch.tensor(meta["std"]).view(1, 3, 1, 1)
+            ),
+            size=(32, 32),
+            mode="bilinear",
+            antialias=True,
+        )
         gt_head = F.interpolate(model(x)["gt"], size=(40, 48), mode="bilinear")[0]
     torch.testing.assert_close(logits, gt_head, atol=1e-4, rtol=1e-4)
     assert torch.equal(read_label(written[0]), logits.argmax(0))
@@ -221,17 +242,52 @@ def test_bad_configurations(shapes, tmp_path):
 
 def test_cli_train_predict_evaluate(shapes, tmp_path, capsys):
     ck, pred, report = tmp_path / "ck", tmp_path / "pred", tmp_path / "report.json"
-    assert main(["train-student", "--images", str(shapes / "images"), "--pseudo", str(shapes / "box"),
-                 "--source", f"gt={shapes / 'gt'}", "--arch", "multihead", "--gt-fraction", "0.5",
-                 "--loss-weight", "pseudo=0.5", "--out", str(ck), "--size", "32", "--widths", "8,16",
-                 "--epochs", "2", "--workers", "0",
-                 "--val-images", str(shapes / "images"), "--val-gt", str(shapes / "gt")]) == 0
+    assert (
+        main(
+            [
+                "train-student",
+                "--images",
+                str(shapes / "images"),
+                "--pseudo",
+                str(shapes / "box"),
+                "--source",
+                f"gt={shapes / 'gt'}",
+                "--arch",
+                "multihead",
+                "--gt-fraction",
+                "0.5",
+                "--loss-weight",
+                "pseudo=0.5",
+                "--out",
+                str(ck),
+                "--size",
+                "32",
+                "--widths",
+                "8,16",
+                "--epochs",
+                "2",
+                "--workers",
+                "0",
+                "--val-images",
+                str(shapes / "images"),
+                "--val-gt",
+                str(shapes / "gt"),
+            ]
+        )
+        == 0
+    )
     assert "val mIoU" in capsys.readouterr().out
     # the run's saved settings repeat it: the same weights, bit for bit
     assert main(["train-student", "--config", str(ck / "config.yaml"), "--out", str(tmp_path / "again")]) == 0
-    first, again = torch.load(ck / "last.pt", weights_only=True), torch.load(tmp_path / "again" / "last.pt", weights_only=True)
+    first, again = (
+        torch.load(ck / "last.pt", weights_only=True),
+        torch.load(tmp_path / "again" / "last.pt", weights_only=True),
+    )
     assert all(torch.equal(first["model"][k], again["model"][k]) for k in first["model"])
-    assert main(["predict", "--checkpoint", str(ck / "last.pt"), "--images", str(shapes / "images"), "--out", str(pred)]) == 0
+    assert (
+        main(["predict", "--checkpoint", str(ck / "last.pt"), "--images", str(shapes / "images"), "--out", str(pred)])
+        == 0
+    )
     assert main(["evaluate", "--pred", str(pred), "--gt", str(shapes / "gt"), "--out", str(report)]) == 0
     assert 0 <= json.loads(report.read_text())["miou"] <= 1
     assert main(["train-student", "--images", str(shapes / "images"), "--source", "gt", "--out", str(ck)]) == 2
@@ -256,8 +312,16 @@ def test_torchrun_ddp_two_cpu_processes(shapes, tmp_path):
     script.write_text(_DDP_SCRIPT)
     ranks = tmp_path / "ranks"
     ranks.mkdir()
-    config = dict(images=str(shapes / "images"), sources={"pseudo": str(shapes / "gt")}, out=str(tmp_path / "ck"),
-                  arch="unet", epochs=2, size=32, widths=[8, 16], batch_size=2)
+    config = dict(
+        images=str(shapes / "images"),
+        sources={"pseudo": str(shapes / "gt")},
+        out=str(tmp_path / "ck"),
+        arch="unet",
+        epochs=2,
+        size=32,
+        widths=[8, 16],
+        batch_size=2,
+    )
     proc = torchrun_two_cpu_processes(script, json.dumps(config), str(ranks))
     assert proc.returncode == 0, proc.stderr[-4000:]
     states = [torch.load(ranks / f"rank{r}.pt", weights_only=True) for r in (0, 1)]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from wsseg_fast.sam import EncoderBackendError, ImageEncoderRunner, SamEngine, build_image_encoder, export_onnx
 from wsseg_fast.cache import EmbeddingCache
+from wsseg_fast.sam import EncoderBackendError, ImageEncoderRunner, SamEngine, build_image_encoder, export_onnx
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,11 @@ def test_engine_exports_once_into_the_cache(tmp_path):
     assert ort.stats.encoded == 3 and len(os.listdir(tmp_path / "encoders")) == 1
     for x, y in zip(a, b):
         torch.testing.assert_close(x.tensor.float(), y.tensor.float(), atol=2e-3, rtol=1e-3)  # fp16 storage
-    assert SamEngine("tiny", backend="onnxruntime", cache=EmbeddingCache(tmp_path)).embed(images)[0].tensor.equal(a[0].tensor)
+    assert (
+        SamEngine("tiny", backend="onnxruntime", cache=EmbeddingCache(tmp_path))
+        .embed(images)[0]
+        .tensor.equal(a[0].tensor)
+    )
 
 
 def test_bad_batch_and_settings(encoder):
@@ -62,6 +66,7 @@ def test_bad_batch_and_settings(encoder):
 def test_tensorrt_says_why_it_cannot_run(encoder, tmp_path):
     try:
         import tensorrt  # noqa: F401
+
         has_trt = torch.cuda.is_available()
     except ImportError:
         has_trt = False
@@ -93,11 +98,16 @@ def test_export_encoder_cli(tmp_path, capsys):
     assert main(["export-encoder", "--model", "tiny", "--format", "onnx", "--out", str(tmp_path / "e.onnx")]) == 0
     runner = ImageEncoderRunner(build_image_encoder("tiny"), "onnxruntime", model_file=str(tmp_path / "e.onnx"))
     x = torch.randn(1, 3, 256, 256)
-    torch.testing.assert_close(runner(x), ImageEncoderRunner(build_image_encoder("tiny"), "torch")(x), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        runner(x), ImageEncoderRunner(build_image_encoder("tiny"), "torch")(x), atol=1e-4, rtol=0
+    )
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        assert main(["export-encoder", "--model", "tiny", "--format", "tensorrt", "--out", str(tmp_path / "e.engine")]) == 2
+        assert (
+            main(["export-encoder", "--model", "tiny", "--format", "tensorrt", "--out", str(tmp_path / "e.engine")])
+            == 2
+        )
         assert "TensorRT" in capsys.readouterr().err
 
 

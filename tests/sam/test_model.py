@@ -104,6 +104,8 @@ def test_small_stand_in_size(tiny_checkpoint, tmp_path):
     torch.save(sam.state_dict(), path)
     assert _same(build_sam("small", path), sam)
     engine = SamEngine("small", str(path), backend="torch", cache=EmbeddingCache(tmp_path / "cache"))
-    assert engine.identity["weights"] != SamEngine("small", backend="torch").identity["weights"]  # cache keys see the file
+    assert (
+        engine.identity["weights"] != SamEngine("small", backend="torch").identity["weights"]
+    )  # cache keys see the file
     with pytest.raises(CheckpointError, match="does not match SAM small"):
         build_sam("small", tiny_checkpoint[0])

@@ -40,7 +40,9 @@ def test_prompts_are_mapped_to_the_input_frame(sam, embedding):
         b = predict_masks(sam, embedding.tensor, boxes=box * np.array([256 / 200, 154 / 120] * 2))
     torch.testing.assert_close(a.low_res_logits, b.low_res_logits, atol=1e-5, rtol=1e-5)
     assert b.logits.shape[-2:] == (256, 256)  # the input frame: one resize, bit-equal to SAM's two
-    assert torch.equal(b.logits, sam.postprocess_masks(b.low_res_logits, input_size=(256, 256), original_size=(256, 256)))
+    assert torch.equal(
+        b.logits, sam.postprocess_masks(b.low_res_logits, input_size=(256, 256), original_size=(256, 256))
+    )
 
 
 def test_output_size_upsamples_the_low_res_masks_once(sam, embedding):
@@ -76,7 +78,9 @@ def test_bad_prompts(sam, embedding):
     with pytest.raises(ValueError, match="embedding must be"):
         predict_masks(sam, torch.zeros(256, 64, 64), boxes=torch.zeros(1, 4))
     with pytest.raises(ValueError, match="point sets for"):
-        predict_masks(sam, embedding, boxes=torch.zeros(2, 4), points=torch.zeros(3, 1, 2), point_labels=torch.ones(3, 1))
+        predict_masks(
+            sam, embedding, boxes=torch.zeros(2, 4), points=torch.zeros(3, 1, 2), point_labels=torch.ones(3, 1)
+        )
 
 
 def test_preprocess_matches_segment_anything():
@@ -94,9 +98,17 @@ def test_preprocess_matches_segment_anything():
         preprocess(image.astype(np.float32), 256)
 
 
-@pytest.mark.parametrize("box, height, width", [((100, 100, 114, 114), 360, 480), ((200, 50, 206, 200), 360, 480),
-                                                ((0, 0, 20, 20), 360, 480), ((470, 350, 480, 360), 360, 480),
-                                                ((10, 10, 300, 300), 360, 480), ((5, 2, 30, 600), 640, 40)])
+@pytest.mark.parametrize(
+    "box, height, width",
+    [
+        ((100, 100, 114, 114), 360, 480),
+        ((200, 50, 206, 200), 360, 480),
+        ((0, 0, 20, 20), 360, 480),
+        ((470, 350, 480, 360), 360, 480),
+        ((10, 10, 300, 300), 360, 480),
+        ((5, 2, 30, 600), 640, 40),
+    ],
+)
 def test_zoom_windows_hold_their_box_inside_the_image(box, height, width):
     x0, y0, x1, y1 = window = zoom_window(box, height, width)
     assert 0 <= x0 <= box[0] and 0 <= y0 <= box[1] and box[2] <= x1 <= width and box[3] <= y1 <= height

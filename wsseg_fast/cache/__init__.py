@@ -109,7 +109,9 @@ class EmbeddingCache:
             return None
         problem = self._check(raw, key)
         if isinstance(problem, str):
-            warnings.warn(f"embedding cache: dropped corrupt entry {path}: {problem}", CorruptEntryWarning, stacklevel=2)
+            warnings.warn(
+                f"embedding cache: dropped corrupt entry {path}: {problem}", CorruptEntryWarning, stacklevel=2
+            )
             try:
                 os.unlink(path)
             except FileNotFoundError:
@@ -126,7 +128,8 @@ class EmbeddingCache:
         tensor = embedding.tensor.detach().to("cpu", STORAGE_DTYPES[self.dtype]).contiguous()
         data = tensor.numpy().tobytes()
         meta = {
-            "format": FORMAT, "key": key,
+            "format": FORMAT,
+            "key": key,
             "original_size": json.dumps(list(embedding.original_size)),
             "input_size": json.dumps(list(embedding.input_size)),
             "checksum": _checksum(data, embedding.original_size, embedding.input_size),

@@ -12,7 +12,9 @@ def add_cache(sub) -> None:
     p = sub.add_parser("cache", help="the embedding cache: info, verify, prune")
     p.add_argument("action", choices=("info", "verify", "prune"))
     p.add_argument("--cache", default=None, help="cache directory (default: $WSSEG_FAST_CACHE or ~/.cache/wsseg_fast)")
-    p.add_argument("--max-size", type=parse_size, help="prune: remove least recently used entries down to this size (e.g. 2G)")
+    p.add_argument(
+        "--max-size", type=parse_size, help="prune: remove least recently used entries down to this size (e.g. 2G)"
+    )
     p.add_argument("--older-than", type=float, help="prune: remove entries not used for this many days")
     p.add_argument("--keep-corrupt", action="store_true", help="verify: report corrupt entries without removing them")
     p.set_defaults(func=run_cache)
@@ -25,8 +27,10 @@ def run_cache(args) -> int:
     cache = EmbeddingCache(root)
     if args.action == "info":
         info = cache.info()
-        print(f"cache {info['root']}: {info['entries']} embeddings, {info['bytes'] / 2**20:.1f} MiB"
-              + (f", {info['temporary_files']} temporary files" if info["temporary_files"] else ""))
+        print(
+            f"cache {info['root']}: {info['entries']} embeddings, {info['bytes'] / 2**20:.1f} MiB"
+            + (f", {info['temporary_files']} temporary files" if info["temporary_files"] else "")
+        )
         return 0
     if args.action == "verify":
         result = cache.verify(remove=not args.keep_corrupt)
@@ -36,9 +40,13 @@ def run_cache(args) -> int:
         return 0 if not result["corrupt"] else 1
     if args.max_size is None and args.older_than is None:
         raise UsageError("prune needs --max-size and/or --older-than")
-    result = cache.prune(max_bytes=args.max_size, older_than=None if args.older_than is None else args.older_than * 86400)
-    print(f"removed {result['removed']} entries ({result['freed_bytes'] / 2**20:.1f} MiB); "
-          f"{result['bytes'] / 2**20:.1f} MiB left")
+    result = cache.prune(
+        max_bytes=args.max_size, older_than=None if args.older_than is None else args.older_than * 86400
+    )
+    print(
+        f"removed {result['removed']} entries ({result['freed_bytes'] / 2**20:.1f} MiB); "
+        f"{result['bytes'] / 2**20:.1f} MiB left"
+    )
     return 0
 
 

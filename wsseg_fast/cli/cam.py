@@ -8,7 +8,9 @@ from wsseg_fast.pipelines.cam import CamConfig, train_cam
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train-cam", help="train a multi-label CAM classifier from image tags (cached SAM embeddings or ResNet-50)")
+    p = sub.add_parser(
+        "train-cam", help="train a multi-label CAM classifier from image tags (cached SAM embeddings or ResNet-50)"
+    )
     add_settings(p, CamConfig)
     add_quiet(p)
     p.set_defaults(func=run_train_cam)

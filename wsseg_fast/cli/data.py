@@ -22,8 +22,10 @@ def run_make_demo(args) -> int:
     if args.images < 1:
         raise UsageError("--images must be >= 1")
     coco = make_demo(args.out, images=args.images, seed=args.seed)
-    print(f"wrote {len(coco['images'])} images, {len(coco['annotations'])} objects of "
-          f"{len(coco['categories'])} classes to {args.out} (annotations.json, images/, gt/)")
+    print(
+        f"wrote {len(coco['images'])} images, {len(coco['annotations'])} objects of "
+        f"{len(coco['categories'])} classes to {args.out} (annotations.json, images/, gt/)"
+    )
     return 0
 
 
@@ -34,14 +36,27 @@ def add_make_weak(sub) -> None:
     p.add_argument("--layout", default="camvid", choices=(*LAYOUTS, "coco"))
     p.add_argument("--split", help="camvid/voc: the split (train, val, test)")
     p.add_argument("--images", help="coco: the image directory (default: images/ beside the JSON)")
-    p.add_argument("--things", nargs="+", default=None,
-                   help="classes to label, by name or value, or 'all' (camvid default: pole sign car pedestrian bicyclist)")
+    p.add_argument(
+        "--things",
+        nargs="+",
+        default=None,
+        help="classes to label, by name or value, or 'all' (camvid default: pole sign car pedestrian bicyclist)",
+    )
     p.add_argument("--class-names", nargs="+", help="generic: the class names in label-value order")
     p.add_argument("--void", type=int, help="label value marking void pixels (camvid: 11, voc: 255)")
-    p.add_argument("--min-area", type=int, default=64, help="smallest instance that gets weak labels (px); smaller ones become ignore")
+    p.add_argument(
+        "--min-area",
+        type=int,
+        default=64,
+        help="smallest instance that gets weak labels (px); smaller ones become ignore",
+    )
     p.add_argument("--points", type=int, default=1, help="points per instance (the deepest first)")
-    p.add_argument("--scribble", choices=("short", "skeleton"), default="short",
-                   help="one short stroke (default) or the whole skeleton as strokes")
+    p.add_argument(
+        "--scribble",
+        choices=("short", "skeleton"),
+        default="short",
+        help="one short stroke (default) or the whole skeleton as strokes",
+    )
     p.add_argument("--limit", type=int, help="convert only the first N images")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run_make_weak)
@@ -54,10 +69,21 @@ def run_make_weak(args) -> int:
         images = args.images or str(Path(args.source).parent / "images")
         summary = make_weak_from_coco(args.out, args.source, images, things, **options)
     else:
-        summary = make_weak_from_layout(args.out, args.source, args.layout, things, split=args.split,
-                                        class_names=args.class_names, void=args.void, limit=args.limit, **options)
-    print(f"wrote {summary['images']} images, {summary['instances']} instances of {', '.join(summary['categories'])} "
-          f"to {args.out} ({summary['too_small']} instances under --min-area marked ignore)")
+        summary = make_weak_from_layout(
+            args.out,
+            args.source,
+            args.layout,
+            things,
+            split=args.split,
+            class_names=args.class_names,
+            void=args.void,
+            limit=args.limit,
+            **options,
+        )
+    print(
+        f"wrote {summary['images']} images, {summary['instances']} instances of {', '.join(summary['categories'])} "
+        f"to {args.out} ({summary['too_small']} instances under --min-area marked ignore)"
+    )
     return 0
 
 

@@ -15,7 +15,11 @@ from wsseg_fast.pipelines.experiments import (
 
 EXPERIMENTS = {
     "demo": (DemoExperimentConfig, run_demo_experiment, "both stages with the tiny SAM on the built-in demo"),
-    "demo-tags": (TagsExperimentConfig, run_tags_experiment, "the demo's image tags only: CAM classifiers, walks, a student"),
+    "demo-tags": (
+        TagsExperimentConfig,
+        run_tags_experiment,
+        "the demo's image tags only: CAM classifiers, walks, a student",
+    ),
 }
 
 

@@ -22,8 +22,10 @@ def add_info(sub) -> None:
 
 
 def run_info(args) -> int:
-    print(f"wsseg_fast {wsseg_fast.__version__}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
-          f"{torch.get_num_threads()} CPU threads, GPU: {torch.cuda.is_available()}")
+    print(
+        f"wsseg_fast {wsseg_fast.__version__}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
+        f"{torch.get_num_threads()} CPU threads, GPU: {torch.cuda.is_available()}"
+    )
     print(f"compiled extension: {'loaded' if _native.LOAD_ERROR is None else 'NOT loaded: ' + _native.LOAD_ERROR}")
     for op in sorted(OP_SPECS):
         print(f"\n{op}:")
@@ -52,8 +54,12 @@ def run_ops_demo(args) -> int:
     targets = []
     for _ in range(args.batch):
         n = int(torch.randint(1, args.queries + 1, (1,), generator=g))
-        targets.append({"labels": torch.randint(0, args.classes, (n,), generator=g),
-                        "prompts": torch.randn(n, 2, 256, generator=g)})
+        targets.append(
+            {
+                "labels": torch.randint(0, args.classes, (n,), generator=g),
+                "prompts": torch.randn(n, 2, 256, generator=g),
+            }
+        )
     outputs = {"pred_logits": logits, "pred_prompts": prompts}
     matcher = HungarianMatcher()
     criterion = PromptSetCriterion(args.classes, matcher)
@@ -70,8 +76,10 @@ def run_ops_demo(args) -> int:
     reference, looped = best_of_5(lambda: match_per_image(outputs, targets))
 
     with torch.no_grad():
-        cost = [matcher.cost_matrix(logits[b : b + 1], prompts[b : b + 1], t["labels"][None], t["prompts"][None])[0]
-                for b, t in enumerate(targets)]
+        cost = [
+            matcher.cost_matrix(logits[b : b + 1], prompts[b : b + 1], t["labels"][None], t["prompts"][None])[0]
+            for b, t in enumerate(targets)
+        ]
     ours = sum(float(c[q, t].sum()) for c, (q, t) in zip(cost, pairs))
     theirs = sum(float(c[q, t].sum()) for c, (q, t) in zip(cost, reference))
     losses = criterion(outputs, targets)
@@ -80,8 +88,10 @@ def run_ops_demo(args) -> int:
     print(f"matched {sum(len(q) for q, _ in pairs)} query/target pairs over {args.batch} images")
     print(f"total matching cost: batched {ours:.6f}, per-image SciPy {theirs:.6f}")
     print(f"matching time: batched {batched * 1e3:.2f} ms, per-image SciPy loop {looped * 1e3:.2f} ms")
-    print(f"loss {losses['loss']:.4f} (cls {losses['loss_cls']:.4f}, reg {losses['loss_reg']:.4f}); "
-          f"grad norms: logits {float(logits.grad.norm()):.4f}, prompts {float(prompts.grad.norm()):.4f}")
+    print(
+        f"loss {losses['loss']:.4f} (cls {losses['loss_cls']:.4f}, reg {losses['loss_reg']:.4f}); "
+        f"grad norms: logits {float(logits.grad.norm()):.4f}, prompts {float(prompts.grad.norm()):.4f}"
+    )
     if abs(ours - theirs) > 1e-4 * max(1.0, abs(theirs)):
         print("error: the batched matching is not optimal", file=sys.stderr)
         return 1

@@ -7,8 +7,13 @@ from wsseg_fast.cli.common import add_quiet
 from wsseg_fast.cli.settings import add_settings, settings_from_args
 from wsseg_fast.pipelines.prompter import PrompterConfig, train_prompter
 
-PROMPTER_FLAGS = {"num_queries": "--queries", "nhead": "--heads", "dim_feedforward": "--ffn",
-                  "num_encoder_layers": "--encoder-layers", "num_decoder_layers": "--decoder-layers"}
+PROMPTER_FLAGS = {
+    "num_queries": "--queries",
+    "nhead": "--heads",
+    "dim_feedforward": "--ffn",
+    "num_encoder_layers": "--encoder-layers",
+    "num_decoder_layers": "--decoder-layers",
+}
 
 
 def register(sub) -> None:

@@ -32,8 +32,9 @@ class _ListMethods(argparse.Action):
 def add_pseudo_label(sub) -> None:
     p = sub.add_parser("pseudo-label", help="pseudo-label a COCO dataset from its weak labels with SAM (resumable)")
     add_settings(p, JobConfig, JOB_FLAGS)
-    p.add_argument("--prompter", metavar="CKPT",
-                   help="--method prompter: the trained prompter (prompter.pt from train-prompter)")
+    p.add_argument(
+        "--prompter", metavar="CKPT", help="--method prompter: the trained prompter (prompter.pt from train-prompter)"
+    )
     p.add_argument("--list-methods", action=_ListMethods, help="print the methods and their options, then exit")
     add_quiet(p)
     p.set_defaults(func=run_pseudo_label)
@@ -48,13 +49,17 @@ def run_pseudo_label(args) -> int:
         args.options = [*(args.options or []), f"checkpoint={args.prompter}"]
     cfg = settings_from_args(JobConfig, args, JOB_FLAGS)
     if cfg.checkpoint is None and METHODS[cfg.method].needs_sam:
-        print(f"note: no --checkpoint: SAM {cfg.model} has random weights; the masks only exercise the pipeline",
-              file=sys.stderr)
+        print(
+            f"note: no --checkpoint: SAM {cfg.model} has random weights; the masks only exercise the pipeline",
+            file=sys.stderr,
+        )
     summary = run(cfg, progress=not args.quiet)
     r = summary["run"]
-    print(f"{summary['labelled']} images labelled in {cfg.out} ({r['images_labelled']} this run, "
-          f"{r['images_skipped_as_done']} already done, {r['images_failed']} failed) in {r['seconds']:.2f} s; "
-          f"embeddings: {r['cache_hits']} from the cache, {r['encoded']} encoded")
+    print(
+        f"{summary['labelled']} images labelled in {cfg.out} ({r['images_labelled']} this run, "
+        f"{r['images_skipped_as_done']} already done, {r['images_failed']} failed) in {r['seconds']:.2f} s; "
+        f"embeddings: {r['cache_hits']} from the cache, {r['encoded']} encoded"
+    )
     for failure in summary["failed"]:
         print(f"  failed: {failure['file_name']}: {failure['error']}", file=sys.stderr)
     if summary["report"] is not None:

@@ -69,15 +69,21 @@ def _argument(field: dataclasses.Field, kind, flag: str) -> dict:
 
 
 def _help(doc: str, default) -> str:
-    if default is None or default is False or default == "" or (isinstance(default, (tuple, list, dict)) and not default):
+    if (
+        default is None
+        or default is False
+        or default == ""
+        or (isinstance(default, (tuple, list, dict)) and not default)
+    ):
         return doc.replace("%", "%%")
     if isinstance(default, tuple):
         default = ",".join(map(str, default))
     return f"{doc} (default: {default})".replace("%", "%%")
 
 
-def add_settings(parser: argparse.ArgumentParser, cls: type, flags: dict[str, str] | None = None,
-                 skip: tuple[str, ...] = ()) -> None:
+def add_settings(
+    parser: argparse.ArgumentParser, cls: type, flags: dict[str, str] | None = None, skip: tuple[str, ...] = ()
+) -> None:
     """One flag per field of config class ``cls`` (see the module docstring), and ``--config``.
     ``flags`` renames the flags that read differently from their field; ``skip`` leaves fields
     to their defaults (or to the command, which passes them to :func:`settings_from_args`)."""
@@ -87,14 +93,19 @@ def add_settings(parser: argparse.ArgumentParser, cls: type, flags: dict[str, st
             continue
         flag = (flags or {}).get(field.name, "--" + field.name.replace("_", "-"))
         options = _argument(field, kind, flag)
-        parser.add_argument(flag, dest=field.name, help=_help(docs.get(field.name, ""), options.get("default")),
-                            **options)
+        parser.add_argument(
+            flag, dest=field.name, help=_help(docs.get(field.name, ""), options.get("default")), **options
+        )
         if optional_part(kind)[1] and _default(field) is not None:
-            parser.add_argument(f"--no-{flag[2:]}", dest=field.name, action="store_const", const=None,
-                                help=f"no {flag[2:]}")
-    parser.add_argument("--config", metavar="FILE.yaml",
-                        help="settings from a YAML file (keys = setting names, e.g. batch_size; flags given "
-                             "here win; every training run saves its resolved settings as OUT/config.yaml)")
+            parser.add_argument(
+                f"--no-{flag[2:]}", dest=field.name, action="store_const", const=None, help=f"no {flag[2:]}"
+            )
+    parser.add_argument(
+        "--config",
+        metavar="FILE.yaml",
+        help="settings from a YAML file (keys = setting names, e.g. batch_size; flags given "
+        "here win; every training run saves its resolved settings as OUT/config.yaml)",
+    )
     parser.set_defaults(settings_class=cls)
 
 
@@ -148,8 +159,9 @@ def _load_yaml(path: str) -> dict:
         where = f"line {mark.line + 1}: " if mark is not None else ""
         raise UsageError(f"--config {path}: not valid YAML ({where}{getattr(exc, 'problem', None) or exc})") from None
     if not isinstance(settings, dict):
-        raise UsageError(f"--config {path}: expected a mapping of setting names to values, got "
-                         f"{type(settings).__name__}")
+        raise UsageError(
+            f"--config {path}: expected a mapping of setting names to values, got {type(settings).__name__}"
+        )
     return settings
 
 
@@ -163,8 +175,9 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str], path: st
     for key, value in settings.items():
         action = actions[key]
         if action.choices is not None and value not in action.choices:
-            raise UsageError(f"--config {path}: {key} must be one of {', '.join(map(str, action.choices))}, "
-                             f"got {value!r}")
+            raise UsageError(
+                f"--config {path}: {key} must be one of {', '.join(map(str, action.choices))}, got {value!r}"
+            )
         if isinstance(value, str) and action.type is not None:
             value = action.type(value)
         if isinstance(action, argparse._AppendAction) and isinstance(value, dict):  # NAME=VALUE flags

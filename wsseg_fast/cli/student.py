@@ -24,8 +24,13 @@ class _PseudoSource(argparse.Action):
 def add_train_student(sub) -> None:
     p = sub.add_parser("train-student", help="train the prompt-free U-Net student on label maps (torchrun for DDP)")
     add_settings(p, StudentConfig, STUDENT_FLAGS)
-    p.add_argument("--pseudo", dest="sources", action=_PseudoSource, metavar="DIR",
-                   help="pseudo-label maps <stem>.png: the same as --source pseudo=DIR")
+    p.add_argument(
+        "--pseudo",
+        dest="sources",
+        action=_PseudoSource,
+        metavar="DIR",
+        help="pseudo-label maps <stem>.png: the same as --source pseudo=DIR",
+    )
     add_quiet(p)
     p.set_defaults(func=run_train_student)
 

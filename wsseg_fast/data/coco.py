@@ -68,11 +68,16 @@ class CocoWeakDataset:
             with open(annotation_file, encoding="utf-8") as f:
                 coco = json.load(f)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{annotation_file} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+            raise DataError(
+                f"{annotation_file} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            ) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise DataError(f"cannot read {annotation_file}: {exc}") from None
         if not isinstance(coco, dict):
-            raise DataError(f"{annotation_file}: expected a COCO object with images/categories/annotations, got {type(coco).__name__}")
+            raise DataError(
+                f"{annotation_file}: expected a COCO object with images/categories/annotations, "
+                f"got {type(coco).__name__}"
+            )
         for key in ("images", "categories"):
             if not isinstance(coco.get(key), list):
                 raise DataError(f"{annotation_file}: missing or invalid '{key}' list")
@@ -81,19 +86,29 @@ class CocoWeakDataset:
             image_dir = beside if os.path.isdir(beside) else os.path.dirname(annotation_file)
         self.annotation_file, self.image_dir = annotation_file, os.fspath(image_dir)
         try:
-            self.categories = sorted(({"id": int(c["id"]), "name": str(c["name"])} for c in coco["categories"]), key=lambda c: c["id"])
+            self.categories = sorted(
+                ({"id": int(c["id"]), "name": str(c["name"])} for c in coco["categories"]), key=lambda c: c["id"]
+            )
         except (KeyError, TypeError, ValueError):
             raise DataError(f"{annotation_file}: every category needs an integer 'id' and a 'name'") from None
         if len(self.categories) > 254:
-            raise DataError(f"{annotation_file}: {len(self.categories)} categories; label PNGs hold at most 254 classes")
+            raise DataError(
+                f"{annotation_file}: {len(self.categories)} categories; label PNGs hold at most 254 classes"
+            )
         self.class_index = {c["id"]: i + 1 for i, c in enumerate(self.categories)}
         self.class_names = ["background"] + [c["name"] for c in self.categories]
         self.images: list[ImageRecord] = []
         by_id = {}
         for i, im in enumerate(coco["images"]):
             try:
-                rec = ImageRecord(int(im["id"]), str(im["file_name"]), os.path.join(self.image_dir, str(im["file_name"])),
-                                  im.get("height"), im.get("width"), [int(t) for t in im.get("tags", [])])
+                rec = ImageRecord(
+                    int(im["id"]),
+                    str(im["file_name"]),
+                    os.path.join(self.image_dir, str(im["file_name"])),
+                    im.get("height"),
+                    im.get("width"),
+                    [int(t) for t in im.get("tags", [])],
+                )
             except (KeyError, TypeError, ValueError):
                 raise DataError(f"{annotation_file}: image #{i} needs an integer 'id' and a 'file_name'") from None
             if rec.id in by_id:
@@ -111,7 +126,9 @@ class CocoWeakDataset:
                 if "bbox" in ann and (len(ann["bbox"]) != 4 or float(ann["bbox"][2]) < 0 or float(ann["bbox"][3]) < 0):
                     raise ValueError("bbox")
             except (KeyError, TypeError, ValueError) as exc:
-                raise DataError(f"{annotation_file}: annotation #{j} (id {ann.get('id')}) has a bad or unknown {exc}") from None
+                raise DataError(
+                    f"{annotation_file}: annotation #{j} (id {ann.get('id')}) has a bad or unknown {exc}"
+                ) from None
             rec.annotations.append(ann)
 
     def __len__(self) -> int:
@@ -131,20 +148,26 @@ class CocoWeakDataset:
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise ImageLoadError(f"image {record.file_name} (id {record.id}) cannot be read: {exc}") from None
         if record.height is not None and record.width is not None and image.shape[:2] != (record.height, record.width):
-            raise ImageLoadError(f"image {record.file_name} is {image.shape[1]}x{image.shape[0]}, the annotations say "
-                                 f"{record.width}x{record.height}")
+            raise ImageLoadError(
+                f"image {record.file_name} is {image.shape[1]}x{image.shape[0]}, the annotations say "
+                f"{record.width}x{record.height}"
+            )
         return image
 
     def boxes(self, record: ImageRecord) -> tuple[np.ndarray, np.ndarray]:
         """``[N, 4]`` float32 ``x0, y0, x1, y1`` boxes and ``[N]`` class indices of an image's annotations."""
         anns = [a for a in record.annotations if "bbox" in a]
-        boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns],
-                         dtype=np.float32).reshape(-1, 4)
+        boxes = np.array(
+            [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns],
+            dtype=np.float32,
+        ).reshape(-1, 4)
         return boxes, np.array([self.class_index[int(a["category_id"])] for a in anns], dtype=np.int64)
 
     def instance_masks(self, record: ImageRecord, height: int, width: int) -> list[np.ndarray]:
         """The ``[H, W]`` bool masks of the image's annotations that have a ``segmentation``."""
-        return [decode_segmentation(a["segmentation"], height, width) for a in record.annotations if a.get("segmentation")]
+        return [
+            decode_segmentation(a["segmentation"], height, width) for a in record.annotations if a.get("segmentation")
+        ]
 
     def has_segmentation(self) -> bool:
         return any("segmentation" in a for r in self.images for a in r.annotations)
@@ -156,8 +179,10 @@ class CocoWeakDataset:
         anns = [a for a in record.annotations if a.get("segmentation")]
         if not anns:
             return None if not record.annotations else np.zeros((height, width), np.uint8)
-        masks = [(decode_segmentation(a["segmentation"], height, width), self.class_index[int(a["category_id"])])
-                 for a in anns]
+        masks = [
+            (decode_segmentation(a["segmentation"], height, width), self.class_index[int(a["category_id"])])
+            for a in anns
+        ]
         label = np.zeros((height, width), np.uint8)
         for mask, cls in sorted(masks, key=lambda mc: -int(mc[0].sum())):
             label[mask] = cls

@@ -26,8 +26,12 @@ from wsseg_fast.io import atomic_write_bytes
 
 CATEGORIES = ["disc", "cup", "crescent", "rod", "ring", "ell"]
 COLOURS = {  # base RGB of each class; textures vary around it
-    "disc": (205, 150, 60), "cup": (245, 225, 150), "crescent": (60, 120, 210),
-    "rod": (200, 60, 70), "ring": (70, 170, 90), "ell": (150, 80, 190),
+    "disc": (205, 150, 60),
+    "cup": (245, 225, 150),
+    "crescent": (60, 120, 210),
+    "rod": (200, 60, 70),
+    "ring": (70, 170, 90),
+    "ell": (150, 80, 190),
 }
 SIZE = (240, 320)  # H, W
 
@@ -155,19 +159,23 @@ def make_demo(out: str | os.PathLike, images: int = 8, seed: int = 0) -> dict:
         atomic_write_bytes(os.path.join(out, "images", stem + ".png"), encode_image_png(image))
         write_label_png(os.path.join(out, "gt", stem + ".png"), label)
         tags = sorted({CATEGORIES.index(o["category"]) + 1 for o in objects})
-        coco["images"].append({"id": index + 1, "file_name": stem + ".png", "height": SIZE[0], "width": SIZE[1], "tags": tags})
+        coco["images"].append(
+            {"id": index + 1, "file_name": stem + ".png", "height": SIZE[0], "width": SIZE[1], "tags": tags}
+        )
         for obj in objects:
             points, scribbles = weak_labels(obj["visible"], rng)
-            coco["annotations"].append({
-                "id": len(coco["annotations"]) + 1,
-                "image_id": index + 1,
-                "category_id": CATEGORIES.index(obj["category"]) + 1,
-                "bbox": mask_bbox(obj["mask"]),
-                "area": int(obj["mask"].sum()),
-                "iscrowd": 0,
-                "points": points,
-                "scribbles": scribbles,
-                "segmentation": encode_rle(obj["mask"]),
-            })
+            coco["annotations"].append(
+                {
+                    "id": len(coco["annotations"]) + 1,
+                    "image_id": index + 1,
+                    "category_id": CATEGORIES.index(obj["category"]) + 1,
+                    "bbox": mask_bbox(obj["mask"]),
+                    "area": int(obj["mask"].sum()),
+                    "iscrowd": 0,
+                    "points": points,
+                    "scribbles": scribbles,
+                    "segmentation": encode_rle(obj["mask"]),
+                }
+            )
     atomic_write_bytes(os.path.join(out, "annotations.json"), json.dumps(coco, indent=1).encode())
     return coco

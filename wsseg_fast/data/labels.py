@@ -22,8 +22,8 @@ def palette() -> list[int]:
     for i in range(1, 255):  # golden-ratio hue walk, alternating brightness
         h = (i * 0.618033988749895) % 1.0
         v = 1.0 if i % 2 else 0.7
-        k = lambda n: (n + h * 6) % 6  # noqa: E731
-        rgb = [v * (1 - max(0.0, min(k(n), 4 - k(n), 1.0)) * 0.85) for n in (5, 3, 1)]
+        ks = [(n + h * 6) % 6 for n in (5, 3, 1)]
+        rgb = [v * (1 - max(0.0, min(k, 4 - k, 1.0)) * 0.85) for k in ks]
         colours.append(tuple(int(255 * c) for c in rgb))
     colours.append((255, 255, 255))
     return [c for rgb in colours for c in rgb]

@@ -42,13 +42,44 @@ from wsseg_fast.data.labels import IGNORE, write_label_png
 from wsseg_fast.errors import UserError
 from wsseg_fast.io import atomic_write_bytes, atomic_write_json
 
-CAMVID_CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "sign", "fence", "car", "pedestrian",
-                  "bicyclist"]
+CAMVID_CLASSES = [
+    "sky",
+    "building",
+    "pole",
+    "road",
+    "pavement",
+    "tree",
+    "sign",
+    "fence",
+    "car",
+    "pedestrian",
+    "bicyclist",
+]
 CAMVID_VOID = 11
 CAMVID_THINGS = ["pole", "sign", "car", "pedestrian", "bicyclist"]
-VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-               "tvmonitor"]
+VOC_CLASSES = [
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
@@ -57,6 +88,7 @@ class WeakLabelError(UserError):
 
 
 # -- weak labels of one mask -----------------------------------------------------------------
+
 
 def mask_bbox(mask: np.ndarray) -> list[int]:
     """COCO ``[x, y, w, h]`` of a non-empty boolean mask (whole pixels)."""
@@ -96,8 +128,9 @@ def skeleton_strokes(skeleton: np.ndarray) -> list[list[tuple[int, int]]]:
     return strokes
 
 
-def weak_labels(mask: np.ndarray, rng: np.random.Generator | None = None, *, points: int = 1,
-                scribble: str = "skeleton") -> tuple[list, list]:
+def weak_labels(
+    mask: np.ndarray, rng: np.random.Generator | None = None, *, points: int = 1, scribble: str = "skeleton"
+) -> tuple[list, list]:
     """Points and scribbles (``[x, y]`` lists) a person could have drawn on ``mask``.
 
     The first point is the pixel deepest inside the mask; further points are drawn (with
@@ -130,10 +163,11 @@ def components(label: np.ndarray, class_value: int) -> list[np.ndarray]:
 
 # -- sources ----------------------------------------------------------------------------------
 
+
 @dataclass
 class Sample:
     image: Path
-    label: Path                 # class-index map
+    label: Path  # class-index map
     instances: Path | None = None  # instance-index map (VOC), else components are the instances
 
 
@@ -156,8 +190,14 @@ def voc_samples(root: Path, split: str) -> list[Sample]:
     if not listing.is_file():
         raise WeakLabelError(f"no split file {listing}")
     stems = [s.strip() for s in listing.read_text().split() if s.strip()]
-    return [Sample(root / "JPEGImages" / f"{s}.jpg", root / "SegmentationClass" / f"{s}.png",
-                   root / "SegmentationObject" / f"{s}.png") for s in stems]
+    return [
+        Sample(
+            root / "JPEGImages" / f"{s}.jpg",
+            root / "SegmentationClass" / f"{s}.png",
+            root / "SegmentationObject" / f"{s}.png",
+        )
+        for s in stems
+    ]
 
 
 def generic_samples(root: Path, split: str | None = None) -> list[Sample]:
@@ -201,9 +241,19 @@ def resolve_classes(things: list[str] | str, class_names: list[str]) -> list[int
     return values
 
 
-def make_weak(out: str | os.PathLike, samples: list[Sample], class_names: list[str], things: list[str] | str, *,
-              void: int | None = None, min_area: int = 64, points: int = 1, scribble: str = "short",
-              seed: int = 0, description: str = "") -> dict:
+def make_weak(
+    out: str | os.PathLike,
+    samples: list[Sample],
+    class_names: list[str],
+    things: list[str] | str,
+    *,
+    void: int | None = None,
+    min_area: int = 64,
+    points: int = 1,
+    scribble: str = "short",
+    seed: int = 0,
+    description: str = "",
+) -> dict:
     """Write the weak-label dataset under ``out`` (``annotations.json``, ``images/``, ``gt/``);
     returns a summary. The categories are ``things`` in the order given (ids 1..K)."""
     if min_area < 1 or points < 1:
@@ -212,62 +262,97 @@ def make_weak(out: str | os.PathLike, samples: list[Sample], class_names: list[s
         raise WeakLabelError("no images to convert")
     values = resolve_classes(things, class_names)
     out = Path(out)
-    coco = {"info": {"description": description or "wsseg_fast weak labels from dense masks"},
-            "categories": [{"id": i + 1, "name": class_names[v]} for i, v in enumerate(values)],
-            "images": [], "annotations": []}
+    coco = {
+        "info": {"description": description or "wsseg_fast weak labels from dense masks"},
+        "categories": [{"id": i + 1, "name": class_names[v]} for i, v in enumerate(values)],
+        "images": [],
+        "annotations": [],
+    }
     skipped = 0
     for index, sample in enumerate(samples):
         rng = np.random.default_rng([seed, index])
-        label = _read_map(sample.label)
-        if not sample.image.is_file():
-            raise WeakLabelError(f"image not found: {sample.image}")
-        raw = sample.image.read_bytes()
-        with Image.open(sample.image) as im:
-            width, height = im.size
-        if label.shape != (height, width):
-            raise WeakLabelError(f"{sample.label}: {label.shape[1]}x{label.shape[0]} label map for a "
-                                 f"{width}x{height} image {sample.image}")
-        instance_map = _read_map(sample.instances) if sample.instances is not None else None
-        gt = np.zeros(label.shape, np.uint8)
-        if void is not None:
-            gt[label == void] = IGNORE
-        tags = []
-        for category, value in enumerate(values, start=1):
-            where = label == value
-            if not where.any():
-                continue
-            tags.append(category)
-            gt[where] = category
-            if instance_map is not None:
-                ids = [i for i in np.unique(instance_map[where]) if i not in (0, 255)]
-                masks = sorted(((instance_map == i) & where for i in ids), key=lambda m: -int(m.sum()))
-            else:
-                masks = components(label, value)
-            for mask in masks:
-                area = int(mask.sum())
-                if area < min_area:
-                    gt[mask] = IGNORE  # no weak label: nobody could know of it
-                    skipped += 1
-                    continue
-                pts, strokes = weak_labels(mask, rng, points=points, scribble=scribble)
-                coco["annotations"].append({
-                    "id": len(coco["annotations"]) + 1, "image_id": index + 1, "category_id": category,
-                    "bbox": mask_bbox(mask), "area": area, "iscrowd": 0, "points": pts, "scribbles": strokes,
-                    "segmentation": encode_rle(mask),
-                })
-        file_name = sample.image.name
-        atomic_write_bytes(out / "images" / file_name, raw)
+        image, instances, gt = _weak_sample(index, sample, values, void, min_area, points, scribble, rng)
+        skipped += sum(instance is None for instance in instances)
+        for instance in instances:
+            if instance is not None:
+                coco["annotations"].append({"id": len(coco["annotations"]) + 1, **instance})
+        atomic_write_bytes(out / "images" / image["file_name"], sample.image.read_bytes())
         write_label_png(out / "gt" / f"{sample.image.stem}.png", gt)
-        coco["images"].append({"id": index + 1, "file_name": file_name, "height": height, "width": width,
-                               "tags": tags})
+        coco["images"].append(image)
     atomic_write_json(out / "annotations.json", coco)
-    return {"images": len(coco["images"]), "instances": len(coco["annotations"]), "too_small": skipped,
-            "categories": [c["name"] for c in coco["categories"]]}
+    return {
+        "images": len(coco["images"]),
+        "instances": len(coco["annotations"]),
+        "too_small": skipped,
+        "categories": [c["name"] for c in coco["categories"]],
+    }
 
 
-def make_weak_from_layout(out: str | os.PathLike, root: str | os.PathLike, layout: str, things: list[str] | str, *,
-                          split: str | None = None, class_names: list[str] | None = None, void: int | None = None,
-                          limit: int | None = None, **kwargs) -> dict:
+def _weak_sample(
+    index: int, sample: Sample, values: list[int], void: int | None, min_area: int, points: int, scribble: str, rng
+) -> tuple[dict, list[dict | None], np.ndarray]:
+    """One image of :func:`make_weak`: its COCO image record, its instances' annotations (``None``
+    for an instance under ``min_area``, marked ignore in the ground truth instead) and its ground truth."""
+    label = _read_map(sample.label)
+    if not sample.image.is_file():
+        raise WeakLabelError(f"image not found: {sample.image}")
+    with Image.open(sample.image) as im:
+        width, height = im.size
+    if label.shape != (height, width):
+        raise WeakLabelError(
+            f"{sample.label}: {label.shape[1]}x{label.shape[0]} label map for a {width}x{height} image {sample.image}"
+        )
+    instance_map = _read_map(sample.instances) if sample.instances is not None else None
+    gt = np.zeros(label.shape, np.uint8)
+    if void is not None:
+        gt[label == void] = IGNORE
+    tags, instances = [], []
+    for category, value in enumerate(values, start=1):
+        where = label == value
+        if not where.any():
+            continue
+        tags.append(category)
+        gt[where] = category
+        if instance_map is not None:
+            ids = [i for i in np.unique(instance_map[where]) if i not in (0, 255)]
+            masks = sorted(((instance_map == i) & where for i in ids), key=lambda m: -int(m.sum()))
+        else:
+            masks = components(label, value)
+        for mask in masks:
+            area = int(mask.sum())
+            if area < min_area:
+                gt[mask] = IGNORE  # no weak label: nobody could know of it
+                instances.append(None)
+                continue
+            pts, strokes = weak_labels(mask, rng, points=points, scribble=scribble)
+            instances.append(
+                {
+                    "image_id": index + 1,
+                    "category_id": category,
+                    "bbox": mask_bbox(mask),
+                    "area": area,
+                    "iscrowd": 0,
+                    "points": pts,
+                    "scribbles": strokes,
+                    "segmentation": encode_rle(mask),
+                }
+            )
+    image = {"id": index + 1, "file_name": sample.image.name, "height": height, "width": width, "tags": tags}
+    return image, instances, gt
+
+
+def make_weak_from_layout(
+    out: str | os.PathLike,
+    root: str | os.PathLike,
+    layout: str,
+    things: list[str] | str,
+    *,
+    split: str | None = None,
+    class_names: list[str] | None = None,
+    void: int | None = None,
+    limit: int | None = None,
+    **kwargs,
+) -> dict:
     """:func:`make_weak` on a dataset folder of one of the ``LAYOUTS``."""
     if layout not in LAYOUTS:
         raise WeakLabelError(f"unknown layout {layout!r}; layouts: {', '.join(LAYOUTS)}")
@@ -280,12 +365,24 @@ def make_weak_from_layout(out: str | os.PathLike, root: str | os.PathLike, layou
     if limit is not None:
         samples = samples[:limit]
     void = DEFAULT_VOID.get(layout) if void is None else void
-    return make_weak(out, samples, class_names, things, void=void,
-                     description=f"weak labels of {root} ({layout}, {split or 'all'})", **kwargs)
+    return make_weak(
+        out,
+        samples,
+        class_names,
+        things,
+        void=void,
+        description=f"weak labels of {root} ({layout}, {split or 'all'})",
+        **kwargs,
+    )
 
 
-def make_weak_from_coco(out: str | os.PathLike, annotation_file: str | os.PathLike, image_dir: str | os.PathLike,
-                        things: list[str] | str = "all", **kwargs) -> dict:
+def make_weak_from_coco(
+    out: str | os.PathLike,
+    annotation_file: str | os.PathLike,
+    image_dir: str | os.PathLike,
+    things: list[str] | str = "all",
+    **kwargs,
+) -> dict:
     """:func:`make_weak` from a COCO file with ``segmentation``: its instances painted into a
     class map (largest first) and instance map, then converted like any other source."""
     with open(annotation_file) as f:
@@ -317,6 +414,7 @@ def _paint_coco(coco: dict, tmp: Path, image_dir: Path) -> list[Sample]:
         stem = Path(image["file_name"]).stem
         write_label_png(tmp / "labels" / f"{stem}.png", label)
         write_label_png(tmp / "instances" / f"{stem}.png", instances)
-        samples.append(Sample(image_dir / image["file_name"], tmp / "labels" / f"{stem}.png",
-                              tmp / "instances" / f"{stem}.png"))
+        samples.append(
+            Sample(image_dir / image["file_name"], tmp / "labels" / f"{stem}.png", tmp / "instances" / f"{stem}.png")
+        )
     return samples

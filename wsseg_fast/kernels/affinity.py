@@ -13,7 +13,6 @@ from torch.library import triton_op, wrap_triton
 
 from wsseg_fast.ops.neighbors import neighbor_offsets
 
-
 BLOCK = 128
 
 
@@ -28,8 +27,9 @@ def neighbor(off_ptr, k, y, x, inside, height, width):
 
 
 @triton.jit
-def _local_affinity_kernel(f_ptr, off_ptr, out_ptr, depth, height, width, n_offsets,
-                           SQUARED: tl.constexpr, BLOCK: tl.constexpr):
+def _local_affinity_kernel(
+    f_ptr, off_ptr, out_ptr, depth, height, width, n_offsets, SQUARED: tl.constexpr, BLOCK: tl.constexpr
+):
     b = tl.program_id(0).to(tl.int64)
     hw = height * width
     p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -67,7 +67,7 @@ def local_affinity_triton(features: torch.Tensor, radius: int, squared: bool) ->
     if out.numel() == 0:
         return out
     grid = (batch, triton.cdiv(height * width, BLOCK))
-    wrap_triton(_local_affinity_kernel)[grid](features, offsets, out, depth, height, width, n_offsets,
-                                              SQUARED=squared, BLOCK=BLOCK)
+    wrap_triton(_local_affinity_kernel)[grid](
+        features, offsets, out, depth, height, width, n_offsets, SQUARED=squared, BLOCK=BLOCK
+    )
     return out
-

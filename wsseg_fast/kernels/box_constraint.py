@@ -32,10 +32,27 @@ def _in_box(bounds_ptr, rows, cols):
 
 
 @triton.jit
-def _stats_kernel(probs_ptr, bounds_ptr, labels_ptr, valid_ptr, rep_ptr, lines_ptr, outside_ptr, count_ptr,
-                  N, C, H, W, p_forall, p_exists,
-                  STABLE: tl.constexpr, PF_IS_2: tl.constexpr, PE_IS_2: tl.constexpr,
-                  BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr):
+def _stats_kernel(
+    probs_ptr,
+    bounds_ptr,
+    labels_ptr,
+    valid_ptr,
+    rep_ptr,
+    lines_ptr,
+    outside_ptr,
+    count_ptr,
+    N,
+    C,
+    H,
+    W,
+    p_forall,
+    p_exists,
+    STABLE: tl.constexpr,
+    PF_IS_2: tl.constexpr,
+    PE_IS_2: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
     bk = tl.program_id(0)
     b = bk // N
     valid = tl.load(valid_ptr + bk) != 0
@@ -75,10 +92,27 @@ def _stats_kernel(probs_ptr, bounds_ptr, labels_ptr, valid_ptr, rep_ptr, lines_p
 
 
 @triton.jit
-def _grad_kernel(grad_lines_ptr, grad_outside_ptr, probs_ptr, bounds_ptr, labels_ptr, valid_ptr, rep_ptr, grad_ptr,
-                 N, C, H, W, p_forall, p_exists,
-                 STABLE: tl.constexpr, PF_IS_2: tl.constexpr, PE_IS_2: tl.constexpr,
-                 BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr):
+def _grad_kernel(
+    grad_lines_ptr,
+    grad_outside_ptr,
+    probs_ptr,
+    bounds_ptr,
+    labels_ptr,
+    valid_ptr,
+    rep_ptr,
+    grad_ptr,
+    N,
+    C,
+    H,
+    W,
+    p_forall,
+    p_exists,
+    STABLE: tl.constexpr,
+    PF_IS_2: tl.constexpr,
+    PE_IS_2: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
     bc = tl.program_id(0)
     b = bc // C
     c = bc % C
@@ -105,8 +139,11 @@ def _grad_kernel(grad_lines_ptr, grad_outside_ptr, probs_ptr, bounds_ptr, labels
         g_out += tl.where(rep, tl.load(grad_outside_ptr + bj), 0.0)
     offs = (bc.to(tl.int64) * H + rows[:, None]) * W + cols[None, :]
     p = tl.load(probs_ptr + offs, mask=m, other=0.0).to(acc_ty)
-    grad = tl.where(covered != 0, coef * lifted_power_grad(p, p_exists, STABLE, PE_IS_2),
-                    g_out * lifted_power_grad(p, p_forall, STABLE, PF_IS_2))
+    grad = tl.where(
+        covered != 0,
+        coef * lifted_power_grad(p, p_exists, STABLE, PE_IS_2),
+        g_out * lifted_power_grad(p, p_forall, STABLE, PF_IS_2),
+    )
     tl.store(grad_ptr + offs, grad.to(grad_ptr.dtype.element_ty), mask=m)
 
 
@@ -119,9 +156,16 @@ def _acc_dtype(probs: torch.Tensor) -> torch.dtype:
 
 
 @triton_op("wsseg_fast::box_constraint_stats_triton", mutates_args=())
-def box_constraint_stats_triton(probs: torch.Tensor, bounds: torch.Tensor, labels: torch.Tensor,
-                                valid: torch.Tensor, rep: torch.Tensor, p_forall: float, p_exists: float,
-                                stable: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def box_constraint_stats_triton(
+    probs: torch.Tensor,
+    bounds: torch.Tensor,
+    labels: torch.Tensor,
+    valid: torch.Tensor,
+    rep: torch.Tensor,
+    p_forall: float,
+    p_exists: float,
+    stable: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """probs [B, C, H, W]; bounds [B, N, 4], labels, valid, rep [B, N] int32 ->
     (lines [B, N, H + W], outside [B, N], outside_count [B, N]) in float32 (float64 for float64 probs)."""
     batch, classes, height, width = probs.shape
@@ -134,16 +178,42 @@ def box_constraint_stats_triton(probs: torch.Tensor, bounds: torch.Tensor, label
         return lines, outside, count
     block_r, block_w = _blocks(width)
     wrap_triton(_stats_kernel)[(batch * n, triton.cdiv(height, block_r))](
-        probs.contiguous(), bounds.contiguous(), labels.contiguous(), valid.contiguous(), rep.contiguous(),
-        lines, outside, count, n, classes, height, width, p_forall, p_exists,
-        STABLE=stable, PF_IS_2=p_forall == 2.0, PE_IS_2=p_exists == 2.0, BLOCK_R=block_r, BLOCK_W=block_w)
+        probs.contiguous(),
+        bounds.contiguous(),
+        labels.contiguous(),
+        valid.contiguous(),
+        rep.contiguous(),
+        lines,
+        outside,
+        count,
+        n,
+        classes,
+        height,
+        width,
+        p_forall,
+        p_exists,
+        STABLE=stable,
+        PF_IS_2=p_forall == 2.0,
+        PE_IS_2=p_exists == 2.0,
+        BLOCK_R=block_r,
+        BLOCK_W=block_w,
+    )
     return lines, outside, count
 
 
 @triton_op("wsseg_fast::box_constraint_grad_triton", mutates_args=())
-def box_constraint_grad_triton(grad_lines: torch.Tensor, grad_outside: torch.Tensor, probs: torch.Tensor,
-                               bounds: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, rep: torch.Tensor,
-                               p_forall: float, p_exists: float, stable: bool) -> torch.Tensor:
+def box_constraint_grad_triton(
+    grad_lines: torch.Tensor,
+    grad_outside: torch.Tensor,
+    probs: torch.Tensor,
+    bounds: torch.Tensor,
+    labels: torch.Tensor,
+    valid: torch.Tensor,
+    rep: torch.Tensor,
+    p_forall: float,
+    p_exists: float,
+    stable: bool,
+) -> torch.Tensor:
     """The gradient of probs from the gradients of the stats."""
     batch, classes, height, width = probs.shape
     n = bounds.shape[1]
@@ -154,10 +224,26 @@ def box_constraint_grad_triton(grad_lines: torch.Tensor, grad_outside: torch.Ten
     block_r, block_w = _blocks(width)
     grid = (batch * classes, triton.cdiv(height, block_r), triton.cdiv(width, block_w))
     wrap_triton(_grad_kernel)[grid](
-        grad_lines.to(acc).contiguous(), grad_outside.to(acc).contiguous(), probs.contiguous(), bounds.contiguous(),
-        labels.contiguous(), valid.contiguous(), rep.contiguous(), grad, n, classes, height, width,
-        p_forall, p_exists, STABLE=stable, PF_IS_2=p_forall == 2.0, PE_IS_2=p_exists == 2.0,
-        BLOCK_R=block_r, BLOCK_W=block_w)
+        grad_lines.to(acc).contiguous(),
+        grad_outside.to(acc).contiguous(),
+        probs.contiguous(),
+        bounds.contiguous(),
+        labels.contiguous(),
+        valid.contiguous(),
+        rep.contiguous(),
+        grad,
+        n,
+        classes,
+        height,
+        width,
+        p_forall,
+        p_exists,
+        STABLE=stable,
+        PF_IS_2=p_forall == 2.0,
+        PE_IS_2=p_exists == 2.0,
+        BLOCK_R=block_r,
+        BLOCK_W=block_w,
+    )
     return grad
 
 

@@ -35,8 +35,23 @@ def _edge(lab_ptr, plane, ys, xs, dy, dx, H, W, m, threshold):
 
 
 @triton.jit
-def _stats_kernel(probs_ptr, lab_ptr, offsets_ptr, sums_ptr, counts_ptr, C, H, W, K, threshold, p_forall,
-                  STABLE: tl.constexpr, PF_IS_2: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr):
+def _stats_kernel(
+    probs_ptr,
+    lab_ptr,
+    offsets_ptr,
+    sums_ptr,
+    counts_ptr,
+    C,
+    H,
+    W,
+    K,
+    threshold,
+    p_forall,
+    STABLE: tl.constexpr,
+    PF_IS_2: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
     bc = tl.program_id(0)
     b = bc // C
     c = bc % C
@@ -64,8 +79,23 @@ def _stats_kernel(probs_ptr, lab_ptr, offsets_ptr, sums_ptr, counts_ptr, C, H, W
 
 
 @triton.jit
-def _grad_kernel(grad_sums_ptr, probs_ptr, lab_ptr, offsets_ptr, grad_ptr, C, H, W, K, threshold, p_forall,
-                 STABLE: tl.constexpr, PF_IS_2: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr):
+def _grad_kernel(
+    grad_sums_ptr,
+    probs_ptr,
+    lab_ptr,
+    offsets_ptr,
+    grad_ptr,
+    C,
+    H,
+    W,
+    K,
+    threshold,
+    p_forall,
+    STABLE: tl.constexpr,
+    PF_IS_2: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
     bc = tl.program_id(0)
     b = bc // C
     ys = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
@@ -87,8 +117,18 @@ def _grad_kernel(grad_sums_ptr, probs_ptr, lab_ptr, offsets_ptr, grad_ptr, C, H,
         same = p * q + (1.0 - p) * (1.0 - q)
         acc += tl.where(edge, error_power_grad(same, p_forall, STABLE, PF_IS_2) * (2.0 * q - 1.0), 0.0)
         # the edge from the neighbour at -offset to here
-        edge, there = _edge(lab, plane, ys - dy, xs - dx, dy, dx, H, W, m & (ys - dy >= 0) & (ys - dy < H)
-                            & (xs - dx >= 0) & (xs - dx < W), threshold)
+        edge, there = _edge(
+            lab,
+            plane,
+            ys - dy,
+            xs - dx,
+            dy,
+            dx,
+            H,
+            W,
+            m & (ys - dy >= 0) & (ys - dy < H) & (xs - dx >= 0) & (xs - dx < W),
+            threshold,
+        )
         q = tl.load(probs + (ys - dy) * W + (xs - dx), mask=edge, other=0.0).to(acc_ty)
         same = q * p + (1.0 - q) * (1.0 - p)
         acc += tl.where(edge, error_power_grad(same, p_forall, STABLE, PF_IS_2) * (2.0 * q - 1.0), 0.0)
@@ -107,9 +147,9 @@ def _acc_dtype(probs: torch.Tensor) -> torch.dtype:
 
 
 @triton_op("wsseg_fast::pairwise_constraint_stats_triton", mutates_args=())
-def pairwise_constraint_stats_triton(probs: torch.Tensor, lab: torch.Tensor, offsets: torch.Tensor,
-                                     threshold: float, p_forall: float,
-                                     stable: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def pairwise_constraint_stats_triton(
+    probs: torch.Tensor, lab: torch.Tensor, offsets: torch.Tensor, threshold: float, p_forall: float, stable: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """probs [B, C, H, W], lab [B, 3, H, W] float32, offsets [K, 2] int32 -> (sums [B, C], counts [B])."""
     batch, classes = probs.shape[:2]
     acc = _acc_dtype(probs)
@@ -119,24 +159,56 @@ def pairwise_constraint_stats_triton(probs: torch.Tensor, lab: torch.Tensor, off
         return sums, counts
     grid, block_r, block_w = _launch_shape(probs)
     wrap_triton(_stats_kernel)[grid](
-        probs.contiguous(), lab.contiguous(), offsets.contiguous(), sums, counts, classes, probs.shape[2],
-        probs.shape[3], offsets.shape[0], threshold, p_forall, STABLE=stable, PF_IS_2=p_forall == 2.0,
-        BLOCK_R=block_r, BLOCK_W=block_w)
+        probs.contiguous(),
+        lab.contiguous(),
+        offsets.contiguous(),
+        sums,
+        counts,
+        classes,
+        probs.shape[2],
+        probs.shape[3],
+        offsets.shape[0],
+        threshold,
+        p_forall,
+        STABLE=stable,
+        PF_IS_2=p_forall == 2.0,
+        BLOCK_R=block_r,
+        BLOCK_W=block_w,
+    )
     return sums, counts
 
 
 @triton_op("wsseg_fast::pairwise_constraint_grad_triton", mutates_args=())
-def pairwise_constraint_grad_triton(grad_sums: torch.Tensor, probs: torch.Tensor, lab: torch.Tensor,
-                                    offsets: torch.Tensor, threshold: float, p_forall: float,
-                                    stable: bool) -> torch.Tensor:
+def pairwise_constraint_grad_triton(
+    grad_sums: torch.Tensor,
+    probs: torch.Tensor,
+    lab: torch.Tensor,
+    offsets: torch.Tensor,
+    threshold: float,
+    p_forall: float,
+    stable: bool,
+) -> torch.Tensor:
     grad = torch.zeros_like(probs, memory_format=torch.contiguous_format)
     if probs.numel() == 0:
         return grad
     grid, block_r, block_w = _launch_shape(probs)
     wrap_triton(_grad_kernel)[grid](
-        grad_sums.to(_acc_dtype(probs)).contiguous(), probs.contiguous(), lab.contiguous(), offsets.contiguous(),
-        grad, probs.shape[1], probs.shape[2], probs.shape[3], offsets.shape[0], threshold, p_forall,
-        STABLE=stable, PF_IS_2=p_forall == 2.0, BLOCK_R=block_r, BLOCK_W=block_w)
+        grad_sums.to(_acc_dtype(probs)).contiguous(),
+        probs.contiguous(),
+        lab.contiguous(),
+        offsets.contiguous(),
+        grad,
+        probs.shape[1],
+        probs.shape[2],
+        probs.shape[3],
+        offsets.shape[0],
+        threshold,
+        p_forall,
+        STABLE=stable,
+        PF_IS_2=p_forall == 2.0,
+        BLOCK_R=block_r,
+        BLOCK_W=block_w,
+    )
     return grad
 
 

@@ -27,8 +27,19 @@ BLOCK_P = 128
 
 
 @triton.jit
-def _step_kernel(x_ptr, w_ptr, off_ptr, out_ptr, channels, height, width, n_offsets,
-                 TRANSPOSE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+def _step_kernel(
+    x_ptr,
+    w_ptr,
+    off_ptr,
+    out_ptr,
+    channels,
+    height,
+    width,
+    n_offsets,
+    TRANSPOSE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
     b = tl.program_id(0).to(tl.int64)
     hw = height * width
     p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -52,8 +63,9 @@ def _step_kernel(x_ptr, w_ptr, off_ptr, out_ptr, channels, height, width, n_offs
 
 
 @triton.jit
-def _grad_weights_kernel(g_ptr, y_ptr, off_ptr, gw_ptr, channels, height, width, n_offsets,
-                         BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+def _grad_weights_kernel(
+    g_ptr, y_ptr, off_ptr, gw_ptr, channels, height, width, n_offsets, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr
+):
     b = tl.program_id(0).to(tl.int64)
     hw = height * width
     p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -79,8 +91,19 @@ def _grad_weights_kernel(g_ptr, y_ptr, off_ptr, gw_ptr, channels, height, width,
 def _step(x, weights, offsets, out, transpose):
     batch, channels, height, width = x.shape
     grid = (batch, triton.cdiv(height * width, BLOCK_P), triton.cdiv(channels, BLOCK_C))
-    wrap_triton(_step_kernel)[grid](x, weights, offsets, out, channels, height, width, offsets.numel() // 2,
-                                    TRANSPOSE=transpose, BLOCK_C=BLOCK_C, BLOCK_P=BLOCK_P)
+    wrap_triton(_step_kernel)[grid](
+        x,
+        weights,
+        offsets,
+        out,
+        channels,
+        height,
+        width,
+        offsets.numel() // 2,
+        TRANSPOSE=transpose,
+        BLOCK_C=BLOCK_C,
+        BLOCK_P=BLOCK_P,
+    )
     return out
 
 
@@ -106,8 +129,9 @@ def random_walk_triton(x: torch.Tensor, weights: torch.Tensor, radius: int, step
 
 
 @triton_op("wsseg_fast::random_walk_backward_triton", mutates_args=())
-def random_walk_backward_triton(grad: torch.Tensor, x: torch.Tensor, weights: torch.Tensor, radius: int,
-                                steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+def random_walk_backward_triton(
+    grad: torch.Tensor, x: torch.Tensor, weights: torch.Tensor, radius: int, steps: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     grad_w = torch.zeros_like(weights)
     if _empty(x, weights) or steps == 0:
         return grad.clone(), grad_w
@@ -125,8 +149,18 @@ def random_walk_backward_triton(grad: torch.Tensor, x: torch.Tensor, weights: to
         for _ in range(seg * interval + 1, min((seg + 1) * interval, steps)):
             states.append(_step(states[-1], weights, offsets, torch.empty_like(x), False))
         for state in reversed(states):
-            wrap_triton(_grad_weights_kernel)[grid](g, state, offsets, grad_w, channels, height, width,
-                                                    offsets.numel() // 2, BLOCK_C=BLOCK_C, BLOCK_P=BLOCK_P)
+            wrap_triton(_grad_weights_kernel)[grid](
+                g,
+                state,
+                offsets,
+                grad_w,
+                channels,
+                height,
+                width,
+                offsets.numel() // 2,
+                BLOCK_C=BLOCK_C,
+                BLOCK_P=BLOCK_P,
+            )
             _step(g, weights, offsets, spare, True)
             g, spare = spare, g
     return g, grad_w

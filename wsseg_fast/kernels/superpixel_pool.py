@@ -20,7 +20,9 @@ BLOCK = 1024
 
 
 @triton.jit
-def _segment_reduce_kernel(x_ptr, labels_ptr, acc_ptr, count_ptr, hw, channels, k, IS_MAX: tl.constexpr, BLOCK: tl.constexpr):
+def _segment_reduce_kernel(
+    x_ptr, labels_ptr, acc_ptr, count_ptr, hw, channels, k, IS_MAX: tl.constexpr, BLOCK: tl.constexpr
+):
     plane = tl.program_id(0).to(tl.int64)  # b * C + c
     b = plane // channels
     offs = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -50,7 +52,9 @@ def _claim_argmax_kernel(x_ptr, labels_ptr, max_ptr, argmax_ptr, hw, channels, k
 
 
 @triton.jit
-def _scatter_kernel(out_ptr, labels_ptr, acc_ptr, count_ptr, argmax_ptr, hw, channels, k, MODE: tl.constexpr, BLOCK: tl.constexpr):
+def _scatter_kernel(
+    out_ptr, labels_ptr, acc_ptr, count_ptr, argmax_ptr, hw, channels, k, MODE: tl.constexpr, BLOCK: tl.constexpr
+):
     # MODE 0: mean (acc / count); 1: max (acc); 2: max backward (acc at the arg-max pixel only).
     plane = tl.program_id(0).to(tl.int64)
     b = plane // channels
@@ -90,7 +94,9 @@ def _pool_mean(x: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
     if x.numel() == 0:
         return out
     sums, counts = _segment_sums(x, labels, k)
-    wrap_triton(_scatter_kernel)[_grid(x)](out, labels, sums, counts, sums, height * width, channels, k, MODE=0, BLOCK=BLOCK)
+    wrap_triton(_scatter_kernel)[_grid(x)](
+        out, labels, sums, counts, sums, height * width, channels, k, MODE=0, BLOCK=BLOCK
+    )
     return out
 
 

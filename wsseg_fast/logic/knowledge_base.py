@@ -8,15 +8,23 @@ pMeanError, p = 2, over the constraints' truths), as in LTN.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import torch
 
 from wsseg_fast.fuzzy import sat_agg
 from wsseg_fast.logic.formulas import Formula, Logic
 from wsseg_fast.logic.priors import ORDER, BoxSize, Pairwise, Prior, PriorsError, as_priors
-from wsseg_fast.logic.weak_labels import ImageLabels, box_formula, box_tensors, parse_image, seed_formula, split_images, tag_formulas
+from wsseg_fast.logic.weak_labels import (
+    ImageLabels,
+    box_formula,
+    box_tensors,
+    parse_image,
+    seed_formula,
+    split_images,
+    tag_formulas,
+)
 from wsseg_fast.ops.color import rgb_to_lab
 
 
@@ -36,14 +44,21 @@ class KnowledgeBase:
         kb.add("cup implies disc", lambda p: forall(implies_reichenbach(p[:, 2], p[:, 1])))
     """
 
-    def __init__(self, *, p: float = 2.0, stable: bool = True, batch_size: int | None = None,
-                 num_classes: int | None = None, image_size: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        *,
+        p: float = 2.0,
+        stable: bool = True,
+        batch_size: int | None = None,
+        num_classes: int | None = None,
+        image_size: tuple[int, int] | None = None,
+    ):
         self.constraints: list[Constraint] = []
         self.p, self.stable = p, stable
         self.batch_size, self.num_classes = batch_size, num_classes
         self.image_size = tuple(image_size) if image_size is not None else None
 
-    def add(self, name: str, formula: Formula, weight: float = 1.0) -> "KnowledgeBase":
+    def add(self, name: str, formula: Formula, weight: float = 1.0) -> KnowledgeBase:
         if not callable(formula):
             raise TypeError(f"KnowledgeBase.add: `formula` must be callable(probs) -> truth, got {type(formula)}")
         if not weight >= 0:
@@ -67,7 +82,9 @@ class KnowledgeBase:
         expected = (self.batch_size, self.num_classes, *(self.image_size or (None, None)))
         if probs.dim() != 4 or any(e is not None and e != s for e, s in zip(expected, probs.shape)):
             shape = ", ".join("?" if e is None else str(e) for e in expected)
-            raise ValueError(f"KnowledgeBase: `probs` must have shape [B, C, H, W] = [{shape}], got {tuple(probs.shape)}")
+            raise ValueError(
+                f"KnowledgeBase: `probs` must have shape [B, C, H, W] = [{shape}], got {tuple(probs.shape)}"
+            )
         return probs
 
     def truths(self, probs: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -81,13 +98,15 @@ class KnowledgeBase:
         if not truths:
             return (self._check(probs) * 0).sum(), {}
         values = torch.stack([t.reshape(()) for t in truths.values()])
-        weights = torch.tensor([c.weight for c in self.constraints if c.weight > 0], dtype=values.dtype,
-                               device=values.device)
+        weights = torch.tensor(
+            [c.weight for c in self.constraints if c.weight > 0], dtype=values.dtype, device=values.device
+        )
         loss = 1.0 - sat_agg(values, weights, p=self.p, stable=self.stable)
         return loss, {name: float(v) for name, v in zip(truths, values.detach())}
 
 
 # --- instance masks as class truths -----------------------------------------------------------
+
 
 def class_truths(instance_logits: torch.Tensor, classes: torch.Tensor, num_classes: int) -> torch.Tensor:
     """``[N, H, W]`` instance mask logits of one image, their ``[N]`` class indices (1..C-1)
@@ -103,10 +122,13 @@ def class_truths(instance_logits: torch.Tensor, classes: torch.Tensor, num_class
 
 # --- compiling weak annotations ----------------------------------------------------------------
 
+
 class ClassSpace:
     """The channels of ``probs``: their names, and the COCO ``category_id`` of each (``category_map``)."""
 
-    def __init__(self, num_classes: int, names: Sequence[str] | None = None, category_map: Mapping[int, int] | None = None):
+    def __init__(
+        self, num_classes: int, names: Sequence[str] | None = None, category_map: Mapping[int, int] | None = None
+    ):
         self.num_classes, self.category_map = num_classes, category_map
         self.names = list(names) if names is not None else None
 
@@ -122,8 +144,9 @@ class ClassSpace:
                 raise ValueError(f"compile_knowledge_base: category_id {c} is not in `category_map`")
             c = int(self.category_map[c])
         if not 0 <= c < self.num_classes:
-            raise ValueError(f"compile_knowledge_base: class {value!r} in {what} is not a channel in "
-                             f"[0, {self.num_classes})")
+            raise ValueError(
+                f"compile_knowledge_base: class {value!r} in {what} is not a channel in [0, {self.num_classes})"
+            )
         return c
 
     def name_of(self, value) -> str:
@@ -131,34 +154,71 @@ class ClassSpace:
         return self.names[c] if self.names is not None else str(c)
 
 
-def _parse(per_image: list, image_size: tuple[int, int], annotation_size, classes: ClassSpace, exhaustive: bool,
-           background: int | None) -> list[ImageLabels]:
+def _parse(
+    per_image: list,
+    image_size: tuple[int, int],
+    annotation_size,
+    classes: ClassSpace,
+    exhaustive: bool,
+    background: int | None,
+) -> list[ImageLabels]:
     height, width = image_size
     sizes = annotation_size if annotation_size is not None else (height, width)
     if isinstance(sizes[0], (int, float)):
         sizes = [sizes] * len(per_image)
     if len(sizes) != len(per_image):
-        raise ValueError(f"compile_knowledge_base: `annotation_size` has {len(sizes)} sizes for {len(per_image)} images")
+        raise ValueError(
+            f"compile_knowledge_base: `annotation_size` has {len(sizes)} sizes for {len(per_image)} images"
+        )
     parsed = []
     for i, (image, size) in enumerate(zip(per_image, sizes)):
-        info = parse_image(i, image, (height / float(size[0]), width / float(size[1])), (height, width), classes.channel)
+        info = parse_image(
+            i, image, (height / float(size[0]), width / float(size[1])), (height, width), classes.channel
+        )
         if exhaustive:
             info.absent.update(c for c in range(classes.num_classes) if c not in info.present and c != background)
         if info.present & info.absent:
-            raise ValueError(f"compile_knowledge_base: image {i}: classes {sorted(info.present & info.absent)} "
-                             "are both present and absent")
+            raise ValueError(
+                f"compile_knowledge_base: image {i}: classes {sorted(info.present & info.absent)} "
+                "are both present and absent"
+            )
         parsed.append(info)
     return parsed
 
 
-def compile_knowledge_base(annotations, num_classes: int, image_size: tuple[int, int], *,
-                           priors: Sequence[Prior] | Mapping | None = None, images: torch.Tensor | None = None,
-                           class_names: Sequence[str] | None = None, weights: Mapping[str, float] | None = None,
-                           category_map: Mapping[int, int] | None = None,
-                           annotation_size: tuple[int, int] | Sequence[tuple[int, int]] | None = None,
-                           exhaustive: bool = False, background: int | None = None,
-                           p_forall: float = 2.0, p_exists: float = 2.0, stable: bool = True,
-                           backend: str = "auto") -> KnowledgeBase:
+def _pairwise_colours(images: torch.Tensor | None, rules: list[Prior], shape: tuple[int, int, int]):
+    """The images in CIELAB for the pairwise prior (``None`` when it is off); adds the default
+    :class:`Pairwise` to ``rules`` when images are given and no prior configures it."""
+    if images is None or any(isinstance(p, Pairwise) and not p.enabled for p in rules):
+        return None
+    batch, height, width = shape
+    if images.shape[0] != batch or tuple(images.shape[-2:]) != (height, width):
+        raise ValueError(
+            f"compile_knowledge_base: `images` must be [B={batch}, 3, {height}, {width}], got {tuple(images.shape)}"
+        )
+    if not any(isinstance(p, Pairwise) for p in rules):
+        rules.append(Pairwise())  # on by default with images
+    return rgb_to_lab(images)  # once: the range check reads data
+
+
+def compile_knowledge_base(
+    annotations,
+    num_classes: int,
+    image_size: tuple[int, int],
+    *,
+    priors: Sequence[Prior] | Mapping | None = None,
+    images: torch.Tensor | None = None,
+    class_names: Sequence[str] | None = None,
+    weights: Mapping[str, float] | None = None,
+    category_map: Mapping[int, int] | None = None,
+    annotation_size: tuple[int, int] | Sequence[tuple[int, int]] | None = None,
+    exhaustive: bool = False,
+    background: int | None = None,
+    p_forall: float = 2.0,
+    p_exists: float = 2.0,
+    stable: bool = True,
+    backend: str = "auto",
+) -> KnowledgeBase:
     """A :class:`KnowledgeBase` for a batch of images from their weak annotations.
 
     Args:
@@ -194,8 +254,9 @@ def compile_knowledge_base(annotations, num_classes: int, image_size: tuple[int,
     rules = as_priors(priors)
     for prior in rules:  # unknown classes: one clear error before anything is built
         prior.name(classes.name_of)
-    kb = KnowledgeBase(p=2.0, stable=stable, batch_size=len(parsed), num_classes=num_classes,
-                       image_size=(height, width))
+    kb = KnowledgeBase(
+        p=2.0, stable=stable, batch_size=len(parsed), num_classes=num_classes, image_size=(height, width)
+    )
 
     def add(name: str, formula: Formula | None, kind: str | None = None) -> None:
         if formula is not None:
@@ -204,14 +265,7 @@ def compile_knowledge_base(annotations, num_classes: int, image_size: tuple[int,
     boxes = box_tensors(parsed)
     if boxes is not None:
         add("boxes", box_formula(*boxes, logic))
-    lab = None
-    if images is not None and not any(isinstance(p, Pairwise) and not p.enabled for p in rules):
-        if images.shape[0] != len(parsed) or tuple(images.shape[-2:]) != (height, width):
-            raise ValueError(f"compile_knowledge_base: `images` must be [B={len(parsed)}, 3, {height}, {width}], "
-                             f"got {tuple(images.shape)}")
-        lab = rgb_to_lab(images)  # once: the range check reads data
-        if not any(isinstance(p, Pairwise) for p in rules):
-            rules.append(Pairwise())  # on by default with images
+    lab = _pairwise_colours(images, rules, (len(parsed), height, width))
     box_args = dict(zip(("boxes", "labels"), boxes)) if boxes is not None else {}
     rules = sorted(rules, key=lambda p: ORDER.index(type(p)))
     for prior in [p for p in rules if isinstance(p, BoxSize)]:  # with the boxes, before the seeds

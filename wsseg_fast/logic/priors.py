@@ -31,9 +31,9 @@ per-instance masks, where a disc's mask covers its cup.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence, Union
 
 import torch
 import yaml
@@ -64,8 +64,9 @@ class Contains:
 
     def formula(self, channel, logic: Logic, **_) -> Formula:
         a, b = channel(self.inner), channel(self.outer)
-        return lambda probs: pmean_error(implies_reichenbach(probs[:, a], probs[:, b], logic.stable),
-                                         p=logic.p_forall, stable=logic.stable)
+        return lambda probs: pmean_error(
+            implies_reichenbach(probs[:, a], probs[:, b], logic.stable), p=logic.p_forall, stable=logic.stable
+        )
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,9 @@ class Excludes:
 
     def formula(self, channel, logic: Logic, **_) -> Formula:
         a, b = channel(self.first), channel(self.second)
-        return lambda probs: pmean_error(negation(and_prod(probs[:, a], probs[:, b], logic.stable)),
-                                         p=logic.p_forall, stable=logic.stable)
+        return lambda probs: pmean_error(
+            negation(and_prod(probs[:, a], probs[:, b], logic.stable)), p=logic.p_forall, stable=logic.stable
+        )
 
 
 @dataclass(frozen=True)
@@ -109,8 +111,9 @@ class BoxSize:
 
     def __post_init__(self):
         if not 0 <= self.low <= self.high <= 1:
-            raise PriorsError(f"box_size must be [rho_lo, rho_hi] with 0 <= rho_lo <= rho_hi <= 1, "
-                              f"got {[self.low, self.high]}")
+            raise PriorsError(
+                f"box_size must be [rho_lo, rho_hi] with 0 <= rho_lo <= rho_hi <= 1, got {[self.low, self.high]}"
+            )
 
     def name(self, name_of) -> str:
         return self.kind
@@ -137,11 +140,15 @@ class Pairwise:
         if lab is None or not self.enabled:
             return None
         options = dict(self.options)
-        return lambda probs: 1.0 - pairwise_constraint_loss(probs, lab=lab.to(probs.device), stable=logic.stable,
-                                                            backend=logic.backend, **options)
+        return lambda probs: (
+            1.0
+            - pairwise_constraint_loss(
+                probs, lab=lab.to(probs.device), stable=logic.stable, backend=logic.backend, **options
+            )
+        )
 
 
-Prior = Union[Contains, Excludes, OneClassPerPixel, BoxSize, Pairwise]
+Prior = Contains | Excludes | OneClassPerPixel | BoxSize | Pairwise
 ORDER = (BoxSize, Contains, Excludes, OneClassPerPixel, Pairwise)  # the order their constraints are added
 
 
@@ -161,8 +168,9 @@ def one_class_per_pixel(probs: torch.Tensor, p: float, stable: bool) -> torch.Te
     return 1.0 - (total / count) ** (1.0 / p)
 
 
-def box_size_truth(probs: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, low: float, high: float,
-                   p: float, stable: bool) -> torch.Tensor:
+def box_size_truth(
+    probs: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, low: float, high: float, p: float, stable: bool
+) -> torch.Tensor:
     """The truth of :class:`BoxSize` over the valid boxes ``[B, N, 4]`` (labels -1: padding)."""
     bounds = box_pixel_bounds(boxes, probs.shape[2], probs.shape[3])
     truths = []
@@ -227,14 +235,18 @@ def check_priors(priors: Sequence[Prior], channel: Callable[[object], int], name
             raise PriorsError(f"{said(e)} says a class is never itself: it can only be empty")
         for c in contains:
             if {channel(c.inner), channel(c.outer)} == {channel(e.first), channel(e.second)}:
-                raise PriorsError(f"{said(c)} and {said(e)} contradict each other: every {name_of(channel(c.inner))} "
-                                  f"pixel would have to be, and could not be, {name_of(channel(c.outer))}")
+                raise PriorsError(
+                    f"{said(c)} and {said(e)} contradict each other: every {name_of(channel(c.inner))} "
+                    f"pixel would have to be, and could not be, {name_of(channel(c.outer))}"
+                )
     single = next((p for p in priors if isinstance(p, OneClassPerPixel)), None)
     nested = [c for c in contains if channel(c.inner) != channel(c.outer)]
     if single is not None and nested:
-        raise PriorsError(f"{said(nested[0])} and one_class_per_pixel contradict each other: a pixel inside would be "
-                          "two classes; with one class per pixel, give the inner class as a class of its own "
-                          "(drop contains)")
+        raise PriorsError(
+            f"{said(nested[0])} and one_class_per_pixel contradict each other: a pixel inside would be "
+            "two classes; with one class per pixel, give the inner class as a class of its own "
+            "(drop contains)"
+        )
     outer = {}
     for c in nested:
         outer.setdefault(channel(c.inner), []).append(channel(c.outer))
@@ -243,8 +255,10 @@ def check_priors(priors: Sequence[Prior], channel: Callable[[object], int], name
         while frontier:
             nxt = frontier.pop()
             if nxt == start:
-                raise PriorsError(f"the contains priors form a cycle through {name_of(start)}: classes inside each "
-                                  "other would be the same class")
+                raise PriorsError(
+                    f"the contains priors form a cycle through {name_of(start)}: classes inside each "
+                    "other would be the same class"
+                )
             if nxt not in seen:
                 seen.add(nxt)
                 frontier += outer.get(nxt, [])

@@ -12,8 +12,8 @@ the builders below turn them into the formulas of a knowledge base (DESIGN of th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -38,9 +38,9 @@ def rasterise_polyline(polyline: torch.Tensor) -> torch.Tensor:
 class ImageLabels:
     """What the annotations of one image say, in channels and output pixels."""
 
-    boxes: list[list[float]] = field(default_factory=list)       # x0, y0, x1, y1
+    boxes: list[list[float]] = field(default_factory=list)  # x0, y0, x1, y1
     box_labels: list[int] = field(default_factory=list)
-    points: list[tuple[int, int, int]] = field(default_factory=list)     # (c, y, x)
+    points: list[tuple[int, int, int]] = field(default_factory=list)  # (c, y, x)
     scribbles: list[tuple[int, int, int]] = field(default_factory=list)  # (c, y, x)
     present: set[int] = field(default_factory=set)
     absent: set[int] = field(default_factory=set)
@@ -55,15 +55,18 @@ def split_images(annotations) -> list:
     if is_image(annotations):
         return [annotations]
     if not isinstance(annotations, Sequence) or isinstance(annotations, (str, bytes)):
-        raise TypeError("compile_knowledge_base: `annotations` must be a list of COCO annotation dicts (one image), "
-                        "a dict {'annotations': [...], 'tags': [...]} or a list of those (a batch)")
+        raise TypeError(
+            "compile_knowledge_base: `annotations` must be a list of COCO annotation dicts (one image), "
+            "a dict {'annotations': [...], 'tags': [...]} or a list of those (a batch)"
+        )
     if annotations and all(isinstance(a, Mapping) and not is_image(a) for a in annotations):
         return [annotations]  # one image's list of annotation dicts
     return list(annotations)
 
 
-def parse_image(index: int, image, scale: tuple[float, float], size: tuple[int, int],
-                channel: Callable[[object, str], int]) -> ImageLabels:
+def parse_image(
+    index: int, image, scale: tuple[float, float], size: tuple[int, int], channel: Callable[[object, str], int]
+) -> ImageLabels:
     """The labels of image ``index`` (its annotations scaled by ``scale`` = (sy, sx) to the
     ``size`` = (H, W) of the maps); ``channel(value, what)`` maps a category or tag to a channel."""
     info = ImageLabels()
@@ -111,9 +114,18 @@ def box_tensors(parsed: list[ImageLabels]) -> tuple[torch.Tensor, torch.Tensor] 
 
 def box_formula(boxes: torch.Tensor, labels: torch.Tensor, logic: Logic) -> Formula:
     """The fused OUT/TIGHT box constraint; its truth is 1 - its loss."""
-    return lambda probs: 1.0 - box_constraint_loss(probs, boxes.to(probs.device), labels.to(probs.device),
-                                                   p_forall=logic.p_forall, p_exists=logic.p_exists,
-                                                   stable=logic.stable, backend=logic.backend)
+    return lambda probs: (
+        1.0
+        - box_constraint_loss(
+            probs,
+            boxes.to(probs.device),
+            labels.to(probs.device),
+            p_forall=logic.p_forall,
+            p_exists=logic.p_exists,
+            stable=logic.stable,
+            backend=logic.backend,
+        )
+    )
 
 
 def seed_formula(parsed: list[ImageLabels], kind: str, logic: Logic) -> Formula | None:
@@ -140,8 +152,9 @@ def tag_formulas(parsed: list[ImageLabels], logic: Logic) -> dict[str, Formula]:
 
         def tags_present(probs):
             maps = probs[bi.to(probs.device), ci.to(probs.device)]
-            return pmean_error(pmean(maps, dim=(1, 2), p=logic.p_exists, stable=logic.stable), p=logic.p_forall,
-                               stable=logic.stable)
+            return pmean_error(
+                pmean(maps, dim=(1, 2), p=logic.p_exists, stable=logic.stable), p=logic.p_forall, stable=logic.stable
+            )
 
         formulas["tags_present"] = tags_present
     if absent:
@@ -149,8 +162,11 @@ def tag_formulas(parsed: list[ImageLabels], logic: Logic) -> dict[str, Formula]:
 
         def tags_absent(probs):
             maps = negation(probs[ba.to(probs.device), ca.to(probs.device)])
-            return pmean_error(pmean_error(maps, dim=(1, 2), p=logic.p_forall, stable=logic.stable),
-                               p=logic.p_forall, stable=logic.stable)
+            return pmean_error(
+                pmean_error(maps, dim=(1, 2), p=logic.p_forall, stable=logic.stable),
+                p=logic.p_forall,
+                stable=logic.stable,
+            )
 
         formulas["tags_absent"] = tags_absent
     return formulas

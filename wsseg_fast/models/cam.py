@@ -34,21 +34,34 @@ VGG_LAYERS = 9  # VGG16 features[:9]: up to relu2_2, at half the reconstruction'
 
 class CamClassifier(nn.Module):
     """Args:
-        in_channels: feature channels of the backbone (256 for SAM).
-        num_classes: foreground classes (no background).
-        hidden: adapter channels.
-        num_subclasses: size of the sub-class head (0: none).
-        backbone: a module mapping ``[B, 3, H, W]`` images to ``[B, in_channels, h, w]``
-            features, trained with the heads (None: the inputs are the features).
+    in_channels: feature channels of the backbone (256 for SAM).
+    num_classes: foreground classes (no background).
+    hidden: adapter channels.
+    num_subclasses: size of the sub-class head (0: none).
+    backbone: a module mapping ``[B, 3, H, W]`` images to ``[B, in_channels, h, w]``
+        features, trained with the heads (None: the inputs are the features).
     """
 
-    def __init__(self, in_channels: int, num_classes: int, hidden: int = 256, num_subclasses: int = 0,
-                 backbone: nn.Module | None = None):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        hidden: int = 256,
+        num_subclasses: int = 0,
+        backbone: nn.Module | None = None,
+    ):
         super().__init__()
         if in_channels < 1 or num_classes < 1 or hidden < 1 or num_subclasses < 0:
-            raise ValueError(f"CamClassifier: in_channels, num_classes, hidden must be >= 1 and num_subclasses >= 0, "
-                             f"got {(in_channels, num_classes, hidden, num_subclasses)}")
-        self.in_channels, self.num_classes, self.hidden, self.num_subclasses = in_channels, num_classes, hidden, num_subclasses
+            raise ValueError(
+                f"CamClassifier: in_channels, num_classes, hidden must be >= 1 and num_subclasses >= 0, "
+                f"got {(in_channels, num_classes, hidden, num_subclasses)}"
+            )
+        self.in_channels, self.num_classes, self.hidden, self.num_subclasses = (
+            in_channels,
+            num_classes,
+            hidden,
+            num_subclasses,
+        )
         self.adapter = nn.Conv2d(in_channels, hidden, 1)
         self.head = nn.Conv2d(hidden, num_classes, 1, bias=False)
         self.sub_head = nn.Conv2d(hidden, num_subclasses, 1, bias=False) if num_subclasses else None
@@ -89,8 +102,13 @@ def masked_mean(maps: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     return (maps * valid).sum((2, 3)) / valid.sum((2, 3)).clamp_min(1)
 
 
-def cam_loss(logits: torch.Tensor, targets: torch.Tensor, sub_logits: torch.Tensor | None = None,
-             sub_targets: torch.Tensor | None = None, sub_weight: float = 0.5) -> dict:
+def cam_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    sub_logits: torch.Tensor | None = None,
+    sub_targets: torch.Tensor | None = None,
+    sub_weight: float = 0.5,
+) -> dict:
     """BCE(parent) [+ ``sub_weight`` * BCE(child)] (WeakMedSAM); returns the terms and ``total``."""
     terms = {"bce": F.binary_cross_entropy_with_logits(logits, targets.float())}
     if sub_logits is not None and sub_targets is not None:
@@ -114,10 +132,20 @@ class CamDecoder(nn.Module):
         super().__init__()
         if num_classes < 1 or width < 2:
             raise ValueError(f"CamDecoder: num_classes must be >= 1 and width >= 2, got {(num_classes, width)}")
-        up = lambda: nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
-        self.net = nn.Sequential(nn.Conv2d(num_classes, width, 3, padding=1), nn.ReLU(), up(),
-                                 nn.Conv2d(width, width // 2, 3, padding=1), nn.ReLU(), up(),
-                                 nn.Conv2d(width // 2, 3, 3, padding=1), nn.Sigmoid())
+
+        def up():
+            return nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+
+        self.net = nn.Sequential(
+            nn.Conv2d(num_classes, width, 3, padding=1),
+            nn.ReLU(),
+            up(),
+            nn.Conv2d(width, width // 2, 3, padding=1),
+            nn.ReLU(),
+            up(),
+            nn.Conv2d(width // 2, 3, 3, padding=1),
+            nn.Sigmoid(),
+        )
 
     def forward(self, cams: torch.Tensor) -> torch.Tensor:
         return self.net(cams.float())
@@ -127,8 +155,9 @@ def _torchvision():
     try:
         import torchvision
     except ImportError:
-        raise UserError("the resnet50 backbone and the reconstruction branch need torchvision "
-                         "(pip install 'wsseg_fast[tags]')") from None
+        raise UserError(
+            "the resnet50 backbone and the reconstruction branch need torchvision (pip install 'wsseg_fast[tags]')"
+        ) from None
     return torchvision
 
 
@@ -152,8 +181,10 @@ def _load_weights(module: nn.Module, state: dict, path: str, argument: str, what
     missing = sorted(set(ours) - set(state))
     wrong = sorted(k for k in set(ours) & set(state) if state[k].shape != ours[k].shape)
     if missing or wrong:
-        raise CheckpointError(f"{argument} {path}: not a state dict of {what} ({len(missing)} missing and "
-                         f"{len(wrong)} mis-shaped tensors, e.g. {(missing or wrong)[0]!r})")
+        raise CheckpointError(
+            f"{argument} {path}: not a state dict of {what} ({len(missing)} missing and "
+            f"{len(wrong)} mis-shaped tensors, e.g. {(missing or wrong)[0]!r})"
+        )
     module.load_state_dict({k: state[k] for k in ours}, strict=not skip)
 
 
@@ -162,8 +193,14 @@ def resnet50_body(weights: str | None = None) -> nn.Module:
     ``weights``: a torchvision ``resnet50`` state dict (its ``fc`` is not needed); None: random init."""
     net = _torchvision().models.resnet50(weights=None)
     if weights:
-        _load_weights(net, _read_state(weights, "--backbone-weights"), weights, "--backbone-weights",
-                      "torchvision's resnet50", skip="fc.")
+        _load_weights(
+            net,
+            _read_state(weights, "--backbone-weights"),
+            weights,
+            "--backbone-weights",
+            "torchvision's resnet50",
+            skip="fc.",
+        )
     return nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
 
 
@@ -175,7 +212,7 @@ def vgg16_features(weights: str | None = None, layers: int = VGG_LAYERS) -> nn.M
     features = vgg.make_layers(vgg.cfgs["D"])[:layers]
     if weights:
         state = _read_state(weights, "--vgg-weights")
-        state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")} or state
+        state = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")} or state
         _load_weights(features, state, weights, "--vgg-weights", "torchvision's vgg16 features")
     for p in features.parameters():
         p.requires_grad_(False)
@@ -193,8 +230,10 @@ def perceptual_loss(extractor: nn.Module, reconstruction: torch.Tensor, target: 
     """SSC's L_p: mean squared difference of the extractor's features of the reconstruction and of
     the target image (both ``[B, 3, H, W]`` in [0, 1], ImageNet-normalised on the way in)."""
     if reconstruction.shape != target.shape or reconstruction.dim() != 4 or reconstruction.shape[1] != 3:
-        raise ValueError(f"perceptual_loss: reconstruction and target must both be [B, 3, H, W], "
-                         f"got {tuple(reconstruction.shape)} and {tuple(target.shape)}")
+        raise ValueError(
+            f"perceptual_loss: reconstruction and target must both be [B, 3, H, W], "
+            f"got {tuple(reconstruction.shape)} and {tuple(target.shape)}"
+        )
     with torch.no_grad():
         wanted = extractor(imagenet_normalize(target.float()))
     return F.mse_loss(extractor(imagenet_normalize(reconstruction.float())), wanted)

@@ -21,7 +21,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-
 PROMPT_HEADS = ("tokens", "box")
 
 
@@ -60,19 +59,43 @@ class QueryPrompter(nn.Module):
     square input frame), the format :class:`wsseg_fast.matching.PromptSetCriterion` takes.
     """
 
-    def __init__(self, num_classes: int, *, embed_dim: int = 256, embed_size: int = 64, d_model: int = 256,
-                 nhead: int = 8, dim_feedforward: int = 1024, num_encoder_layers: int = 6,
-                 num_decoder_layers: int = 6, num_queries: int = 25, num_tokens: int = 2,
-                 prompt_dim: int = 256, dropout: float = 0.1, stride: int = 2, prompt_head: str = "tokens"):
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        embed_dim: int = 256,
+        embed_size: int = 64,
+        d_model: int = 256,
+        nhead: int = 8,
+        dim_feedforward: int = 1024,
+        num_encoder_layers: int = 6,
+        num_decoder_layers: int = 6,
+        num_queries: int = 25,
+        num_tokens: int = 2,
+        prompt_dim: int = 256,
+        dropout: float = 0.1,
+        stride: int = 2,
+        prompt_head: str = "tokens",
+    ):
         super().__init__()
         if prompt_head not in PROMPT_HEADS:
-            raise ValueError(f"QueryPrompter: prompt_head must be one of {', '.join(PROMPT_HEADS)}, got {prompt_head!r}")
+            raise ValueError(
+                f"QueryPrompter: prompt_head must be one of {', '.join(PROMPT_HEADS)}, got {prompt_head!r}"
+            )
         if prompt_head == "box" and (num_tokens != 2 or prompt_dim % 2):
-            raise ValueError(f"QueryPrompter: a box head gives SAM's 2 corner tokens of an even width; got "
-                             f"num_tokens={num_tokens}, prompt_dim={prompt_dim}")
-        for name, value, low in (("num_classes", num_classes, 1), ("embed_dim", embed_dim, 1),
-                                 ("embed_size", embed_size, 4), ("num_queries", num_queries, 1),
-                                 ("num_tokens", num_tokens, 1), ("prompt_dim", prompt_dim, 1), ("stride", stride, 1)):
+            raise ValueError(
+                f"QueryPrompter: a box head gives SAM's 2 corner tokens of an even width; got "
+                f"num_tokens={num_tokens}, prompt_dim={prompt_dim}"
+            )
+        for name, value, low in (
+            ("num_classes", num_classes, 1),
+            ("embed_dim", embed_dim, 1),
+            ("embed_size", embed_size, 4),
+            ("num_queries", num_queries, 1),
+            ("num_tokens", num_tokens, 1),
+            ("prompt_dim", prompt_dim, 1),
+            ("stride", stride, 1),
+        ):
             if int(value) < low:
                 raise ValueError(f"QueryPrompter: {name} must be >= {low}, got {value}")
         if d_model % nhead:
@@ -81,20 +104,31 @@ class QueryPrompter(nn.Module):
         self.num_queries, self.num_tokens, self.prompt_dim = num_queries, num_tokens, prompt_dim
         self.stride, self.prompt_head_kind = stride, prompt_head
         self.downsample = nn.Sequential(
-            nn.Conv2d(embed_dim, d_model, 3, stride=stride, padding=1), LayerNorm2d(d_model), nn.GELU(),
-            nn.Conv2d(d_model, d_model, 3, stride=stride, padding=1), LayerNorm2d(d_model), nn.GELU(),
+            nn.Conv2d(embed_dim, d_model, 3, stride=stride, padding=1),
+            LayerNorm2d(d_model),
+            nn.GELU(),
+            nn.Conv2d(d_model, d_model, 3, stride=stride, padding=1),
+            LayerNorm2d(d_model),
+            nn.GELU(),
         )
-        side = -(-(-(-embed_size // stride)) // stride)  # ceil twice, as the convs with padding 1
+        side = math.ceil(math.ceil(embed_size / stride) / stride)  # as the two convs with padding 1
         self.pos_embed = nn.Parameter(torch.randn(1, side * side, d_model) * 0.02)
         self.query_embed = nn.Parameter(torch.randn(1, num_queries, d_model) * 0.02)
         self.transformer = nn.Transformer(
-            d_model=d_model, nhead=nhead, num_encoder_layers=num_encoder_layers,
-            num_decoder_layers=num_decoder_layers, dim_feedforward=dim_feedforward, dropout=dropout,
+            d_model=d_model,
+            nhead=nhead,
+            num_encoder_layers=num_encoder_layers,
+            num_decoder_layers=num_decoder_layers,
+            dim_feedforward=dim_feedforward,
+            dropout=dropout,
             batch_first=True,
         )
         self.class_head = nn.Linear(d_model, num_classes + 1)
         self.prompt_head = nn.Sequential(
-            nn.Linear(d_model, d_model), nn.ReLU(), nn.Linear(d_model, d_model), nn.ReLU(),
+            nn.Linear(d_model, d_model),
+            nn.ReLU(),
+            nn.Linear(d_model, d_model),
+            nn.ReLU(),
             nn.Linear(d_model, 4 if prompt_head == "box" else num_tokens * prompt_dim),
         )
         # The prompt head predicts standardised tokens; forward maps them back to SAM's
@@ -114,11 +148,14 @@ class QueryPrompter(nn.Module):
             raise ValueError("set_box_encoder: this prompter has a token head (prompt_head='tokens')")
         gaussian = prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
         if tuple(gaussian.shape) != tuple(self.box_gaussian.shape):
-            raise ValueError(f"set_box_encoder: SAM's box encoding is {tuple(gaussian.shape)}, the prompter's "
-                             f"{tuple(self.box_gaussian.shape)}")
+            raise ValueError(
+                f"set_box_encoder: SAM's box encoding is {tuple(gaussian.shape)}, the prompter's "
+                f"{tuple(self.box_gaussian.shape)}"
+            )
         self.box_gaussian.copy_(gaussian)
-        self.corner_embed.copy_(torch.cat([prompt_encoder.point_embeddings[2].weight,
-                                           prompt_encoder.point_embeddings[3].weight]))
+        self.corner_embed.copy_(
+            torch.cat([prompt_encoder.point_embeddings[2].weight, prompt_encoder.point_embeddings[3].weight])
+        )
 
     def box_tokens(self, boxes: torch.Tensor) -> torch.Tensor:
         """``[..., 4]`` boxes (fractions of the input frame) -> ``[..., 2, D]`` SAM corner tokens,
@@ -132,8 +169,9 @@ class QueryPrompter(nn.Module):
         """Standardise the prompt head's output with the statistics of teacher tokens ``[N, K, D]``."""
         expected = (self.num_tokens, self.prompt_dim)
         if tokens.dim() != 3 or tuple(tokens.shape[1:]) != expected or tokens.shape[0] < 2:
-            raise ValueError(f"set_prompt_stats: tokens must be [N >= 2, {expected[0]}, {expected[1]}], "
-                             f"got {tuple(tokens.shape)}")
+            raise ValueError(
+                f"set_prompt_stats: tokens must be [N >= 2, {expected[0]}, {expected[1]}], got {tuple(tokens.shape)}"
+            )
         tokens = tokens.to(self.prompt_mean)
         self.prompt_mean.copy_(tokens.mean(0))
         self.prompt_std.copy_(tokens.std(0).clamp_min(1e-3))
@@ -142,18 +180,30 @@ class QueryPrompter(nn.Module):
         """The constructor arguments (stored in checkpoints to rebuild and check the model)."""
         t = self.transformer
         layer = t.encoder.layers[0] if len(t.encoder.layers) else t.decoder.layers[0]
-        return {"num_classes": self.num_classes, "embed_dim": self.embed_dim, "embed_size": self.embed_size,
-                "d_model": self.pos_embed.shape[-1], "nhead": layer.self_attn.num_heads,
-                "dim_feedforward": layer.linear1.out_features, "num_encoder_layers": len(t.encoder.layers),
-                "num_decoder_layers": len(t.decoder.layers), "num_queries": self.num_queries,
-                "num_tokens": self.num_tokens, "prompt_dim": self.prompt_dim, "dropout": layer.dropout.p,
-                "stride": self.stride, "prompt_head": self.prompt_head_kind}
+        return {
+            "num_classes": self.num_classes,
+            "embed_dim": self.embed_dim,
+            "embed_size": self.embed_size,
+            "d_model": self.pos_embed.shape[-1],
+            "nhead": layer.self_attn.num_heads,
+            "dim_feedforward": layer.linear1.out_features,
+            "num_encoder_layers": len(t.encoder.layers),
+            "num_decoder_layers": len(t.decoder.layers),
+            "num_queries": self.num_queries,
+            "num_tokens": self.num_tokens,
+            "prompt_dim": self.prompt_dim,
+            "dropout": layer.dropout.p,
+            "stride": self.stride,
+            "prompt_head": self.prompt_head_kind,
+        }
 
     def forward(self, embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
         expected = (self.embed_dim, self.embed_size, self.embed_size)
         if embeddings.dim() != 4 or tuple(embeddings.shape[1:]) != expected:
-            raise ValueError(f"QueryPrompter: embeddings must be [B, {expected[0]}, {expected[1]}, {expected[2]}] "
-                             f"(the SAM variant it was built for), got {tuple(embeddings.shape)}")
+            raise ValueError(
+                f"QueryPrompter: embeddings must be [B, {expected[0]}, {expected[1]}, {expected[2]}] "
+                f"(the SAM variant it was built for), got {tuple(embeddings.shape)}"
+            )
         param = self.pos_embed
         x = self.downsample(embeddings.to(device=param.device, dtype=param.dtype))
         src = x.flatten(2).transpose(1, 2) + self.pos_embed

@@ -9,7 +9,7 @@ SAM/pseudo-labels); the `gt` head is the one used at inference.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +23,12 @@ def _norm(channels: int) -> nn.GroupNorm:
 class DoubleConv(nn.Sequential):
     def __init__(self, cin: int, cout: int):
         super().__init__(
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False), _norm(cout), nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, padding=1, bias=False), _norm(cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+            _norm(cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+            _norm(cout),
+            nn.ReLU(inplace=True),
         )
 
 
@@ -100,11 +104,17 @@ class MultiHeadUNet(nn.Module):
             raise ValueError(f"MultiHeadUNet: head names must be distinct, got {tuple(heads)}")
         self.trunk = UNetTrunk(in_channels, widths)
         c = self.trunk.out_channels
-        self.heads = nn.ModuleDict({
-            name: nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), _norm(c), nn.ReLU(inplace=True),
-                                nn.Conv2d(c, num_classes, 1))
-            for name in heads
-        })
+        self.heads = nn.ModuleDict(
+            {
+                name: nn.Sequential(
+                    nn.Conv2d(c, c, 3, padding=1, bias=False),
+                    _norm(c),
+                    nn.ReLU(inplace=True),
+                    nn.Conv2d(c, num_classes, 1),
+                )
+                for name in heads
+            }
+        )
         self.primary = primary
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -115,8 +125,14 @@ class MultiHeadUNet(nn.Module):
         return self.heads[self.primary](self.trunk(x))
 
 
-def build_student(arch: str, num_classes: int, *, widths: Sequence[int] = (16, 32, 64, 128),
-                  heads: Sequence[str] = ("gt", "cam", "box", "pseudo"), primary: str | None = None) -> nn.Module:
+def build_student(
+    arch: str,
+    num_classes: int,
+    *,
+    widths: Sequence[int] = (16, 32, 64, 128),
+    heads: Sequence[str] = ("gt", "cam", "box", "pseudo"),
+    primary: str | None = None,
+) -> nn.Module:
     """``unet`` or ``multihead``; a multihead student predicts with ``primary``,
     by default ``gt`` when it is one of the heads, else the first head."""
     if arch == "unet":

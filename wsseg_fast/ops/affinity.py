@@ -71,7 +71,9 @@ def _float(name: str, op: str, t) -> torch.Tensor:
     return t
 
 
-def local_affinity(features: torch.Tensor, radius: int = 5, *, metric: str = "l1", backend: str = "auto") -> torch.Tensor:
+def local_affinity(
+    features: torch.Tensor, radius: int = 5, *, metric: str = "l1", backend: str = "auto"
+) -> torch.Tensor:
     """Affinity of every pixel to each neighbour in the disc of ``radius``.
 
     ``A[b, k, y, x] = exp(-mean_d |f[b, d, y, x] - f[b, d, y + dy_k, x + dx_k]|)``

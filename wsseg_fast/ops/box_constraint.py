@@ -28,8 +28,7 @@ if TRITON_RUNNABLE:
 else:  # pragma: no cover - Triton cannot run here (see TRITON_RUNNABLE)
     _triton = None
 
-SPEC = OpSpec("box_constraint_stats", backends=("torch", "cpu", "triton"),
-              auto={"cpu": ("cpu",), "cuda": ("triton",)})
+SPEC = OpSpec("box_constraint_stats", backends=("torch", "cpu", "triton"), auto={"cpu": ("cpu",), "cuda": ("triton",)})
 
 
 def _stats_fake(probs, boxes, labels, p_forall, p_exists, stable):
@@ -51,6 +50,7 @@ def _stats_backward(grad_op):
         if grad_outside is None:
             grad_outside = probs.new_zeros(boxes.shape[:2])
         return grad_op(grad_lines, grad_outside, probs, boxes, labels, *ctx.params), None, None, None, None, None
+
     return backward
 
 
@@ -61,9 +61,11 @@ if SPEC.compiled["cpu"]:
     def _(grad_lines, grad_outside, probs, boxes, labels, p_forall, p_exists, stable):
         return torch.empty_like(probs)
 
-    torch.library.register_autograd("wsseg_fast::box_constraint_stats",
-                                    _stats_backward(torch.ops.wsseg_fast.box_constraint_grad),
-                                    setup_context=_setup_context)
+    torch.library.register_autograd(
+        "wsseg_fast::box_constraint_stats",
+        _stats_backward(torch.ops.wsseg_fast.box_constraint_grad),
+        setup_context=_setup_context,
+    )
 
 
 def box_geometry(boxes: torch.Tensor, labels: torch.Tensor, height: int, width: int):
@@ -78,16 +80,21 @@ def box_geometry(boxes: torch.Tensor, labels: torch.Tensor, height: int, width: 
     return bounds, valid, representative
 
 
-def loss_from_stats(lines, outside, count, bounds, valid, representative, height: int,
-                    p_forall: float, p_exists: float, stable: bool) -> torch.Tensor:
+def loss_from_stats(
+    lines, outside, count, bounds, valid, representative, height: int, p_forall: float, p_exists: float, stable: bool
+) -> torch.Tensor:
     """The loss from the fused sums: pMean of each box line, pMeanError over each box's lines
     (TIGHT), the outside truths (OUT), and 1 - pMeanError(p=2) over all of them."""
     x0, y0, x1, y1 = bounds.unbind(-1)
     line = torch.arange(lines.shape[-1], device=lines.device)
     is_row = line < height
     col = line - height
-    inside = torch.where(is_row, (line >= y0[..., None]) & (line < y1[..., None]),
-                         (col >= x0[..., None]) & (col < x1[..., None])) & valid[..., None]
+    inside = (
+        torch.where(
+            is_row, (line >= y0[..., None]) & (line < y1[..., None]), (col >= x0[..., None]) & (col < x1[..., None])
+        )
+        & valid[..., None]
+    )
     length = torch.where(is_row, (x1 - x0)[..., None], (y1 - y0)[..., None]).clamp_min(1).to(lines.dtype)
     mean = torch.where(inside, lines / length, torch.ones_like(lines))  # 1 off the box: no 0 ** (1 / p)
     exists = mean ** (1.0 / p_exists)
@@ -103,17 +110,23 @@ def loss_from_stats(lines, outside, count, bounds, valid, representative, height
 def _check(probs, boxes, labels, p_forall, p_exists):
     name = "box_constraint_loss"
     if not isinstance(probs, torch.Tensor) or not probs.is_floating_point() or probs.dim() != 4:
-        raise ValueError(f"{name}: `probs` must be a floating-point tensor [B, C, H, W] of truth values, "
-                         f"got {getattr(probs, 'shape', type(probs).__name__)}")
+        raise ValueError(
+            f"{name}: `probs` must be a floating-point tensor [B, C, H, W] of truth values, "
+            f"got {getattr(probs, 'shape', type(probs).__name__)}"
+        )
     batch = probs.shape[0]
     if not isinstance(boxes, torch.Tensor) or boxes.dim() != 3 or boxes.shape[0] != batch or boxes.shape[2] != 4:
-        raise ValueError(f"{name}: `boxes` must be a tensor [B={batch}, N, 4] of (x0, y0, x1, y1), "
-                         f"got {getattr(boxes, 'shape', type(boxes).__name__)}")
+        raise ValueError(
+            f"{name}: `boxes` must be a tensor [B={batch}, N, 4] of (x0, y0, x1, y1), "
+            f"got {getattr(boxes, 'shape', type(boxes).__name__)}"
+        )
     if not boxes.is_floating_point() and boxes.dtype not in (torch.int32, torch.int64, torch.int16, torch.uint8):
         raise TypeError(f"{name}: `boxes` must be a real tensor, got {boxes.dtype}")
     if not isinstance(labels, torch.Tensor) or labels.shape != boxes.shape[:2]:
-        raise ValueError(f"{name}: `labels` must be a tensor [B, N] = {tuple(boxes.shape[:2])}, "
-                         f"got {getattr(labels, 'shape', type(labels).__name__)}")
+        raise ValueError(
+            f"{name}: `labels` must be a tensor [B, N] = {tuple(boxes.shape[:2])}, "
+            f"got {getattr(labels, 'shape', type(labels).__name__)}"
+        )
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise TypeError(f"{name}: `labels` must be an integer tensor, got {labels.dtype}")
     for arg, value in (("p_forall", p_forall), ("p_exists", p_exists)):
@@ -121,9 +134,16 @@ def _check(probs, boxes, labels, p_forall, p_exists):
             raise ValueError(f"{name}: `{arg}` must be > 0, got {value}")
 
 
-def box_constraint_loss(probs: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, *,
-                        p_forall: float = 2.0, p_exists: float = 2.0, stable: bool = True,
-                        backend: str = "auto") -> torch.Tensor:
+def box_constraint_loss(
+    probs: torch.Tensor,
+    boxes: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    p_forall: float = 2.0,
+    p_exists: float = 2.0,
+    stable: bool = True,
+    backend: str = "auto",
+) -> torch.Tensor:
     """Fuzzy box constraint loss (a scalar tensor, differentiable in ``probs``).
 
     Args:
@@ -145,18 +165,21 @@ def box_constraint_loss(probs: torch.Tensor, boxes: torch.Tensor, labels: torch.
         probs = probs.float()
     labels = labels.long()
     if which == "torch":
-        return reference.box_constraint_loss(probs, boxes.double(), labels, p_forall=p_forall, p_exists=p_exists,
-                                             stable=stable)
+        return reference.box_constraint_loss(
+            probs, boxes.double(), labels, p_forall=p_forall, p_exists=p_exists, stable=stable
+        )
     p_forall, p_exists = float(p_forall), float(p_exists)
     height, width = probs.shape[2:]
     if which == "cpu":
         boxes = boxes.double()
-        lines, outside, count = torch.ops.wsseg_fast.box_constraint_stats(probs, boxes, labels, p_forall, p_exists,
-                                                                         stable)
+        lines, outside, count = torch.ops.wsseg_fast.box_constraint_stats(
+            probs, boxes, labels, p_forall, p_exists, stable
+        )
         bounds, valid, representative = box_geometry(boxes, labels, height, width)
     else:
         check_box_values(boxes, labels, probs.shape[1], "box_constraint_loss")
         bounds, valid, representative = box_geometry(boxes, labels, height, width)
-        lines, outside, count = _triton.box_constraint_stats_triton(probs, bounds.int(), labels.int(), valid.int(),
-                                                                    representative.int(), p_forall, p_exists, stable)
+        lines, outside, count = _triton.box_constraint_stats_triton(
+            probs, bounds.int(), labels.int(), valid.int(), representative.int(), p_forall, p_exists, stable
+        )
     return loss_from_stats(lines, outside, count, bounds, valid, representative, height, p_forall, p_exists, stable)

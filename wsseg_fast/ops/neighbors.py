@@ -12,7 +12,7 @@ import functools
 import torch
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def disc_offsets(radius: int) -> tuple[tuple[int, int], ...]:
     """:func:`neighbor_offsets` as a tuple of ``(dy, dx)`` Python ints: what
     loops over the stencil use, so that tracing (``torch.compile``, fake
@@ -43,8 +43,9 @@ def dilated_offsets(kernel_size: int = 3, dilation: int = 2, *, include_center: 
         raise ValueError(f"dilated_offsets: `dilation` must be >= 1, got {dilation}")
     half = kernel_size // 2
     span = [k * dilation for k in range(-half, half + 1)]
-    return torch.tensor([(dy, dx) for dy in span for dx in span if include_center or (dy, dx) != (0, 0)],
-                        dtype=torch.long)
+    return torch.tensor(
+        [(dy, dx) for dy in span for dx in span if include_center or (dy, dx) != (0, 0)], dtype=torch.long
+    )
 
 
 def shifted(x: torch.Tensor, dy: int, dx: int, fill: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,8 +27,9 @@ if TRITON_RUNNABLE:
 else:  # pragma: no cover - Triton cannot run here (see TRITON_RUNNABLE)
     _triton = None
 
-SPEC = OpSpec("pairwise_constraint_stats", backends=("torch", "cpu", "triton"),
-              auto={"cpu": ("cpu",), "cuda": ("triton",)})
+SPEC = OpSpec(
+    "pairwise_constraint_stats", backends=("torch", "cpu", "triton"), auto={"cpu": ("cpu",), "cuda": ("triton",)}
+)
 
 if SPEC.compiled["cpu"]:
 
@@ -49,8 +50,7 @@ if SPEC.compiled["cpu"]:
         grad = torch.ops.wsseg_fast.pairwise_constraint_grad(grad_sums, probs, lab, offsets, *ctx.params)
         return grad, None, None, None, None, None
 
-    torch.library.register_autograd("wsseg_fast::pairwise_constraint_stats", _backward,
-                                    setup_context=_setup_context)
+    torch.library.register_autograd("wsseg_fast::pairwise_constraint_stats", _backward, setup_context=_setup_context)
 
 
 def loss_from_stats(sums: torch.Tensor, counts: torch.Tensor, p_forall: float, stable: bool) -> torch.Tensor:
@@ -63,10 +63,18 @@ def loss_from_stats(sums: torch.Tensor, counts: torch.Tensor, p_forall: float, s
     return 1.0 - pmean_error(truths.flatten(), p=2.0, stable=stable)
 
 
-def pairwise_constraint_loss(probs: torch.Tensor, images: torch.Tensor | None = None, *,
-                             lab: torch.Tensor | None = None, kernel_size: int = 3, dilation: int = 2,
-                             threshold: float = 0.3, p_forall: float = 2.0, stable: bool = True,
-                             backend: str = "auto") -> torch.Tensor:
+def pairwise_constraint_loss(
+    probs: torch.Tensor,
+    images: torch.Tensor | None = None,
+    *,
+    lab: torch.Tensor | None = None,
+    kernel_size: int = 3,
+    dilation: int = 2,
+    threshold: float = 0.3,
+    p_forall: float = 2.0,
+    stable: bool = True,
+    backend: str = "auto",
+) -> torch.Tensor:
     """Fuzzy pairwise colour prior loss (a scalar tensor, differentiable in ``probs``).
 
     Args:
@@ -82,16 +90,25 @@ def pairwise_constraint_loss(probs: torch.Tensor, images: torch.Tensor | None = 
     """
     name = "pairwise_constraint_loss"
     if not isinstance(probs, torch.Tensor) or not probs.is_floating_point() or probs.dim() != 4:
-        raise ValueError(f"{name}: `probs` must be a floating-point tensor [B, C, H, W], "
-                         f"got {getattr(probs, 'shape', type(probs).__name__)}")
+        raise ValueError(
+            f"{name}: `probs` must be a floating-point tensor [B, C, H, W], "
+            f"got {getattr(probs, 'shape', type(probs).__name__)}"
+        )
     if (images is None) == (lab is None):
         raise ValueError(f"{name}: pass exactly one of `images` and `lab`")
     colour = images if lab is None else lab
     label = "images" if lab is None else "lab"
-    if not isinstance(colour, torch.Tensor) or colour.dim() != 4 \
-            or colour.shape[0] != probs.shape[0] or colour.shape[1] != 3 or colour.shape[2:] != probs.shape[2:]:
-        raise ValueError(f"{name}: `{label}` must have shape [B, 3, H, W] = {(probs.shape[0], 3, *probs.shape[2:])}, "
-                         f"got {getattr(colour, 'shape', type(colour).__name__)}")
+    if (
+        not isinstance(colour, torch.Tensor)
+        or colour.dim() != 4
+        or colour.shape[0] != probs.shape[0]
+        or colour.shape[1] != 3
+        or colour.shape[2:] != probs.shape[2:]
+    ):
+        raise ValueError(
+            f"{name}: `{label}` must have shape [B, 3, H, W] = {(probs.shape[0], 3, *probs.shape[2:])}, "
+            f"got {getattr(colour, 'shape', type(colour).__name__)}"
+        )
     if not 0 < threshold <= 1:
         raise ValueError(f"{name}: `threshold` must be in (0, 1], got {threshold}")
     if not p_forall > 0:
@@ -103,8 +120,9 @@ def pairwise_constraint_loss(probs: torch.Tensor, images: torch.Tensor | None = 
         probs = probs.float()
     threshold, p_forall = float(threshold), float(p_forall)
     if which == "torch":
-        return reference.pairwise_constraint_loss(probs, lab, offsets, threshold=threshold, p_forall=p_forall,
-                                                  stable=stable)
+        return reference.pairwise_constraint_loss(
+            probs, lab, offsets, threshold=threshold, p_forall=p_forall, stable=stable
+        )
     if which == "cpu":
         sums, counts = torch.ops.wsseg_fast.pairwise_constraint_stats(probs, lab, offsets, threshold, p_forall, stable)
     else:

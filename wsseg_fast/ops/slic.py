@@ -20,7 +20,9 @@ if SPEC.compiled["cpu"] or SPEC.compiled["cuda"]:
 
 def _check_number(name: str, value, kind: type, low: float, inclusive: bool = True) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
-        raise TypeError(f"slic: `{name}` must be {'a number' if kind is float else 'an int'}, got {type(value).__name__}")
+        raise TypeError(
+            f"slic: `{name}` must be {'a number' if kind is float else 'an int'}, got {type(value).__name__}"
+        )
     if value < low or (not inclusive and value == low):
         raise ValueError(f"slic: `{name}` must be {'>=' if inclusive else '>'} {low}, got {value}")
 
@@ -74,7 +76,9 @@ def slic(
             raise TypeError(f"slic: `mask` must be a bool tensor, got {getattr(mask, 'dtype', type(mask).__name__)}")
         batch, _, height, width = images.shape
         if tuple(mask.shape) != (batch, height, width):
-            raise ValueError(f"slic: `mask` must have shape [B, H, W] = {(batch, height, width)}, got {tuple(mask.shape)}")
+            raise ValueError(
+                f"slic: `mask` must have shape [B, H, W] = {(batch, height, width)}, got {tuple(mask.shape)}"
+            )
         mask = mask.to(images.device)
     which = choose(SPEC, backend, images.device)
     args = dict(
@@ -86,4 +90,6 @@ def slic(
     )
     if which == "torch":
         return reference.slic(images, n_segments, mask=mask, **args)
-    return torch.ops.wsseg_fast.slic(images.contiguous(), mask if mask is None else mask.contiguous(), n_segments, *args.values())
+    return torch.ops.wsseg_fast.slic(
+        images.contiguous(), mask if mask is None else mask.contiguous(), n_segments, *args.values()
+    )

@@ -71,7 +71,9 @@ def _check(x: torch.Tensor, labels: torch.Tensor, name: str = "superpixel_pool")
         raise ValueError(f"{name}: `labels` is on {labels.device} but `x` is on {x.device}")
 
 
-def superpixel_pool(x: torch.Tensor, labels: torch.Tensor, *, reduce: str = "mean", backend: str = "auto") -> torch.Tensor:
+def superpixel_pool(
+    x: torch.Tensor, labels: torch.Tensor, *, reduce: str = "mean", backend: str = "auto"
+) -> torch.Tensor:
     """Every pixel gets the mean (or max) of ``x`` over its superpixel, per channel.
 
     Args:

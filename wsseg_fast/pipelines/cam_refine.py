@@ -3,7 +3,7 @@
 Two affinity sources:
 
 - image or network features -> :func:`wsseg_fast.ops.local_affinity` (PSA/IRN);
-- SAM masks of a grid of point prompts over the whole image -> 
+- SAM masks of a grid of point prompts over the whole image ->
   :func:`wsseg_fast.ops.mask_affinity` (WeakMedSAM's prompt affinity mining).
   :func:`grid_prompt_masks` runs every grid point through SAM's prompt encoder
   and mask decoder on one cached image embedding (the encoder runs once per
@@ -65,7 +65,9 @@ def grid_prompt_masks(
         ``[n*n, H, W]`` mask logits at the original resolution.
     """
     if image_embedding.dim() != 4 or image_embedding.shape[0] != 1:
-        raise ValueError(f"grid_prompt_masks: `image_embedding` must be [1, D, h, w], got {tuple(image_embedding.shape)}")
+        raise ValueError(
+            f"grid_prompt_masks: `image_embedding` must be [1, D, h, w], got {tuple(image_embedding.shape)}"
+        )
     height, width = image_size
     img_size = sam.image_encoder.img_size
     scale = img_size / max(height, width)

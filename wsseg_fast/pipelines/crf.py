@@ -17,8 +17,16 @@ from wsseg_fast.ops.affinity import local_affinity
 from wsseg_fast.ops.color import rgb_to_lab
 from wsseg_fast.ops.random_walk import random_walk
 
-CRF_DEFAULTS = {"radius": 5, "iterations": 5, "gt_prob": 0.7, "appearance_weight": 4.0, "smoothness_weight": 1.0,
-                "theta_position": 5.0, "theta_colour": 10.0, "theta_smooth": 2.0}
+CRF_DEFAULTS = {
+    "radius": 5,
+    "iterations": 5,
+    "gt_prob": 0.7,
+    "appearance_weight": 4.0,
+    "smoothness_weight": 1.0,
+    "theta_position": 5.0,
+    "theta_colour": 10.0,
+    "theta_smooth": 2.0,
+}
 
 
 def crf_refine(image: np.ndarray, label: np.ndarray, options: dict | None = None) -> np.ndarray:
@@ -44,8 +52,10 @@ def crf_refine(image: np.ndarray, label: np.ndarray, options: dict | None = None
     radius = int(o["radius"])
     # Both kernels in one affinity, so each iteration is one walk step.
     weight = o["appearance_weight"] + o["smoothness_weight"]
-    affinity = (o["appearance_weight"] * local_affinity(appearance, radius, metric="l2")
-                + o["smoothness_weight"] * local_affinity(smooth, radius, metric="l2")) / weight
+    affinity = (
+        o["appearance_weight"] * local_affinity(appearance, radius, metric="l2")
+        + o["smoothness_weight"] * local_affinity(smooth, radius, metric="l2")
+    ) / weight
     q = unary
     for _ in range(int(o["iterations"])):
         q = torch.softmax(log_unary + weight * random_walk(q, affinity, radius, beta=1.0, steps=1), dim=1)

@@ -6,8 +6,9 @@ tensors only) and gives the result back where the caller's tensor lives."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -25,7 +26,7 @@ class DistContext:
     """Where the process group's collectives take their tensors."""
 
     @classmethod
-    def setup(cls) -> "DistContext":
+    def setup(cls) -> DistContext:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls()
@@ -37,7 +38,7 @@ class DistContext:
         return cls(dist.get_rank(), dist.get_world_size(), local_rank, owned, device)
 
     @classmethod
-    def run(cls, train: Callable[["DistContext"], T]) -> T:
+    def run(cls, train: Callable[[DistContext], T]) -> T:
         """``train(ctx)`` inside the process group: set up before, torn down after (a failed
         rank skips the final barrier, which the others might never reach)."""
         ctx = cls.setup()

@@ -19,8 +19,13 @@ from wsseg_fast.metrics import IGNORE_INDEX, SegmentationMeter, markdown_table
 from wsseg_fast.pipelines.label_maps import read_label
 
 
-def evaluate(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, num_classes: int | None = None,
-             class_names: list[str] | None = None, ignore_index: int = IGNORE_INDEX) -> dict:
+def evaluate(
+    pred_dir: str | os.PathLike,
+    gt_dir: str | os.PathLike,
+    num_classes: int | None = None,
+    class_names: list[str] | None = None,
+    ignore_index: int = IGNORE_INDEX,
+) -> dict:
     """:func:`wsseg_fast.metrics.scores` over every ``gt_dir/*.png`` and its
     ``pred_dir/<stem>.png``, plus ``num_images`` and ``num_classes``.
     ``num_classes`` defaults to ``len(class_names)``, else 1 + the largest label seen."""
@@ -33,13 +38,17 @@ def evaluate(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, num_classes
         raise DataError(f"evaluate: `gt_dir` {str(gt_root)!r} holds no .png label maps")
     missing = [p.stem for p in gt_paths if not (pred_root / p.name).is_file()]
     if missing:
-        raise DataError(f"evaluate: {len(missing)} of {len(gt_paths)} ground-truth maps have no prediction in "
-                         f"{str(pred_root)!r}, e.g. {missing[:3]}")
+        raise DataError(
+            f"evaluate: {len(missing)} of {len(gt_paths)} ground-truth maps have no prediction in "
+            f"{str(pred_root)!r}, e.g. {missing[:3]}"
+        )
     pairs = []
     for path in gt_paths:
         gt, pred = read_label(path), read_label(pred_root / path.name)
         if gt.shape != pred.shape:
-            raise DataError(f"evaluate: prediction {path.name} is {tuple(pred.shape)}, its ground truth {tuple(gt.shape)}")
+            raise DataError(
+                f"evaluate: prediction {path.name} is {tuple(pred.shape)}, its ground truth {tuple(gt.shape)}"
+            )
         pairs.append((pred, gt))
     if num_classes is None:
         if class_names is not None:
@@ -76,5 +85,7 @@ def write_report(result: dict, out_json: str | os.PathLike, title: str = "Evalua
     out_json.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_json, json.dumps(_json_safe(result), indent=2) + "\n")
     out_md = out_json.with_suffix(".md")
-    atomic_write_text(out_md, markdown_table(result, title) + f"\n{result['num_images']} images, {result['num_classes']} classes.\n")
+    atomic_write_text(
+        out_md, markdown_table(result, title) + f"\n{result['num_images']} images, {result['num_classes']} classes.\n"
+    )
     return out_json, out_md

@@ -106,15 +106,18 @@ class FinetuneTrainer:
             getattr(self.sam, name).requires_grad_(True)
             params += list(getattr(self.sam, name).parameters())
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.kbs = [_knowledge_base(item, self.dataset, priors, cfg.weights, _loss_size(item, cfg.loss_scale),
-                                    cfg.p_exists) for item in self.items]
+        self.kbs = [
+            _knowledge_base(item, self.dataset, priors, cfg.weights, _loss_size(item, cfg.loss_scale), cfg.p_exists)
+            for item in self.items
+        ]
         self.names = sorted({c.name for kb in self.kbs for c in kb.constraints if c.weight > 0})
         self.teachers = [None] * len(self.items)
         if cfg.distill > 0:  # the starting SAM's masks, from the starting weights even when resuming
             teacher = build_sam(cfg.model, cfg.checkpoint, with_encoder=train_encoder).to(self.device)
             with torch.no_grad():
-                self.teachers = [torch.sigmoid(mask_logits(teacher, item, kb, self.device))
-                                 for item, kb in zip(self.items, self.kbs)]
+                self.teachers = [
+                    torch.sigmoid(mask_logits(teacher, item, kb, self.device)) for item, kb in zip(self.items, self.kbs)
+                ]
         self.meta = {"weights": weights_id(cfg.model, cfg.checkpoint), "class_names": list(self.dataset.class_names)}
 
     def train_epoch(self, epoch: int) -> dict:
@@ -122,11 +125,19 @@ class FinetuneTrainer:
         self.sam.train()
         order = epoch_shard(len(self.items), cfg.seed, epoch).tolist()
         meter = Meter("loss", *self.names)  # means over the images (a constraint an image lacks counts 0)
-        bar = tqdm(order, desc=f"finetune epoch {epoch + 1}/{cfg.epochs}", unit="img", disable=not self.progress,
-                   leave=False)
+        bar = tqdm(
+            order, desc=f"finetune epoch {epoch + 1}/{cfg.epochs}", unit="img", disable=not self.progress, leave=False
+        )
         for i in bar:
-            loss, satisfaction = image_loss(self.sam, self.items[i], self.kbs[i], self.dataset.num_classes,
-                                            self.device, self.teachers[i], cfg.distill)
+            loss, satisfaction = image_loss(
+                self.sam,
+                self.items[i],
+                self.kbs[i],
+                self.dataset.num_classes,
+                self.device,
+                self.teachers[i],
+                cfg.distill,
+            )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -136,8 +147,11 @@ class FinetuneTrainer:
         return {"loss": means["loss"], "satisfaction": {k: means[k] for k in self.names}}
 
     def state_dict(self) -> dict:
-        return {"meta": self.meta, "modules": {name: getattr(self.sam, name).state_dict() for name in self.modules},
-                "optimizer": self.optimizer.state_dict()}
+        return {
+            "meta": self.meta,
+            "modules": {name: getattr(self.sam, name).state_dict() for name in self.modules},
+            "optimizer": self.optimizer.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         for name in self.modules:
@@ -158,8 +172,10 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> Path:
     trainer = FinetuneTrainer(cfg, progress, say)
     fit(trainer, run, cfg.epochs, say)
     sam = trainer.sam
-    return run.save_artifact(FINETUNED_NAME, {f"{name}.{k}": v for name in trainer.modules
-                                              for k, v in getattr(sam, name).state_dict().items()})
+    return run.save_artifact(
+        FINETUNED_NAME,
+        {f"{name}.{k}": v for name in trainer.modules for k, v in getattr(sam, name).state_dict().items()},
+    )
 
 
 def _loss_size(item: WeakItem, scale: float) -> tuple[int, int]:
@@ -176,8 +192,9 @@ def mask_logits(sam, item: WeakItem, kb, device) -> torch.Tensor:
     return predict_masks(sam, embedding, boxes=item.boxes, output_size=kb.image_size).logits[:, 0].float()
 
 
-def image_loss(sam, item: WeakItem, kb, num_classes: int, device, teacher: torch.Tensor | None = None,
-               distill: float = 0.0) -> tuple[torch.Tensor, dict]:
+def image_loss(
+    sam, item: WeakItem, kb, num_classes: int, device, teacher: torch.Tensor | None = None, distill: float = 0.0
+) -> tuple[torch.Tensor, dict]:
     """``1 - SatAgg`` of the image's knowledge base ``kb`` on SAM's masks for its boxes
     (at the knowledge base's resolution), and each constraint's satisfaction; plus ``distill``
     times the cross-entropy to the ``teacher`` mask probabilities, if given."""
@@ -196,7 +213,16 @@ def _knowledge_base(item: WeakItem, dataset, priors: dict, weights: dict, size: 
 
     image = np.asarray(Image.fromarray(item.image).resize(size[::-1], Image.BILINEAR))
     return compile_knowledge_base(
-        {"annotations": item.annotations, "tags": item.tags}, dataset.num_classes, size, priors=priors,
-        images=torch.from_numpy(image.copy()).permute(2, 0, 1)[None], class_names=dataset.class_names,
-        weights=weights, category_map=dataset.class_index, annotation_size=tuple(item.image.shape[:2]),
-        exhaustive=True, background=0, p_exists=p_exists)
+        {"annotations": item.annotations, "tags": item.tags},
+        dataset.num_classes,
+        size,
+        priors=priors,
+        images=torch.from_numpy(image.copy()).permute(2, 0, 1)[None],
+        class_names=dataset.class_names,
+        weights=weights,
+        category_map=dataset.class_index,
+        annotation_size=tuple(item.image.shape[:2]),
+        exhaustive=True,
+        background=0,
+        p_exists=p_exists,
+    )

@@ -147,10 +147,10 @@ class _Sample:
     """One image, ready for the encoder, and its instances at the loss's resolution."""
 
     stem: str
-    pixels: torch.Tensor   # [3, S, S] normalised input
-    masks: torch.Tensor    # [N, S, S] bool (loss_resolution "input"), or [N, 4g, 4g] float: each
-                           # instance's share of every low-res pixel ("low")
-    boxes: torch.Tensor    # [N, 4] x0, y0, x1, y1 in the S x S input frame (exact, from the full-res mask)
+    pixels: torch.Tensor  # [3, S, S] normalised input
+    masks: torch.Tensor  # [N, S, S] bool (loss_resolution "input"), or [N, 4g, 4g] float: each
+    # instance's share of every low-res pixel ("low")
+    boxes: torch.Tensor  # [N, 4] x0, y0, x1, y1 in the S x S input frame (exact, from the full-res mask)
     original: _Original | None = None  # kept for zoomed windows (``zoom`` > 0)
 
 
@@ -158,9 +158,9 @@ class _Sample:
 class _Original:
     """An image as read and its instances (COCO RLE, compact), for cutting zoomed windows."""
 
-    image: np.ndarray      # [H, W, 3] uint8
-    rles: list             # N pycocotools RLEs
-    boxes: np.ndarray      # [N, 4] x0, y0, x1, y1 pixels
+    image: np.ndarray  # [H, W, 3] uint8
+    rles: list  # N pycocotools RLEs
+    boxes: np.ndarray  # [N, 4] x0, y0, x1, y1 pixels
 
 
 def _framed(stem: str, image: np.ndarray, masks: np.ndarray, img_size: int, loss_resolution: str) -> _Sample:
@@ -179,14 +179,17 @@ def _framed(stem: str, image: np.ndarray, masks: np.ndarray, img_size: int, loss
     return _Sample(stem, pixels, targets, boxes)
 
 
-def prepare_samples(dataset: CocoWeakDataset, img_size: int, log, loss_resolution: str = "input",
-                    keep_originals: bool = False) -> list[_Sample]:
+def prepare_samples(
+    dataset: CocoWeakDataset, img_size: int, log, loss_resolution: str = "input", keep_originals: bool = False
+) -> list[_Sample]:
     """Every readable image with at least one instance mask, at the model's input size; masks
     binary in the input frame, or as shares of the low-res pixels (``loss_resolution="low"``);
     with ``keep_originals`` the image as read and its masks too (for :func:`zoomed`)."""
     if not dataset.has_segmentation():
-        raise DataError(f"{dataset.annotation_file}: no annotation has a `segmentation`; pre-training needs "
-                            "instance masks (write them with `wsseg-fast make-weak`)")
+        raise DataError(
+            f"{dataset.annotation_file}: no annotation has a `segmentation`; pre-training needs "
+            "instance masks (write them with `wsseg-fast make-weak`)"
+        )
     samples = []
     for record in dataset.images:
         try:
@@ -202,8 +205,9 @@ def prepare_samples(dataset: CocoWeakDataset, img_size: int, log, loss_resolutio
         if keep_originals:
             boxes = np.array([mask_bbox(m) for m in masks], np.float32)
             boxes[:, 2:] += boxes[:, :2]
-            sample.original = _Original(image, mask_utils.encode(np.asfortranarray(np.stack(masks, -1).astype(np.uint8))),
-                                        boxes)
+            sample.original = _Original(
+                image, mask_utils.encode(np.asfortranarray(np.stack(masks, -1).astype(np.uint8))), boxes
+            )
         samples.append(sample)
     if not samples:
         raise DataError(f"{dataset.annotation_file}: no readable image has a non-empty instance mask")
@@ -219,8 +223,12 @@ def zoomed(sample: _Sample, img_size: int, loss_resolution: str, generator: torc
     if not windows:
         return sample
     x0, y0, x1, y1 = windows[int(torch.randint(len(windows), (1,), generator=generator))]
-    inside = np.nonzero((original.boxes[:, 0] >= x0) & (original.boxes[:, 1] >= y0)
-                        & (original.boxes[:, 2] <= x1) & (original.boxes[:, 3] <= y1))[0]
+    inside = np.nonzero(
+        (original.boxes[:, 0] >= x0)
+        & (original.boxes[:, 1] >= y0)
+        & (original.boxes[:, 2] <= x1)
+        & (original.boxes[:, 3] <= y1)
+    )[0]
     masks = mask_utils.decode([original.rles[i] for i in inside]).transpose(2, 0, 1)[:, y0:y1, x0:x1].astype(bool)
     return _framed(sample.stem, np.ascontiguousarray(original.image[y0:y1, x0:x1]), masks, img_size, loss_resolution)
 
@@ -242,11 +250,19 @@ def _dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def _iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     predicted, truth = logits > 0, target >= 0.5
     union = (predicted | truth).sum((-2, -1))
-    return torch.where(union > 0, (predicted & truth).sum((-2, -1)) / union.clamp(min=1), torch.ones_like(union, dtype=torch.float32))
+    return torch.where(
+        union > 0, (predicted & truth).sum((-2, -1)) / union.clamp(min=1), torch.ones_like(union, dtype=torch.float32)
+    )
 
 
-def sample_prompts(masks: torch.Tensor, boxes: torch.Tensor, img_size: int, box_fraction: float, box_jitter: float,
-                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sample_prompts(
+    masks: torch.Tensor,
+    boxes: torch.Tensor,
+    img_size: int,
+    box_fraction: float,
+    box_jitter: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For ``N`` instances: whether each is box-prompted ``[N]``, jittered boxes ``[N, 4]`` and one
     point inside each mask ``[N, 1, 2]`` (input-frame pixels; drawn among the mask's pixels -- the
     ones it covers most, if given as shares -- at a random place inside that pixel)."""
@@ -256,7 +272,9 @@ def sample_prompts(masks: torch.Tensor, boxes: torch.Tensor, img_size: int, box_
     noise = torch.randn(n, 4, generator=generator) * box_jitter * side
     noise = noise.clamp(-MAX_JITTER_PX * img_size, MAX_JITTER_PX * img_size)
     jittered = (boxes + noise).clamp(0, img_size)
-    jittered = torch.cat([torch.minimum(jittered[:, :2], jittered[:, 2:] - 1), torch.maximum(jittered[:, 2:], jittered[:, :2] + 1)], 1)
+    jittered = torch.cat(
+        [torch.minimum(jittered[:, :2], jittered[:, 2:] - 1), torch.maximum(jittered[:, 2:], jittered[:, :2] + 1)], 1
+    )
     flat = masks.reshape(n, -1).float()
     inside = flat >= flat.max(1, keepdim=True).values.clamp(max=0.5)  # the mask's pixels (its best ones if thin)
     weights = inside.float() + 1e-12
@@ -267,8 +285,9 @@ def sample_prompts(masks: torch.Tensor, boxes: torch.Tensor, img_size: int, box_
     return use_box, jittered, points[:, None]
 
 
-def corrective_click(logits: torch.Tensor, target: torch.Tensor, img_size: int,
-                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def corrective_click(
+    logits: torch.Tensor, target: torch.Tensor, img_size: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One click per mask from its error region: ``[N, 1, 2]`` points (input frame) and ``[N, 1]``
     labels (1 where the mask was missed, 0 where it overflowed); a mask without error gets a
     positive click inside the object."""
@@ -287,8 +306,9 @@ def corrective_click(logits: torch.Tensor, target: torch.Tensor, img_size: int,
     return points[:, None], labels.long()
 
 
-def instance_losses(sam, embedding: torch.Tensor, sample: _Sample, chosen: torch.Tensor, cfg: PretrainConfig,
-                    generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+def instance_losses(
+    sam, embedding: torch.Tensor, sample: _Sample, chosen: torch.Tensor, cfg: PretrainConfig, generator: torch.Generator
+) -> tuple[torch.Tensor, dict]:
     """The summed losses of the ``chosen`` instances of one image (first prompt, then the clicks).
     Prompts and clicks are drawn on the CPU (the seeded generator), losses taken on the model's device."""
     img_size, device = sam.prompt_encoder.input_image_size[0], embedding.device
@@ -296,8 +316,9 @@ def instance_losses(sam, embedding: torch.Tensor, sample: _Sample, chosen: torch
     target_on_device = target.to(device)
     size = target.shape[-2:]  # where the losses are taken
     low = tuple(4 * g for g in sam.prompt_encoder.image_embedding_size)
-    use_box, boxes, points = sample_prompts(target, sample.boxes[chosen], img_size, cfg.box_fraction, cfg.box_jitter,
-                                            generator)
+    use_box, boxes, points = sample_prompts(
+        target, sample.boxes[chosen], img_size, cfg.box_fraction, cfg.box_jitter, generator
+    )
     total, parts = embedding.new_zeros((), dtype=torch.float32), {"focal": 0.0, "dice": 0.0, "iou": 0.0}
     previous = torch.zeros(len(chosen), 1, *low, device=device)
     click_points = torch.zeros(len(chosen), 0, 2)
@@ -309,13 +330,25 @@ def instance_losses(sam, embedding: torch.Tensor, sample: _Sample, chosen: torch
             if len(idx) == 0:
                 continue
             pts = click_points[idx] if by_box else torch.cat([points[idx], click_points[idx]], 1)
-            lbl = click_labels[idx] if by_box else torch.cat([torch.ones(len(idx), 1, dtype=torch.long), click_labels[idx]], 1)
+            lbl = (
+                click_labels[idx]
+                if by_box
+                else torch.cat([torch.ones(len(idx), 1, dtype=torch.long), click_labels[idx]], 1)
+            )
             multimask = not by_box and round_ == 0  # a lone point is ambiguous
-            prediction = predict_masks(sam, embedding, boxes=boxes[idx] if by_box else None,
-                                       points=pts if pts.shape[1] else None, point_labels=lbl if pts.shape[1] else None,
-                                       mask_inputs=previous[idx] if round_ else None, multimask_output=multimask,
-                                       output_size=tuple(size))
-            masks = (prediction.low_res_logits if cfg.loss_resolution == "low" else prediction.logits).float()  # [n, M, *size]
+            prediction = predict_masks(
+                sam,
+                embedding,
+                boxes=boxes[idx] if by_box else None,
+                points=pts if pts.shape[1] else None,
+                point_labels=lbl if pts.shape[1] else None,
+                mask_inputs=previous[idx] if round_ else None,
+                multimask_output=multimask,
+                output_size=tuple(size),
+            )
+            masks = (
+                prediction.low_res_logits if cfg.loss_resolution == "low" else prediction.logits
+            ).float()  # [n, M, *size]
             scores = prediction.scores.float()  # [n, M]
             truth = target_on_device[idx, None].expand_as(masks)
             mask_loss = cfg.focal_weight * _focal(masks, truth) + cfg.dice_weight * _dice(masks, truth)
@@ -331,7 +364,10 @@ def instance_losses(sam, embedding: torch.Tensor, sample: _Sample, chosen: torch
             low_logits[idx] = prediction.low_res_logits[rows, best][:, None].detach().float()
         if round_ < cfg.clicks:
             new_points, new_labels = corrective_click(logits[:, 0], target, img_size, generator)
-            click_points, click_labels = torch.cat([click_points, new_points], 1), torch.cat([click_labels, new_labels], 1)
+            click_points, click_labels = (
+                torch.cat([click_points, new_points], 1),
+                torch.cat([click_labels, new_labels], 1),
+            )
             previous = low_logits
     return total, parts
 
@@ -339,7 +375,9 @@ def instance_losses(sam, embedding: torch.Tensor, sample: _Sample, chosen: torch
 def mirrored(sample: _Sample) -> _Sample:
     """The sample mirrored left-right in the ``S x S`` input frame (padding included)."""
     size = sample.pixels.shape[-1]
-    boxes = torch.stack([size - sample.boxes[:, 2], sample.boxes[:, 1], size - sample.boxes[:, 0], sample.boxes[:, 3]], 1)
+    boxes = torch.stack(
+        [size - sample.boxes[:, 2], sample.boxes[:, 1], size - sample.boxes[:, 0], sample.boxes[:, 3]], 1
+    )
     return _Sample(sample.stem, sample.pixels.flip(-1), sample.masks.flip(-1), boxes)
 
 
@@ -355,10 +393,13 @@ class PretrainTrainer:
     def __init__(self, cfg: PretrainConfig, progress: bool, say):
         self.cfg, self.progress = cfg, progress
         self.img_size = MODEL_CONFIGS[cfg.model].img_size
-        self.samples = prepare_samples(CocoWeakDataset(cfg.coco, cfg.images), self.img_size, say, cfg.loss_resolution,
-                                       keep_originals=cfg.zoom > 0)
-        say(f"pre-training SAM {cfg.model} on {len(self.samples)} images, "
-            f"{sum(len(s.masks) for s in self.samples)} instances")
+        self.samples = prepare_samples(
+            CocoWeakDataset(cfg.coco, cfg.images), self.img_size, say, cfg.loss_resolution, keep_originals=cfg.zoom > 0
+        )
+        say(
+            f"pre-training SAM {cfg.model} on {len(self.samples)} images, "
+            f"{sum(len(s.masks) for s in self.samples)} instances"
+        )
         self.device = torch.device(cfg.device)
         self.sam = build_sam(cfg.model, cfg.checkpoint).to(self.device)
         self.optimizer = torch.optim.AdamW(self.sam.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -370,11 +411,13 @@ class PretrainTrainer:
     def _batch(self, order: list[int], step: int, generator: torch.Generator) -> list[_Sample]:
         """The step's samples, zoomed and mirrored at random as the settings ask."""
         cfg = self.cfg
-        batch = [self.samples[i] for i in order[step * cfg.batch_size:(step + 1) * cfg.batch_size]]
+        batch = [self.samples[i] for i in order[step * cfg.batch_size : (step + 1) * cfg.batch_size]]
         if cfg.zoom > 0:
             zooms = torch.rand(len(batch), generator=generator) < cfg.zoom
-            batch = [zoomed(s, self.img_size, cfg.loss_resolution, generator) if z else s
-                     for s, z in zip(batch, zooms.tolist())]
+            batch = [
+                zoomed(s, self.img_size, cfg.loss_resolution, generator) if z else s
+                for s, z in zip(batch, zooms.tolist())
+            ]
         if cfg.hflip:
             flips = torch.rand(len(batch), generator=generator) < 0.5
             batch = [mirrored(s) if flip else s for s, flip in zip(batch, flips.tolist())]
@@ -406,8 +449,13 @@ class PretrainTrainer:
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         order = torch.randperm(len(self.samples), generator=generator).tolist()
         meter = Meter("loss", "focal", "dice", "iou")  # per instance
-        bar = tqdm(range(self.steps), desc=f"pretrain-sam epoch {epoch + 1}/{cfg.epochs}", unit="step",
-                   disable=not self.progress, leave=False)
+        bar = tqdm(
+            range(self.steps),
+            desc=f"pretrain-sam epoch {epoch + 1}/{cfg.epochs}",
+            unit="step",
+            disable=not self.progress,
+            leave=False,
+        )
         for step in bar:
             batch = self._batch(order, step, generator)
             for group in self.optimizer.param_groups:
@@ -415,15 +463,23 @@ class PretrainTrainer:
             loss = self._step(batch, generator, meter)
             bar.set_postfix(loss=f"{loss:.4f}")
         seconds = time.perf_counter() - began
-        return {**meter.means(), "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
-                "seconds_per_step": round(seconds / self.steps, 4)}
+        return {
+            **meter.means(),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "seconds": round(seconds, 3),
+            "seconds_per_step": round(seconds / self.steps, 4),
+        }
 
     def weights(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu() for k, v in self.sam.state_dict().items()}
 
     def state_dict(self) -> dict:
-        return {"meta": self.meta, "model": self.weights(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict()}
+        return {
+            "meta": self.meta,
+            "model": self.weights(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.sam.load_state_dict(state["model"])
@@ -431,8 +487,10 @@ class PretrainTrainer:
         self.scaler.load_state_dict(state["scaler"])
 
     def describe(self, record: dict) -> str:
-        return (f"loss {record['loss']:.4f} focal {record['focal']:.4f} dice {record['dice']:.4f} "
-                f"iou-mse {record['iou']:.4f}")
+        return (
+            f"loss {record['loss']:.4f} focal {record['focal']:.4f} dice {record['dice']:.4f} "
+            f"iou-mse {record['iou']:.4f}"
+        )
 
 
 def pretrain_sam(cfg: PretrainConfig, progress: bool = True) -> Path:

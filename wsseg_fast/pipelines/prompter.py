@@ -89,8 +89,13 @@ class PrompterConfig(WeakTrainingConfig):
         require(0 < self.no_object_weight <= 1, f"no_object_weight must be in (0, 1], got {self.no_object_weight}")
 
 
-def train_step(prompter: QueryPrompter, criterion: PromptSetCriterion, optimizer: torch.optim.Optimizer,
-               embeddings: torch.Tensor, targets: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+def train_step(
+    prompter: QueryPrompter,
+    criterion: PromptSetCriterion,
+    optimizer: torch.optim.Optimizer,
+    embeddings: torch.Tensor,
+    targets: list[dict[str, torch.Tensor]],
+) -> dict[str, float]:
     """One step: forward on a batch of embeddings, ONE batched matcher call inside the
     criterion, backward, optimizer step. ``targets[b]``: ``labels [T_b]`` (0..C-1) and
     ``prompts [T_b, K, D]`` (teacher tokens)."""
@@ -112,12 +117,14 @@ def load_prompter(path, *, model: str | None = None, num_classes: int | None = N
     if not isinstance(state, dict) or state.get("format") != PROMPTER_FORMAT or "prompter" not in state:
         raise CheckpointError(f"{path} is not a prompter checkpoint (from wsseg-fast train-prompter)")
     if model is not None and state["model"] != model:
-        raise CheckpointError(f"prompter checkpoint {path} was trained on SAM {state['model']!r} embeddings, "
-                              f"not {model!r}")
+        raise CheckpointError(
+            f"prompter checkpoint {path} was trained on SAM {state['model']!r} embeddings, not {model!r}"
+        )
     cfg = state["prompter_config"]
     if num_classes is not None and cfg["num_classes"] != num_classes:
-        raise CheckpointError(f"prompter checkpoint {path} predicts {cfg['num_classes']} classes, "
-                              f"the dataset has {num_classes}")
+        raise CheckpointError(
+            f"prompter checkpoint {path} predicts {cfg['num_classes']} classes, the dataset has {num_classes}"
+        )
     prompter = QueryPrompter(**cfg)
     prompter.load_state_dict(state["prompter"])
     return prompter.eval(), {"model": state["model"], "class_names": state["class_names"]}
@@ -164,19 +171,28 @@ class PrompterTrainer:
         cfg = self.cfg
         num_classes = self.dataset.num_classes - 1
         torch.manual_seed(cfg.seed)
-        prompter = QueryPrompter(num_classes, embed_size=self.embeddings.shape[-1], d_model=cfg.d_model,
-                                 nhead=cfg.nhead, dim_feedforward=cfg.dim_feedforward,
-                                 num_encoder_layers=cfg.num_encoder_layers, num_decoder_layers=cfg.num_decoder_layers,
-                                 num_queries=cfg.num_queries, dropout=cfg.dropout, stride=cfg.stride,
-                                 prompt_head=cfg.prompt_head)
+        prompter = QueryPrompter(
+            num_classes,
+            embed_size=self.embeddings.shape[-1],
+            d_model=cfg.d_model,
+            nhead=cfg.nhead,
+            dim_feedforward=cfg.dim_feedforward,
+            num_encoder_layers=cfg.num_encoder_layers,
+            num_decoder_layers=cfg.num_decoder_layers,
+            num_queries=cfg.num_queries,
+            dropout=cfg.dropout,
+            stride=cfg.stride,
+            prompt_head=cfg.prompt_head,
+        )
         if cfg.prompt_head == "box":
             prompter.set_box_encoder(sam.prompt_encoder)
         elif cfg.normalize_prompts:
             prompter.set_prompt_stats(torch.cat([t["prompts"] for t in self.targets]))
         self.prompter = prompter.to(self.device)
         if cfg.prompt_head == "box":  # boxes are matched and regressed as boxes: the tokens follow from them
-            criterion = PromptSetCriterion(num_classes, HungarianMatcher(cost_prompt=0.0), reg_weight=0.0,
-                                           no_object_weight=cfg.no_object_weight)
+            criterion = PromptSetCriterion(
+                num_classes, HungarianMatcher(cost_prompt=0.0), reg_weight=0.0, no_object_weight=cfg.no_object_weight
+            )
         else:
             criterion = PromptSetCriterion(num_classes, HungarianMatcher(), no_object_weight=cfg.no_object_weight)
         self.criterion = criterion.to(self.device)
@@ -189,21 +205,31 @@ class PrompterTrainer:
     def train_epoch(self, epoch: int) -> dict:
         cfg, ctx = self.cfg, self.ctx
         order = epoch_shard(len(self.items), cfg.seed, epoch, ctx.rank, ctx.world).tolist()
-        batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         meter = Meter(*LOSS_KEYS)  # means over the images of every rank
-        bar = tqdm(batches, desc=f"train-prompter epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                   disable=not (self.progress and ctx.rank == 0), leave=False)
+        bar = tqdm(
+            batches,
+            desc=f"train-prompter epoch {epoch + 1}/{cfg.epochs}",
+            unit="batch",
+            disable=not (self.progress and ctx.rank == 0),
+            leave=False,
+        )
         for batch in bar:
             targets = [{k: v.to(self.device) for k, v in self.targets[i].items()} for i in batch]
-            losses = train_step(self.model, self.criterion, self.optimizer, self.embeddings[batch].to(self.device),
-                                targets)
+            losses = train_step(
+                self.model, self.criterion, self.optimizer, self.embeddings[batch].to(self.device), targets
+            )
             meter.add(weight=len(batch), **{k: losses[k] for k in LOSS_KEYS})
             bar.set_postfix(loss=f"{losses['loss']:.4f}")
         return meter.means(ctx)
 
     def state_dict(self) -> dict:
-        return {"meta": self.meta, "prompter": self.prompter.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "rng": torch.get_rng_state()}
+        return {
+            "meta": self.meta,
+            "prompter": self.prompter.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": torch.get_rng_state(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.prompter.load_state_dict(state["prompter"])
@@ -227,6 +253,13 @@ def _train(cfg: PrompterConfig, ctx: DistContext, progress: bool) -> Path:
     run = RunDir(cfg.out, "prompter", cfg, rank=ctx.rank)
     trainer = PrompterTrainer(cfg, ctx, progress, say)
     fit(trainer, run, cfg.epochs, say)
-    return run.save_artifact(PROMPTER_NAME, {
-        "format": PROMPTER_FORMAT, "model": cfg.model, "class_names": trainer.meta["class_names"],
-        "prompter_config": trainer.prompter.config(), "prompter": trainer.prompter.state_dict()})
+    return run.save_artifact(
+        PROMPTER_NAME,
+        {
+            "format": PROMPTER_FORMAT,
+            "model": cfg.model,
+            "class_names": trainer.meta["class_names"],
+            "prompter_config": trainer.prompter.config(),
+            "prompter": trainer.prompter.state_dict(),
+        },
+    )

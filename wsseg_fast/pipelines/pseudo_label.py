@@ -137,20 +137,32 @@ class JobConfig(Config):
         require(self.method in METHODS, f"unknown method {self.method!r}; methods: {', '.join(sorted(METHODS))}")
         self.options = parse_options(self.method, self.options)
         at_least(1, batch_size=self.batch_size)
-        require(self.precision == "fp32" or self.backend in ("torch", "compile"),
-                f"the {self.backend} backend runs the exported graph's precision: use precision fp32 (build a fp16 "
-                "TensorRT engine with export-encoder --fp16)")
+        require(
+            self.precision == "fp32" or self.backend in ("torch", "compile"),
+            f"the {self.backend} backend runs the exported graph's precision: use precision fp32 (build a fp16 "
+            "TensorRT engine with export-encoder --fp16)",
+        )
 
     def settings(self, weights: str | None, finetuned: str | None) -> dict:
         """What the outputs depend on: a re-run with other settings must not mix with them."""
         sam = METHODS[self.method].needs_sam
         # the embedding's numerics: the encoder's backend and precision, and how it was stored
-        embedding = {"backend": self.backend, "precision": self.precision,
-                     "stored": self.cache_dtype if self.cache else "fp32"} if sam else None
-        return {"version": OUTPUT_VERSION, "method": self.method, "options": self.options,
-                "model": self.model if sam else None, "embedding": embedding,
-                "weights": weights, "finetuned": finetuned, "coco": file_digest(self.coco),
-                **({"refine": self.refine} if self.refine else {})}
+        embedding = (
+            {"backend": self.backend, "precision": self.precision, "stored": self.cache_dtype if self.cache else "fp32"}
+            if sam
+            else None
+        )
+        return {
+            "version": OUTPUT_VERSION,
+            "method": self.method,
+            "options": self.options,
+            "model": self.model if sam else None,
+            "embedding": embedding,
+            "weights": weights,
+            "finetuned": finetuned,
+            "coco": file_digest(self.coco),
+            **({"refine": self.refine} if self.refine else {}),
+        }
 
 
 class Labeller:
@@ -167,8 +179,16 @@ class Labeller:
         self.engine = None
         if self.method.needs_sam:
             cache = EmbeddingCache(cfg.cache, dtype=cfg.cache_dtype) if cfg.cache else None
-            self.engine = SamEngine(cfg.model, cfg.checkpoint, backend=cfg.backend, encoder_file=cfg.encoder_file,
-                                    cache=cache, finetuned=cfg.finetuned, precision=cfg.precision, device=cfg.device)
+            self.engine = SamEngine(
+                cfg.model,
+                cfg.checkpoint,
+                backend=cfg.backend,
+                encoder_file=cfg.encoder_file,
+                cache=cache,
+                finetuned=cfg.finetuned,
+                precision=cfg.precision,
+                device=cfg.device,
+            )
         os.makedirs(os.path.join(cfg.out, "labels"), exist_ok=True)
         os.makedirs(os.path.join(cfg.out, "parts"), exist_ok=True)
 
@@ -190,8 +210,9 @@ class Labeller:
         runs = len(boxes) > 0 or not self.method.needs_boxes  # a prompt-free method labels box-less images too
         if self.method.needs_sam and runs and embedding is None:
             embedding = self.engine.embed([image], batch_size=1)[0]
-        ctx = MethodInput(image, boxes, classes, anns, self.options, self.engine, embedding,
-                          tuple(self.dataset.class_names))
+        ctx = MethodInput(
+            image, boxes, classes, anns, self.options, self.engine, embedding, tuple(self.dataset.class_names)
+        )
         if runs:
             instances = self.method.fn(ctx)
             label, winner = resolve(instances, h, w)
@@ -208,8 +229,11 @@ class Labeller:
             os.makedirs(os.path.join(out, "vis"), exist_ok=True)
             atomic_write_bytes(os.path.join(out, "vis", record.stem + ".png"), overlay(image, label, boxes))
         part = {
-            "image_id": record.id, "file_name": record.file_name, "status": "done",
-            "label": f"labels/{record.stem}.png", "label_blake2b": hashlib.blake2b(png, digest_size=16).hexdigest(),
+            "image_id": record.id,
+            "file_name": record.file_name,
+            "status": "done",
+            "label": f"labels/{record.stem}.png",
+            "label_blake2b": hashlib.blake2b(png, digest_size=16).hexdigest(),
             "instances": _instances_json(record, anns, instances, winner) if instances is not None else [],
         }
         atomic_write_json(os.path.join(out, "parts", record.stem + ".json"), part)
@@ -226,18 +250,31 @@ def _instances_json(record, anns, instances, winner) -> list[dict]:
         for i in range(len(instances.scores)):
             mask = winner == i
             rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-            out.append({"source_annotation_id": None, "image_id": record.id, "class_index": int(instances.classes[i]),
-                        "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
-                        "area": int(mask.sum()), "score": round(float(instances.scores[i]), 6)})
+            out.append(
+                {
+                    "source_annotation_id": None,
+                    "image_id": record.id,
+                    "class_index": int(instances.classes[i]),
+                    "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
+                    "area": int(mask.sum()),
+                    "score": round(float(instances.scores[i]), 6),
+                }
+            )
         return out
     for i, ann in enumerate(anns):
         mask = winner == i
         rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-        out.append({
-            "source_annotation_id": ann.get("id"), "image_id": record.id, "category_id": int(ann["category_id"]),
-            "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
-            "area": int(mask.sum()), "bbox": [float(v) for v in ann["bbox"]], "score": round(float(instances.scores[i]), 6),
-        })
+        out.append(
+            {
+                "source_annotation_id": ann.get("id"),
+                "image_id": record.id,
+                "category_id": int(ann["category_id"]),
+                "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
+                "area": int(mask.sum()),
+                "bbox": [float(v) for v in ann["bbox"]],
+                "score": round(float(instances.scores[i]), 6),
+            }
+        )
     return out
 
 
@@ -262,8 +299,9 @@ def overlay(image: np.ndarray, label: np.ndarray, boxes: np.ndarray) -> bytes:
 
 def _prepare_out(cfg: JobConfig, labeller: Labeller, overwrite: bool) -> dict:
     engine = labeller.engine
-    settings = cfg.settings(engine.identity["weights"] if engine else None,
-                            file_digest(cfg.finetuned) if cfg.finetuned else None)
+    settings = cfg.settings(
+        engine.identity["weights"] if engine else None, file_digest(cfg.finetuned) if cfg.finetuned else None
+    )
     path = os.path.join(cfg.out, "settings.json")
     previous = None
     if os.path.exists(path):
@@ -272,8 +310,10 @@ def _prepare_out(cfg: JobConfig, labeller: Labeller, overwrite: bool) -> dict:
     if previous is not None and previous != settings:
         if not overwrite:
             changed = sorted(k for k in settings if previous.get(k) != settings[k])
-            raise JobError(f"{cfg.out} holds pseudo-labels made with other settings ({', '.join(changed)} differ): "
-                           "use another --out, or --overwrite to start again")
+            raise JobError(
+                f"{cfg.out} holds pseudo-labels made with other settings ({', '.join(changed)} differ): "
+                "use another --out, or --overwrite to start again"
+            )
         for sub in ("labels", "parts", "vis"):
             shutil.rmtree(os.path.join(cfg.out, sub), ignore_errors=True)
         for name in ("report.json", "report.md", "manifest.json", "pseudo_labels.json"):
@@ -341,9 +381,13 @@ def run_pseudo_label(cfg: JobConfig, progress: bool = True) -> dict:
     summary = finalize(cfg, labeller, settings, failed)
     stats = labeller.engine.stats if labeller.engine else None
     run = {
-        "executor": cfg.executor, "images_total": len(dataset), "images_skipped_as_done": len(done),
-        "images_labelled": len(todo) - len(failed), "images_failed": len(failed),
-        "seconds": round(time.perf_counter() - start, 3), "labelling_seconds": round(labelling_seconds, 3),
+        "executor": cfg.executor,
+        "images_total": len(dataset),
+        "images_skipped_as_done": len(done),
+        "images_labelled": len(todo) - len(failed),
+        "images_failed": len(failed),
+        "seconds": round(time.perf_counter() - start, 3),
+        "labelling_seconds": round(labelling_seconds, 3),
         "cache_hits": (stats.cache_hits if stats else 0) + remote_hits,
         "encoded": (stats.encoded if stats else 0) + remote_encoded,
     }
@@ -385,25 +429,44 @@ def finalize(cfg: JobConfig, labeller: Labeller, settings: dict, failed: dict[in
     for i, record in enumerate(dataset.images):
         part_path = os.path.join(cfg.out, "parts", record.stem + ".json")
         if i in failed or not os.path.exists(part_path):
-            errors.append({"image_id": record.id, "file_name": record.file_name, "error": failed.get(i, "not labelled")})
+            errors.append(
+                {"image_id": record.id, "file_name": record.file_name, "error": failed.get(i, "not labelled")}
+            )
             continue
         with open(part_path) as f:
             part = json.load(f)
-        entries.append({"image_id": record.id, "file_name": record.file_name, "label": part["label"],
-                        "label_blake2b": part["label_blake2b"], "instances": len(part["instances"])})
+        entries.append(
+            {
+                "image_id": record.id,
+                "file_name": record.file_name,
+                "label": part["label"],
+                "label_blake2b": part["label_blake2b"],
+                "instances": len(part["instances"]),
+            }
+        )
         label = read_label_png(os.path.join(cfg.out, part["label"]))
-        images.append({"id": record.id, "file_name": record.file_name, "height": label.shape[0], "width": label.shape[1]})
+        images.append(
+            {"id": record.id, "file_name": record.file_name, "height": label.shape[0], "width": label.shape[1]}
+        )
         for inst in part["instances"]:
             annotations.append({"id": len(annotations) + 1, **inst})
         gt = _ground_truth(cfg, dataset, record, label.shape)
         if gt is not None:
             meter.update(torch.from_numpy(label.astype(np.int64)), torch.from_numpy(gt.astype(np.int64)))
             evaluated += 1
-    atomic_write_json(os.path.join(cfg.out, "pseudo_labels.json"),
-                {"info": {"description": f"wsseg_fast pseudo-labels ({cfg.method})"}, "categories": dataset.categories,
-                 "images": images, "annotations": annotations})
-    atomic_write_json(os.path.join(cfg.out, "manifest.json"),
-                {"settings": settings, "class_names": dataset.class_names, "images": entries, "failed": errors})
+    atomic_write_json(
+        os.path.join(cfg.out, "pseudo_labels.json"),
+        {
+            "info": {"description": f"wsseg_fast pseudo-labels ({cfg.method})"},
+            "categories": dataset.categories,
+            "images": images,
+            "annotations": annotations,
+        },
+    )
+    atomic_write_json(
+        os.path.join(cfg.out, "manifest.json"),
+        {"settings": settings, "class_names": dataset.class_names, "images": entries, "failed": errors},
+    )
     report = None
     if evaluated:
         scores = meter.compute()
@@ -419,4 +482,3 @@ def _ground_truth(cfg: JobConfig, dataset, record, shape) -> np.ndarray | None:
         path = os.path.join(cfg.gt, record.stem + ".png")
         return read_label_png(path) if os.path.exists(path) else None
     return dataset.gt_label_map(record, *shape) if any("segmentation" in a for a in record.annotations) else None
-

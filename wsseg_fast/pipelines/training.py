@@ -29,8 +29,9 @@ import json
 import os
 import time
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Literal, Protocol
+from typing import Literal, Protocol
 
 import torch
 import yaml
@@ -60,8 +61,9 @@ class RunDir:
         rank: this process's rank; only rank 0 writes.
     """
 
-    def __init__(self, out: str | os.PathLike, trainer: str, config: Config, settings: dict | None = None,
-                 rank: int = 0):
+    def __init__(
+        self, out: str | os.PathLike, trainer: str, config: Config, settings: dict | None = None, rank: int = 0
+    ):
         self.path, self.trainer, self.config, self.rank = Path(out), trainer, config, rank
         self.settings = config.run_settings() if settings is None else settings
         self.history: list[dict] = []
@@ -81,14 +83,20 @@ class RunDir:
         try:
             state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
         except Exception as exc:  # truncated by something other than this code, or not a checkpoint
-            raise RunDirError(f"{self.checkpoint} cannot be read ({type(exc).__name__}); delete it to start over") from None
+            raise RunDirError(
+                f"{self.checkpoint} cannot be read ({type(exc).__name__}); delete it to start over"
+            ) from None
         if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("trainer") != self.trainer:
-            raise RunDirError(f"{self.checkpoint} is not a {self.trainer} checkpoint of this version of wsseg_fast: "
-                              "use another --out, or delete it to start over")
+            raise RunDirError(
+                f"{self.checkpoint} is not a {self.trainer} checkpoint of this version of wsseg_fast: "
+                "use another --out, or delete it to start over"
+            )
         changed = self._changed(state["settings"])
         if changed:
-            raise RunDirError(f"{self.path} holds a {self.trainer} run with other settings ({', '.join(changed)} "
-                              f"differ): use another --out, or delete {self.checkpoint} to start over")
+            raise RunDirError(
+                f"{self.path} holds a {self.trainer} run with other settings ({', '.join(changed)} "
+                f"differ): use another --out, or delete {self.checkpoint} to start over"
+            )
         self.history = list(state["history"])
         return state
 
@@ -103,8 +111,17 @@ class RunDir:
         self.history.append(record)
         if self.rank != 0:
             return
-        atomic_torch_save({"format": FORMAT, "trainer": self.trainer, "settings": self.settings,
-                           "epoch": record["epoch"], "history": self.history, **state}, self.checkpoint)
+        atomic_torch_save(
+            {
+                "format": FORMAT,
+                "trainer": self.trainer,
+                "settings": self.settings,
+                "epoch": record["epoch"],
+                "history": self.history,
+                **state,
+            },
+            self.checkpoint,
+        )
         atomic_write_text(self.path / LOG_NAME, "".join(json.dumps(r) + "\n" for r in self.history))
 
     def save_artifact(self, name: str, obj) -> Path:
@@ -133,8 +150,13 @@ class Trainer(Protocol):
         """One line about an epoch's record, for the log on the console."""
 
 
-def fit(trainer: Trainer, run: RunDir, epochs: int, say: Callable[[str], None] = print,
-        on_epoch_end: Callable[[int, dict], None] | None = None) -> int:
+def fit(
+    trainer: Trainer,
+    run: RunDir,
+    epochs: int,
+    say: Callable[[str], None] = print,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> int:
     """Resume ``trainer`` from ``run``'s checkpoint (if any) and train it to ``epochs``, checkpointing
     after every epoch; returns the epoch it started from."""
     state = run.start()
@@ -143,8 +165,10 @@ def fit(trainer: Trainer, run: RunDir, epochs: int, say: Callable[[str], None] =
         stored = state.get("meta", {})
         changed = sorted(k for k, v in getattr(trainer, "meta", {}).items() if stored.get(k) != v)
         if changed:  # what the data or the weights decided: they must not have changed either
-            raise RunDirError(f"cannot resume {run.path}: its {', '.join(changed)} differ from this run's "
-                              f"(other data or weights): use another --out, or delete {run.checkpoint}")
+            raise RunDirError(
+                f"cannot resume {run.path}: its {', '.join(changed)} differ from this run's "
+                f"(other data or weights): use another --out, or delete {run.checkpoint}"
+            )
         trainer.load_state_dict(state)
         start = int(state["epoch"])
     for epoch in range(start, epochs):

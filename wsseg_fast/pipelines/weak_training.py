@@ -65,10 +65,10 @@ class WeakItem:
 
     stem: str
     image: np.ndarray
-    boxes: torch.Tensor       # [N, 4] x0, y0, x1, y1 pixels
-    classes: torch.Tensor     # [N] class indices 1..C-1
-    annotations: list[dict]   # COCO annotations (points, scribbles), same order as boxes
-    tags: list[int]           # COCO category ids the image is tagged with
+    boxes: torch.Tensor  # [N, 4] x0, y0, x1, y1 pixels
+    classes: torch.Tensor  # [N] class indices 1..C-1
+    annotations: list[dict]  # COCO annotations (points, scribbles), same order as boxes
+    tags: list[int]  # COCO category ids the image is tagged with
     embedding: object = None  # the cached Embedding when the encoder is frozen
 
 
@@ -86,8 +86,9 @@ def load_weak_items(dataset, log) -> list[WeakItem]:
             log(f"skipped: {record.file_name} has no box to prompt SAM with")
             continue
         anns = [a for a in record.annotations if "bbox" in a]
-        items.append(WeakItem(record.stem, image, torch.from_numpy(boxes), torch.from_numpy(classes), anns,
-                              record.tags))
+        items.append(
+            WeakItem(record.stem, image, torch.from_numpy(boxes), torch.from_numpy(classes), anns, record.tags)
+        )
     return items
 
 

@@ -17,6 +17,15 @@ from wsseg_fast.reference.slic import slic, slic_energy
 from wsseg_fast.reference.superpixel_pool import activation_modulation, ssc_alignment_loss, superpixel_pool
 
 __all__ = [
-    "activation_modulation", "batch_linear_assignment", "box_constraint_loss", "dense_random_walk", "local_affinity",
-    "pairwise_constraint_loss", "random_walk", "slic", "slic_energy", "ssc_alignment_loss", "superpixel_pool",
+    "activation_modulation",
+    "batch_linear_assignment",
+    "box_constraint_loss",
+    "dense_random_walk",
+    "local_affinity",
+    "pairwise_constraint_loss",
+    "random_walk",
+    "slic",
+    "slic_energy",
+    "ssc_alignment_loss",
+    "superpixel_pool",
 ]

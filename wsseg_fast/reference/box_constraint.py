@@ -30,8 +30,15 @@ def check_box_values(boxes: torch.Tensor, labels: torch.Tensor, num_classes: int
         raise ValueError(f"{name}: `boxes` contain NaN")
 
 
-def box_constraint_truths(probs: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, *,
-                          p_forall: float = 2.0, p_exists: float = 2.0, stable: bool = True) -> torch.Tensor:
+def box_constraint_truths(
+    probs: torch.Tensor,
+    boxes: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    p_forall: float = 2.0,
+    p_exists: float = 2.0,
+    stable: bool = True,
+) -> torch.Tensor:
     """The OUT(b, c) and TIGHT(b, k) truths of the box constraint, one vector (OUT first per image)."""
     batch, _, height, width = probs.shape
     check_box_values(boxes, labels, probs.shape[1], "box_constraint_loss")
@@ -50,16 +57,27 @@ def box_constraint_truths(probs: torch.Tensor, boxes: torch.Tensor, labels: torc
         for k in valid:
             x0, y0, x1, y1 = bounds[b, k].tolist()
             region = probs[b, int(labels[b, k]), y0:y1, x0:x1]
-            lines = torch.cat([pmean(region, dim=1, p=p_exists, stable=stable),   # rows
-                               pmean(region, dim=0, p=p_exists, stable=stable)])  # columns
+            lines = torch.cat(
+                [
+                    pmean(region, dim=1, p=p_exists, stable=stable),  # rows
+                    pmean(region, dim=0, p=p_exists, stable=stable),
+                ]
+            )  # columns
             truths.append(pmean_error(lines, p=p_forall, stable=stable))
     if not truths:
         return probs.new_zeros(0)
     return torch.stack(truths)
 
 
-def box_constraint_loss(probs: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, *,
-                        p_forall: float = 2.0, p_exists: float = 2.0, stable: bool = True) -> torch.Tensor:
+def box_constraint_loss(
+    probs: torch.Tensor,
+    boxes: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    p_forall: float = 2.0,
+    p_exists: float = 2.0,
+    stable: bool = True,
+) -> torch.Tensor:
     """1 - pMeanError(p=2) over every OUT and TIGHT truth of the batch; 0 without a valid box."""
     truths = box_constraint_truths(probs, boxes, labels, p_forall=p_forall, p_exists=p_exists, stable=stable)
     if truths.numel() == 0:

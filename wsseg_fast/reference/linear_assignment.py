@@ -10,7 +10,6 @@ import numpy as np
 import scipy.optimize
 import torch
 
-
 # For integer costs the largest int64 forbids a pair, as +inf does for floats.
 FORBIDDEN_INT = torch.iinfo(torch.int64).max
 

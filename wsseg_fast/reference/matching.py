@@ -7,7 +7,7 @@ benchmarks.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import scipy.optimize
 import torch

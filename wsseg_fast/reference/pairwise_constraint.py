@@ -21,8 +21,15 @@ def pairwise_edges(lab: torch.Tensor, offsets: torch.Tensor, threshold: float) -
     return torch.cat(edges, dim=1)
 
 
-def pairwise_constraint_truths(probs: torch.Tensor, lab: torch.Tensor, offsets: torch.Tensor, *,
-                               threshold: float = 0.3, p_forall: float = 2.0, stable: bool = True) -> torch.Tensor:
+def pairwise_constraint_truths(
+    probs: torch.Tensor,
+    lab: torch.Tensor,
+    offsets: torch.Tensor,
+    *,
+    threshold: float = 0.3,
+    p_forall: float = 2.0,
+    stable: bool = True,
+) -> torch.Tensor:
     """``[B, C]``: for each image and class, ∀ similar neighbours (x, y): p_x p_y + (1 - p_x)(1 - p_y)."""
     edges = pairwise_edges(lab, offsets, threshold)
     same = [probs.unsqueeze(2)[:, :, :0]]  # (an empty slice of probs keeps the graph without offsets)
@@ -34,8 +41,15 @@ def pairwise_constraint_truths(probs: torch.Tensor, lab: torch.Tensor, offsets: 
     return pmean_error(same, dim=(2, 3, 4), p=p_forall, mask=mask, stable=stable)
 
 
-def pairwise_constraint_loss(probs: torch.Tensor, lab: torch.Tensor, offsets: torch.Tensor, *,
-                             threshold: float = 0.3, p_forall: float = 2.0, stable: bool = True) -> torch.Tensor:
+def pairwise_constraint_loss(
+    probs: torch.Tensor,
+    lab: torch.Tensor,
+    offsets: torch.Tensor,
+    *,
+    threshold: float = 0.3,
+    p_forall: float = 2.0,
+    stable: bool = True,
+) -> torch.Tensor:
     """1 - pMeanError(p=2) over the B x C pairwise truths; 0 for an empty batch."""
     if probs.shape[0] * probs.shape[1] == 0:
         return (probs * 0).sum()

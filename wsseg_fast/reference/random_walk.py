@@ -45,7 +45,9 @@ def walk(x: torch.Tensor, weights: torch.Tensor, radius: int, steps: int) -> tor
     return x
 
 
-def random_walk(x: torch.Tensor, affinity: torch.Tensor, radius: int, beta: float = 8.0, steps: int = 256) -> torch.Tensor:
+def random_walk(
+    x: torch.Tensor, affinity: torch.Tensor, radius: int, beta: float = 8.0, steps: int = 256
+) -> torch.Tensor:
     """The sparse walk ``x <- D^-1 A^beta x``, ``steps`` times."""
     return walk(x, transition(affinity, radius, beta), radius, steps)
 
@@ -65,7 +67,9 @@ def dense_affinity(affinity: torch.Tensor, radius: int) -> torch.Tensor:
     return dense
 
 
-def dense_random_walk(x: torch.Tensor, affinity: torch.Tensor, radius: int, beta: float = 8.0, steps: int = 256) -> torch.Tensor:
+def dense_random_walk(
+    x: torch.Tensor, affinity: torch.Tensor, radius: int, beta: float = 8.0, steps: int = 256
+) -> torch.Tensor:
     """PSA's formulation, densely: ``trans = A^beta`` laid out as PSA does
     (column ``i`` holds pixel ``i``'s affinities), column-normalised, raised to
     ``steps`` by repeated squaring, and ``cam_vec @ trans``. Memory ``O((HW)^2)``,

@@ -18,7 +18,9 @@ def superpixel_pool(x: torch.Tensor, labels: torch.Tensor, reduce: str = "mean")
     values = x.reshape(batch, channels, height * width)
     if reduce == "mean":
         sums = x.new_zeros(batch, channels, k).scatter_add(2, index, values * valid)
-        counts = torch.zeros(batch, 1, k, dtype=x.dtype, device=x.device).scatter_add(2, flat.clamp_min(0), valid.to(x.dtype))
+        counts = torch.zeros(batch, 1, k, dtype=x.dtype, device=x.device).scatter_add(
+            2, flat.clamp_min(0), valid.to(x.dtype)
+        )
         pooled = sums / counts.clamp_min(1)
     else:
         lowest = torch.finfo(x.dtype).min
@@ -48,7 +50,11 @@ def normalise_by_max(cams: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 
 
 def activation_modulation(
-    cams: torch.Tensor, labels: torch.Tensor, present: torch.Tensor | None = None, threshold: float = 0.3, erode_radius: int = 8
+    cams: torch.Tensor,
+    labels: torch.Tensor,
+    present: torch.Tensor | None = None,
+    threshold: float = 0.3,
+    erode_radius: int = 8,
 ) -> torch.Tensor:
     """SSC's self-modulation target, detached: ``max(norm(superpixel mean of norm(cams)),
     norm(cams) inside the eroded reliable region norm(cams) > threshold)``; zero for absent classes."""
@@ -63,7 +69,11 @@ def activation_modulation(
 
 
 def ssc_alignment_loss(
-    cams: torch.Tensor, labels: torch.Tensor, present: torch.Tensor | None = None, threshold: float = 0.3, erode_radius: int = 8
+    cams: torch.Tensor,
+    labels: torch.Tensor,
+    present: torch.Tensor | None = None,
+    threshold: float = 0.3,
+    erode_radius: int = 8,
 ) -> torch.Tensor:
     """MSE between norm(cams) and the detached modulation target, averaged over the pixels of
     the present classes (all classes when ``present`` is None); 0 when none is present."""

@@ -25,7 +25,19 @@ from wsseg_fast.sam.prompting import (
 )
 
 __all__ = [
-    "BACKENDS", "MODEL_CONFIGS", "CheckpointError", "Embedding", "EncoderBackendError", "ImageEncoderRunner",
-    "MaskPrediction", "SamEngine", "build_image_encoder", "build_sam", "export_onnx", "export_tensorrt",
-    "load_finetuned", "predict_masks", "preprocess",
+    "BACKENDS",
+    "MODEL_CONFIGS",
+    "CheckpointError",
+    "Embedding",
+    "EncoderBackendError",
+    "ImageEncoderRunner",
+    "MaskPrediction",
+    "SamEngine",
+    "build_image_encoder",
+    "build_sam",
+    "export_onnx",
+    "export_tensorrt",
+    "load_finetuned",
+    "predict_masks",
+    "preprocess",
 ]

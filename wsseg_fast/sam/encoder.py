@@ -42,20 +42,33 @@ def export_onnx(encoder: torch.nn.Module, out: str | os.PathLike, *, opset: int 
             warnings.simplefilter("ignore")
             try:
                 torch.onnx.export(
-                    encoder.eval(), (dummy,), tmp, input_names=["images"], output_names=["embeddings"],
-                    dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}}, opset_version=opset, dynamo=False,
+                    encoder.eval(),
+                    (dummy,),
+                    tmp,
+                    input_names=["images"],
+                    output_names=["embeddings"],
+                    dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
+                    opset_version=opset,
+                    dynamo=False,
                 )
             except (TypeError, RuntimeError, NotImplementedError):
                 batch = torch.export.Dim("batch", min=1, max=1024)
                 program = torch.onnx.export(
-                    encoder.eval(), (dummy,), input_names=["images"], output_names=["embeddings"],
-                    dynamic_shapes={"x": {0: batch}}, opset_version=opset, dynamo=True,
+                    encoder.eval(),
+                    (dummy,),
+                    input_names=["images"],
+                    output_names=["embeddings"],
+                    dynamic_shapes={"x": {0: batch}},
+                    opset_version=opset,
+                    dynamo=True,
                 )
                 program.save(tmp)
     return out
 
 
-def export_tensorrt(onnx_path: str | os.PathLike, out: str | os.PathLike, *, fp16: bool = False, max_batch: int = 8) -> str:
+def export_tensorrt(
+    onnx_path: str | os.PathLike, out: str | os.PathLike, *, fp16: bool = False, max_batch: int = 8
+) -> str:
     """Build a serialized TensorRT engine from an ONNX encoder file."""
     trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
@@ -84,8 +97,10 @@ def import_tensorrt():
     try:
         import tensorrt as trt
     except ImportError:
-        raise EncoderBackendError("the tensorrt backend needs the TensorRT Python package (pip install tensorrt) and a CUDA GPU; "
-                                  "it is not installed here — use --backend onnxruntime or torch") from None
+        raise EncoderBackendError(
+            "the tensorrt backend needs the TensorRT Python package (pip install tensorrt) and a CUDA GPU; "
+            "it is not installed here — use --backend onnxruntime or torch"
+        ) from None
     if not torch.cuda.is_available():
         raise EncoderBackendError("the tensorrt backend needs a CUDA GPU; none is visible here")
     return trt
@@ -104,15 +119,25 @@ class ImageEncoderRunner:
         device: ``cpu`` or ``cuda``.
     """
 
-    def __init__(self, encoder, backend: str = "torch", *, model_file: str | None = None, export_dir: str | None = None,
-                 precision: str = "fp32", device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        encoder,
+        backend: str = "torch",
+        *,
+        model_file: str | None = None,
+        export_dir: str | None = None,
+        precision: str = "fp32",
+        device: str | torch.device = "cpu",
+    ):
         if backend not in BACKENDS:
             raise ValueError(f"encoder backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if precision != "fp32" and backend in ("onnxruntime", "tensorrt"):
-            raise ValueError(f"the {backend} backend runs the exported graph's precision; use precision fp32 "
-                             "(build a fp16 TensorRT engine with export-encoder --fp16)")
+            raise ValueError(
+                f"the {backend} backend runs the exported graph's precision; use precision fp32 "
+                "(build a fp16 TensorRT engine with export-encoder --fp16)"
+            )
         self.backend, self.precision, self.device = backend, precision, torch.device(device)
         self.img_size = encoder.img_size
         if backend in ("torch", "compile"):
@@ -126,7 +151,9 @@ class ImageEncoderRunner:
         else:
             trt = import_tensorrt()
             if model_file is None:
-                raise EncoderBackendError("the tensorrt backend needs an engine: wsseg-fast export-encoder --format tensorrt")
+                raise EncoderBackendError(
+                    "the tensorrt backend needs an engine: wsseg-fast export-encoder --format tensorrt"
+                )
             runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
             with open(model_file, "rb") as f:
                 self._engine = runtime.deserialize_cuda_engine(f.read())
@@ -144,14 +171,18 @@ class ImageEncoderRunner:
         providers = ["CPUExecutionProvider"]
         if self.device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise EncoderBackendError("onnxruntime on cuda needs onnxruntime-gpu (CUDAExecutionProvider is missing)")
+                raise EncoderBackendError(
+                    "onnxruntime on cuda needs onnxruntime-gpu (CUDAExecutionProvider is missing)"
+                )
             providers.insert(0, "CUDAExecutionProvider")
         return ort.InferenceSession(path, options, providers=providers)
 
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         if batch.ndim != 4 or tuple(batch.shape[1:]) != (3, self.img_size, self.img_size):
-            raise ValueError(f"image encoder: batch must be [B, 3, {self.img_size}, {self.img_size}], got {tuple(batch.shape)}")
+            raise ValueError(
+                f"image encoder: batch must be [B, 3, {self.img_size}, {self.img_size}], got {tuple(batch.shape)}"
+            )
         if self.backend in ("torch", "compile"):
             batch = batch.to(self.device, torch.float32)
             if self.precision == "fp32":

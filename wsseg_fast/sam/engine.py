@@ -59,9 +59,18 @@ class SamEngine:
         device: where the models run.
     """
 
-    def __init__(self, model: str = "vit_b", checkpoint: str | None = None, *, backend: str = "torch",
-                 encoder_file: str | None = None, cache=None, finetuned: str | None = None,
-                 precision: str = "fp32", device: str = "cpu"):
+    def __init__(
+        self,
+        model: str = "vit_b",
+        checkpoint: str | None = None,
+        *,
+        backend: str = "torch",
+        encoder_file: str | None = None,
+        cache=None,
+        finetuned: str | None = None,
+        precision: str = "fp32",
+        device: str = "cpu",
+    ):
         if model not in MODEL_CONFIGS:
             raise ValueError(f"model must be one of {', '.join(MODEL_CONFIGS)}, got {model!r}")
         if backend not in BACKENDS:
@@ -73,12 +82,21 @@ class SamEngine:
         self.device = torch.device(device)
         self.img_size = MODEL_CONFIGS[model].img_size
         if checkpoint is not None and cache is not None:
-            weights = "blake2b:" + cache.file_digest(checkpoint) if os.path.isfile(checkpoint) else weights_id(model, checkpoint)
+            weights = (
+                "blake2b:" + cache.file_digest(checkpoint)
+                if os.path.isfile(checkpoint)
+                else weights_id(model, checkpoint)
+            )
         else:
             weights = weights_id(model, checkpoint)
         # What makes an embedding: everything here goes into the cache key.
-        self.identity = {"model": model, "weights": weights, "backend": backend, "precision": precision,
-                         "preprocessing": PREPROCESSING_ID}
+        self.identity = {
+            "model": model,
+            "weights": weights,
+            "backend": backend,
+            "precision": precision,
+            "preprocessing": PREPROCESSING_ID,
+        }
         if encoder_file is not None and not os.path.isfile(encoder_file):
             raise EncoderBackendError(f"encoder file not found: {encoder_file}")
         if encoder_file is not None:  # a user's exported file may hold other weights than the checkpoint
@@ -100,8 +118,9 @@ class SamEngine:
                 module = _SizeOnly(self.img_size)  # the file holds the weights
             else:
                 module = build_image_encoder(self.model, self.checkpoint)
-            self._runner = ImageEncoderRunner(module, self.backend, model_file=model_file, precision=self.precision,
-                                              device=self.device)
+            self._runner = ImageEncoderRunner(
+                module, self.backend, model_file=model_file, precision=self.precision, device=self.device
+            )
         return self._runner
 
     def _export_into_cache(self) -> str:
@@ -112,12 +131,16 @@ class SamEngine:
             export_onnx(build_image_encoder(self.model, self.checkpoint), path)
         return path
 
-    def embed(self, images: list[np.ndarray], batch_size: int = 1, keys: list[str | None] | None = None) -> list[Embedding]:
+    def embed(
+        self, images: list[np.ndarray], batch_size: int = 1, keys: list[str | None] | None = None
+    ) -> list[Embedding]:
         """Embeddings of RGB ``uint8`` images: cached ones read (verified), the others encoded
         in batches of ``batch_size`` and stored."""
 
         if keys is None:
-            keys = [self.cache.key(pixels_digest(im), self.identity) if self.cache is not None else None for im in images]
+            keys = [
+                self.cache.key(pixels_digest(im), self.identity) if self.cache is not None else None for im in images
+            ]
         out: list[Embedding | None] = [self.cache.get(k) if k is not None else None for k in keys]
         self.stats.cache_hits += sum(e is not None for e in out)
         missing = [i for i, e in enumerate(out) if e is None]

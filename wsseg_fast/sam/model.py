@@ -88,10 +88,18 @@ class EncoderNotLoaded(nn.Module):
 def _build_encoder(cfg: SamConfig) -> nn.Module:
     torch.manual_seed(INIT_SEED + 1)
     return sam_modeling().ImageEncoderViT(
-        depth=cfg.depth, embed_dim=cfg.embed_dim, img_size=cfg.img_size, mlp_ratio=4,
-        norm_layer=partial(nn.LayerNorm, eps=1e-6), num_heads=cfg.num_heads, patch_size=PATCH_SIZE,
-        qkv_bias=True, use_rel_pos=True, global_attn_indexes=cfg.global_attn_indexes,
-        window_size=cfg.window_size, out_chans=PROMPT_DIM,
+        depth=cfg.depth,
+        embed_dim=cfg.embed_dim,
+        img_size=cfg.img_size,
+        mlp_ratio=4,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        num_heads=cfg.num_heads,
+        patch_size=PATCH_SIZE,
+        qkv_bias=True,
+        use_rel_pos=True,
+        global_attn_indexes=cfg.global_attn_indexes,
+        window_size=cfg.window_size,
+        out_chans=PROMPT_DIM,
     )
 
 
@@ -102,17 +110,26 @@ def _build_modules(cfg: SamConfig, with_encoder: bool) -> nn.Module:
     # decoder does not depend on whether the encoder is built.
     torch.manual_seed(INIT_SEED)
     prompt_encoder = m.PromptEncoder(
-        embed_dim=PROMPT_DIM, image_embedding_size=(grid, grid),
-        input_image_size=(cfg.img_size, cfg.img_size), mask_in_chans=16,
+        embed_dim=PROMPT_DIM,
+        image_embedding_size=(grid, grid),
+        input_image_size=(cfg.img_size, cfg.img_size),
+        mask_in_chans=16,
     )
     mask_decoder = m.MaskDecoder(
         num_multimask_outputs=3,
         transformer=m.TwoWayTransformer(depth=2, embedding_dim=PROMPT_DIM, mlp_dim=2048, num_heads=8),
-        transformer_dim=PROMPT_DIM, iou_head_depth=3, iou_head_hidden_dim=256,
+        transformer_dim=PROMPT_DIM,
+        iou_head_depth=3,
+        iou_head_hidden_dim=256,
     )
     encoder = _build_encoder(cfg) if with_encoder else EncoderNotLoaded(cfg.img_size)
-    return m.Sam(image_encoder=encoder, prompt_encoder=prompt_encoder, mask_decoder=mask_decoder,
-                 pixel_mean=list(PIXEL_MEAN), pixel_std=list(PIXEL_STD))
+    return m.Sam(
+        image_encoder=encoder,
+        prompt_encoder=prompt_encoder,
+        mask_decoder=mask_decoder,
+        pixel_mean=list(PIXEL_MEAN),
+        pixel_std=list(PIXEL_STD),
+    )
 
 
 def _instantiate(make, state: dict | None, what: str, source: str | None) -> nn.Module:
@@ -158,7 +175,11 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor], what: str, sour
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     if missing or unexpected or wrong:
         parts = []
         if missing:
@@ -196,7 +217,9 @@ def build_sam(model: str, checkpoint: str | os.PathLike | None = None, *, with_e
         if not with_encoder:
             state = {k: v for k, v in state.items() if not k.startswith("image_encoder.")}
     what = f"SAM {model}" + ("" if with_encoder else " (prompt encoder and mask decoder)")
-    sam = _instantiate(lambda: _build_modules(cfg, with_encoder), state, what, os.fspath(checkpoint) if checkpoint else None)
+    sam = _instantiate(
+        lambda: _build_modules(cfg, with_encoder), state, what, os.fspath(checkpoint) if checkpoint else None
+    )
     return sam
 
 
@@ -208,8 +231,13 @@ def build_image_encoder(model: str, checkpoint: str | os.PathLike | None = None)
     state = None
     if checkpoint is not None:
         prefix = "image_encoder."
-        state = {k[len(prefix):]: v for k, v in load_state_dict_file(checkpoint).items() if k.startswith(prefix)}
-    return _instantiate(lambda: _build_encoder(cfg), state, f"the SAM {model} image encoder", os.fspath(checkpoint) if checkpoint else None)
+        state = {k[len(prefix) :]: v for k, v in load_state_dict_file(checkpoint).items() if k.startswith(prefix)}
+    return _instantiate(
+        lambda: _build_encoder(cfg),
+        state,
+        f"the SAM {model} image encoder",
+        os.fspath(checkpoint) if checkpoint else None,
+    )
 
 
 def load_finetuned(sam: nn.Module, checkpoint: str | os.PathLike) -> None:
@@ -219,8 +247,10 @@ def load_finetuned(sam: nn.Module, checkpoint: str | os.PathLike) -> None:
     checkpoint instead (see :func:`finetuned_has_encoder`)."""
 
     state = load_state_dict_file(checkpoint)
-    parts = {name: {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
-             for name in ("mask_decoder", "prompt_encoder")}
+    parts = {
+        name: {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
+        for name in ("mask_decoder", "prompt_encoder")
+    }
     if not any(parts.values()):
         parts = {"mask_decoder": state}
     for name, part in parts.items():

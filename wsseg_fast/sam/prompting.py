@@ -28,8 +28,10 @@ def preprocess(image: np.ndarray, img_size: int) -> tuple[torch.Tensor, tuple[in
     (resized as SAM's predictor does, normalised, zero-padded) and the resized ``(h, w)``."""
 
     if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
-        raise TypeError(f"preprocess: image must be a uint8 [H, W, 3] RGB array, got "
-                        f"{getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}")
+        raise TypeError(
+            f"preprocess: image must be a uint8 [H, W, 3] RGB array, got "
+            f"{getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}"
+        )
     h, w = input_size(image.shape[:2], img_size)
     resized = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
     x = torch.from_numpy(resized.copy()).permute(2, 0, 1).float()
@@ -100,8 +102,16 @@ def _as_float(name: str, value, shape_tail: tuple, device, expected: str) -> tor
     return t
 
 
-def _prompts(boxes, points, point_labels, mask_inputs, original: tuple[int, int], resized: tuple[int, int],
-             low: tuple[int, int], param: torch.Tensor):
+def _prompts(
+    boxes,
+    points,
+    point_labels,
+    mask_inputs,
+    original: tuple[int, int],
+    resized: tuple[int, int],
+    low: tuple[int, int],
+    param: torch.Tensor,
+):
     """The prompts of :func:`predict_masks` checked, on the decoder's device, in SAM's input frame:
     ``boxes [N, 4]``, ``(points [N, K, 2], labels [N, K])`` and ``mask_inputs [N, 1, 4g, 4g]``
     (``None`` where not given)."""
@@ -118,14 +128,22 @@ def _prompts(boxes, points, point_labels, mask_inputs, original: tuple[int, int]
         points = _as_float("points", points, (None, 2), device, "[N, K, 2] (x, y)") * scale
         labels = torch.as_tensor(point_labels, device=device)
         if labels.shape != points.shape[:2]:
-            raise ValueError(f"predict_masks: point_labels must be [N, K] = {tuple(points.shape[:2])}, got {tuple(labels.shape)}")
+            raise ValueError(
+                f"predict_masks: point_labels must be [N, K] = {tuple(points.shape[:2])}, got {tuple(labels.shape)}"
+            )
         if n is not None and points.shape[0] != n:
             raise ValueError(f"predict_masks: {points.shape[0]} point sets for {n} boxes")
         point_pair, n = (points, labels.to(torch.int64)), points.shape[0]
     if mask_inputs is not None:
         mask_inputs = torch.as_tensor(mask_inputs, device=device, dtype=param.dtype)
-        if mask_inputs.ndim != 4 or tuple(mask_inputs.shape[1:]) != (1, *low) or (n is not None and mask_inputs.shape[0] != n):
-            raise ValueError(f"predict_masks: mask_inputs must be [N, 1, {low[0]}, {low[1]}], got {tuple(mask_inputs.shape)}")
+        if (
+            mask_inputs.ndim != 4
+            or tuple(mask_inputs.shape[1:]) != (1, *low)
+            or (n is not None and mask_inputs.shape[0] != n)
+        ):
+            raise ValueError(
+                f"predict_masks: mask_inputs must be [N, 1, {low[0]}, {low[1]}], got {tuple(mask_inputs.shape)}"
+            )
         n = mask_inputs.shape[0]
     if n is None:
         raise ValueError("predict_masks: give boxes, points (with point_labels) or mask_inputs")
@@ -169,11 +187,14 @@ def predict_masks(
         emb = emb[None]
     grid = sam.prompt_encoder.image_embedding_size
     if emb.ndim != 4 or emb.shape[0] != 1 or tuple(emb.shape[1:]) != (256, *grid):
-        raise ValueError(f"predict_masks: embedding must be [256, {grid[0]}, {grid[1]}] for this model, got {tuple(emb.shape)}")
+        raise ValueError(
+            f"predict_masks: embedding must be [256, {grid[0]}, {grid[1]}] for this model, got {tuple(emb.shape)}"
+        )
     param = next(sam.mask_decoder.parameters())
     emb = emb.to(device=param.device, dtype=param.dtype)
-    boxes, point_pair, mask_inputs = _prompts(boxes, points, point_labels, mask_inputs, original, resized,
-                                              tuple(4 * g for g in grid), param)
+    boxes, point_pair, mask_inputs = _prompts(
+        boxes, points, point_labels, mask_inputs, original, resized, tuple(4 * g for g in grid), param
+    )
 
     sparse, dense = sam.prompt_encoder(points=point_pair, boxes=boxes, masks=mask_inputs)
     low_res, scores = sam.mask_decoder(
@@ -206,8 +227,9 @@ def encode_boxes(sam, boxes, original_size: tuple[int, int], input_size: tuple[i
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise ValueError(f"encode_boxes: boxes must be [N, 4] (x0, y0, x1, y1), got shape {tuple(boxes.shape)}")
     with torch.no_grad():
-        sparse, _ = sam.prompt_encoder(points=None, boxes=input_frame_boxes(boxes, original_size, input_size),
-                                       masks=None)
+        sparse, _ = sam.prompt_encoder(
+            points=None, boxes=input_frame_boxes(boxes, original_size, input_size), masks=None
+        )
     return sparse
 
 
@@ -219,16 +241,21 @@ def decode_tokens(sam, embedding: Embedding | torch.Tensor, tokens: torch.Tensor
         emb = emb[None]
     grid = tuple(sam.prompt_encoder.image_embedding_size)
     if emb.ndim != 4 or emb.shape[0] != 1 or tuple(emb.shape[1:]) != (256, *grid):
-        raise ValueError(f"decode_tokens: embedding must be [256, {grid[0]}, {grid[1]}] for this model, "
-                         f"got {tuple(emb.shape)}")
+        raise ValueError(
+            f"decode_tokens: embedding must be [256, {grid[0]}, {grid[1]}] for this model, got {tuple(emb.shape)}"
+        )
     if tokens.ndim != 3 or tokens.shape[2] != 256:
         raise ValueError(f"decode_tokens: tokens must be [N, K, 256], got {tuple(tokens.shape)}")
     param = next(sam.mask_decoder.parameters())
     emb, tokens = emb.to(param), tokens.to(param)
     n = tokens.shape[0]
     dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(n, -1, *grid)
-    low_res, scores = sam.mask_decoder(image_embeddings=emb, image_pe=sam.prompt_encoder.get_dense_pe(),
-                                       sparse_prompt_embeddings=tokens, dense_prompt_embeddings=dense,
-                                       multimask_output=False)
+    low_res, scores = sam.mask_decoder(
+        image_embeddings=emb,
+        image_pe=sam.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=tokens,
+        dense_prompt_embeddings=dense,
+        multimask_output=False,
+    )
     logits = sam.postprocess_masks(low_res, input_size=resized, original_size=original)
     return MaskPrediction(logits=logits, scores=scores, low_res_logits=low_res)

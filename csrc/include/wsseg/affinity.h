@@ -10,8 +10,12 @@
 
 namespace wsseg {
 
-WSSEG_HD float exp_of(float v) { return expf(v); }
-WSSEG_HD double exp_of(double v) { return exp(v); }
+WSSEG_HD float exp_of(float v) {
+  return expf(v);
+}
+WSSEG_HD double exp_of(double v) {
+  return exp(v);
+}
 
 // exp(-mean_d |f_d(p) - f_d(q)|), or the squared difference when `squared`.
 template <typename T>

@@ -17,7 +17,9 @@ struct Bounds {
   WSSEG_HD bool covers_row(int y) const { return y0 <= y && y < y1; }
 };
 
-WSSEG_HD int clip(double v, int limit) { return v < 0 ? 0 : (v > limit ? limit : int(v)); }
+WSSEG_HD int clip(double v, int limit) {
+  return v < 0 ? 0 : (v > limit ? limit : int(v));
+}
 
 // (x0, y0, x1, y1) in pixels -> floor/ceil bounds clipped to the image.
 WSSEG_HD Bounds pixel_bounds(const double* box, int height, int width) {

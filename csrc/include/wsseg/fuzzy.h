@@ -13,10 +13,14 @@ namespace fuzzy {
 constexpr double kEps = 1e-4;
 
 template <typename T>
-WSSEG_HD T pi_0(T x) { return T(1 - kEps) * x + T(kEps); }
+WSSEG_HD T pi_0(T x) {
+  return T(1 - kEps) * x + T(kEps);
+}
 
 template <typename T>
-WSSEG_HD T pi_1(T x) { return T(1 - kEps) * x; }
+WSSEG_HD T pi_1(T x) {
+  return T(1 - kEps) * x;
+}
 
 // x^p with the common exponents exact and fast.
 template <typename T>
@@ -30,7 +34,9 @@ WSSEG_HD T power(T x, T p) {
 // pMean's (pi_0(a))^p, and pMeanError's (1 - pi_1(1 - a))^p = (pi_0(a))^p for
 // a negated operand. `stable` off: a^p.
 template <typename T>
-WSSEG_HD T lifted_power(T a, T p, bool stable) { return power(stable ? pi_0(a) : a, p); }
+WSSEG_HD T lifted_power(T a, T p, bool stable) {
+  return power(stable ? pi_0(a) : a, p);
+}
 
 // d/da of lifted_power.
 template <typename T>
@@ -44,7 +50,9 @@ WSSEG_HD T lifted_power_grad(T a, T p, bool stable) {
 
 // pMeanError summand of a truth s: (1 - pi_1(s))^p, and its derivative in s.
 template <typename T>
-WSSEG_HD T error_power(T s, T p, bool stable) { return power(T(1) - (stable ? pi_1(s) : s), p); }
+WSSEG_HD T error_power(T s, T p, bool stable) {
+  return power(T(1) - (stable ? pi_1(s) : s), p);
+}
 
 template <typename T>
 WSSEG_HD T error_power_grad(T s, T p, bool stable) {

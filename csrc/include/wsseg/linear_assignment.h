@@ -117,8 +117,7 @@ enum RowFlags : int32_t { kRowHasForbidden = 1, kRowHasInvalid = 2 };
 // The same pass validates the row: returns RowFlags (NaN or -inf is invalid,
 // +inf is a forbidden pair).
 template <typename scalar_t, typename acc_t>
-WSSEG_HD int32_t reduce_row(const CostView<scalar_t, acc_t>& cost, const Workspace<acc_t>& ws, int32_t nc,
-                            int32_t i) {
+WSSEG_HD int32_t reduce_row(const CostView<scalar_t, acc_t>& cost, const Workspace<acc_t>& ws, int32_t nc, int32_t i) {
   const scalar_t* row = cost.row(i);
   acc_t best = Acc<acc_t>::inf();
   int32_t arg = -1;
@@ -213,8 +212,8 @@ WSSEG_HD void match_column_minima(const Workspace<acc_t>& ws, int32_t n) {
 
 // (b) min over columns j != skip in [begin, end) step `stride` of c(i, j) - v[j].
 template <typename scalar_t, typename acc_t>
-WSSEG_HD acc_t min_reduced(const CostView<scalar_t, acc_t>& cost, const Workspace<acc_t>& ws, int32_t i,
-                           int32_t skip, int32_t begin, int32_t end, int32_t stride) {
+WSSEG_HD acc_t min_reduced(const CostView<scalar_t, acc_t>& cost, const Workspace<acc_t>& ws, int32_t i, int32_t skip,
+                           int32_t begin, int32_t end, int32_t stride) {
   const scalar_t* row = cost.row(i);
   acc_t best = Acc<acc_t>::inf();
   for (int32_t j = begin; j < end; j += stride) {

@@ -9,8 +9,8 @@
 namespace wsseg {
 
 inline void check_assignment_input(const at::Tensor& cost) {
-  TORCH_CHECK_VALUE(cost.dim() == 3, "batch_linear_assignment: `cost` must have shape [B, W, T], got ",
-                    cost.dim(), " dimensions");
+  TORCH_CHECK_VALUE(cost.dim() == 3, "batch_linear_assignment: `cost` must have shape [B, W, T], got ", cost.dim(),
+                    " dimensions");
   const auto dt = cost.scalar_type();
   TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kLong,
                    "batch_linear_assignment: the kernel takes `cost` as float32, float64 or int64, got ", dt,
@@ -39,8 +39,8 @@ inline void raise_for_status(int32_t status, int64_t b, bool maximize) {
   TORCH_CHECK_VALUE(status != lsap::kInvalid, "batch_linear_assignment: cost[", b, "] contains NaN or ",
                     maximize ? "+inf (with maximize=True, -inf marks a forbidden pair)" : "-inf");
   TORCH_CHECK_VALUE(status != lsap::kInfeasible, "batch_linear_assignment: cost[", b,
-                    "] is infeasible: no matching of size min(W, T) avoids the forbidden (",
-                    maximize ? "-inf" : "+inf", ") entries");
+                    "] is infeasible: no matching of size min(W, T) avoids the forbidden (", maximize ? "-inf" : "+inf",
+                    ") entries");
 }
 
 }  // namespace wsseg

@@ -22,10 +22,14 @@ WSSEG_HD bool similar(const float* lab, int64_t plane, int64_t a, int64_t b, flo
 
 // Truth that two pixels take the same label: p q + (1 - p)(1 - q), and d/dp.
 template <typename T>
-WSSEG_HD T same_label(T p, T q) { return p * q + (T(1) - p) * (T(1) - q); }
+WSSEG_HD T same_label(T p, T q) {
+  return p * q + (T(1) - p) * (T(1) - q);
+}
 
 template <typename T>
-WSSEG_HD T same_label_grad(T q) { return T(2) * q - T(1); }
+WSSEG_HD T same_label_grad(T q) {
+  return T(2) * q - T(1);
+}
 
 }  // namespace pairwise
 }  // namespace wsseg

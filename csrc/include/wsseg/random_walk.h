@@ -23,8 +23,8 @@ WSSEG_HD void neighbor_span(int dx, int width, int* x0, int* x1) {
 // One step at pixel (y, x) of one channel plane `src` (hw pixels); `w` is the
 // image's [K, H, W] transition.
 template <typename T, bool kTranspose>
-WSSEG_HD T walk_at(const T* src, const T* w, const int* dy, const int* dx, int n_offsets, int y, int x,
-                   int height, int width) {
+WSSEG_HD T walk_at(const T* src, const T* w, const int* dy, const int* dx, int n_offsets, int y, int x, int height,
+                   int width) {
   const int64_t hw = int64_t(height) * width;
   T acc = 0;
   for (int k = 0; k < n_offsets; ++k) {

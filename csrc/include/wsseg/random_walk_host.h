@@ -35,7 +35,9 @@ inline void check_walk_input(const at::Tensor& x, const at::Tensor& w, int64_t r
 // Offsets of the disc as two int vectors (dy, dx).
 struct Disc {
   std::vector<int> dy, dx;
-  explicit Disc(int radius) : dy(disc_size(radius)), dx(disc_size(radius)) { disc_offsets(radius, dy.data(), dx.data()); }
+  explicit Disc(int radius) : dy(disc_size(radius)), dx(disc_size(radius)) {
+    disc_offsets(radius, dy.data(), dx.data());
+  }
   int size() const { return int(dy.size()); }
 };
 
@@ -73,7 +75,8 @@ std::tuple<at::Tensor, at::Tensor> walk_backward(const at::Tensor& grad, const a
   if (steps == 0 || x.numel() == 0 || w.numel() == 0) return {grad.clone(), grad_w};
   const int64_t interval = int64_t(std::ceil(std::sqrt(double(steps)) - 1e-9));
   std::vector<at::Tensor> checkpoints{x};
-  for (int64_t t = interval; t < steps; t += interval) checkpoints.push_back(walk_steps(checkpoints.back(), interval, step));
+  for (int64_t t = interval; t < steps; t += interval)
+    checkpoints.push_back(walk_steps(checkpoints.back(), interval, step));
   std::vector<at::Tensor> states(interval);
   for (int64_t i = 1; i < interval; ++i) states[i] = at::zeros_like(x);
   at::Tensor g = grad.clone(), g_next = at::zeros_like(grad);

@@ -71,8 +71,12 @@ struct Grid {
 };
 
 // Cell index along one axis of a pixel coordinate, and the first coordinate of a cell.
-WSSEG_HD int cell_of(int64_t coord, int64_t size, int cells) { return int(coord * cells / size); }
-WSSEG_HD int64_t cell_start(int cell, int64_t size, int cells) { return (int64_t(cell) * size + cells - 1) / cells; }
+WSSEG_HD int cell_of(int64_t coord, int64_t size, int cells) {
+  return int(coord * cells / size);
+}
+WSSEG_HD int64_t cell_start(int cell, int64_t size, int cells) {
+  return (int64_t(cell) * size + cells - 1) / cells;
+}
 
 // Squared distance of a pixel to a centre (L, a, b, y, x), in the reference's order of operations.
 WSSEG_HD float distance(float l, float a, float b, float y, float x, const float* c, float weight) {

@@ -31,8 +31,7 @@ inline at::Tensor check_inputs(const at::Tensor& images, const c10::optional<at:
   TORCH_CHECK(mask.dim() == 3 && mask.size(0) == images.size(0) && mask.size(1) == images.size(2) &&
                   mask.size(2) == images.size(3),
               "slic: mask must be [B, H, W] like images, got ", mask.sizes());
-  TORCH_CHECK(mask.device() == images.device(), "slic: mask is on ", mask.device(), " but images on ",
-              images.device());
+  TORCH_CHECK(mask.device() == images.device(), "slic: mask is on ", mask.device(), " but images on ", images.device());
   return mask;
 }
 
@@ -57,10 +56,18 @@ inline void size_limits(int64_t valid, int cells, double min_size_factor, double
 // traced again breadth-first. The pixels, and so the result, are the same.
 class Components {
  public:
-  Components(const int32_t* labels, const float* lab, const float* centre, int64_t height, int64_t width,
-             double weight, int64_t min_size, int64_t max_size, int32_t* out)
-      : labels_(labels), lab_(lab), centre_(centre), height_(height), width_(width), hw_(height * width),
-        weight_(weight), min_size_(min_size), max_size_(max_size), out_(out) {}
+  Components(const int32_t* labels, const float* lab, const float* centre, int64_t height, int64_t width, double weight,
+             int64_t min_size, int64_t max_size, int32_t* out)
+      : labels_(labels),
+        lab_(lab),
+        centre_(centre),
+        height_(height),
+        width_(width),
+        hw_(height * width),
+        weight_(weight),
+        min_size_(min_size),
+        max_size_(max_size),
+        out_(out) {}
 
   void run() {
     // out[] starts as -(centre + 2) for a pixel still to visit (-1 outside the mask), so one

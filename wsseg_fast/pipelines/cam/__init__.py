@@ -15,5 +15,17 @@ from wsseg_fast.pipelines.cam.data import (
 from wsseg_fast.pipelines.cam.load import load_cam
 from wsseg_fast.pipelines.cam.train import CamConfig, train_cam
 
-__all__ = ["CamConfig", "cell_mask", "embed_dataset", "image_superpixels", "letterbox", "letterboxed", "load_cam",
-           "pixel_mask", "resnet_input", "subclass_targets", "tagged_images", "train_cam"]
+__all__ = [
+    "CamConfig",
+    "cell_mask",
+    "embed_dataset",
+    "image_superpixels",
+    "letterbox",
+    "letterboxed",
+    "load_cam",
+    "pixel_mask",
+    "resnet_input",
+    "subclass_targets",
+    "tagged_images",
+    "train_cam",
+]

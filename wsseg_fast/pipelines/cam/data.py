@@ -23,8 +23,10 @@ def tagged_images(dataset) -> tuple[list[int], torch.Tensor]:
         row = torch.zeros(dataset.num_classes - 1)
         for tag in record.tags:
             if tag not in dataset.class_index:
-                raise DataError(f"image {record.file_name}: tag {tag} is not a category id "
-                               f"(categories: {sorted(dataset.class_index)})")
+                raise DataError(
+                    f"image {record.file_name}: tag {tag} is not a category id "
+                    f"(categories: {sorted(dataset.class_index)})"
+                )
             row[dataset.class_index[tag] - 1] = 1
         indices.append(i)
         rows.append(row)
@@ -74,8 +76,8 @@ def resnet_input(image: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tens
     its ``[1, g, g]`` valid cells (g = size / 32)."""
     x, input_size = letterbox(image, size)
     x = imagenet_normalize(x[None])[0]
-    x[:, input_size[0]:] = 0
-    x[:, :, input_size[1]:] = 0
+    x[:, input_size[0] :] = 0
+    x[:, :, input_size[1] :] = 0
     return x, cell_mask(input_size, size, size // RESNET_STRIDE)
 
 
@@ -111,6 +113,10 @@ def subclass_targets(pooled: torch.Tensor, targets: torch.Tensor, k: int, seed: 
         if len(rows) == 0:
             continue
         n = min(k, len(rows))
-        clusters = KMeans(n_clusters=n, n_init=10, random_state=seed).fit_predict(data[rows.numpy()]) if n > 1 else np.zeros(1, int)
+        clusters = (
+            KMeans(n_clusters=n, n_init=10, random_state=seed).fit_predict(data[rows.numpy()])
+            if n > 1
+            else np.zeros(1, int)
+        )
         out[rows, c * k + torch.as_tensor(clusters, dtype=torch.long)] = 1
     return out

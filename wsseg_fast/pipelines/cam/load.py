@@ -21,8 +21,10 @@ def _meta(state, path: str) -> dict:
     if isinstance(meta, dict) and meta.get("version") == LEGACY_VERSION:
         return meta
     if isinstance(meta, dict) and "version" in meta:
-        raise CheckpointError(f"{path} is a train-cam checkpoint of format {meta['version']}, this version reads "
-                              f"{LEGACY_VERSION} and its own: train it again")
+        raise CheckpointError(
+            f"{path} is a train-cam checkpoint of format {meta['version']}, this version reads "
+            f"{LEGACY_VERSION} and its own: train it again"
+        )
     raise CheckpointError(f"{path} is not a train-cam checkpoint")
 
 
@@ -40,8 +42,9 @@ def load_cam(path: str, backbone: str | None = None, model: str | None = None) -
     sam_mismatch = meta["backbone"] == "sam" and model is not None and meta["model"] != model
     if (backbone is not None and meta["backbone"] != backbone) or sam_mismatch:
         wanted = f"{backbone or 'sam'} ({model})" if model else backbone
-        raise CheckpointError(f"{path} was trained on backbone {meta['backbone']} ({meta['model']}); "
-                              f"this run uses {wanted}")
+        raise CheckpointError(
+            f"{path} was trained on backbone {meta['backbone']} ({meta['model']}); this run uses {wanted}"
+        )
     body = resnet50_body() if meta["backbone"] == "resnet50" else None
     net = CamClassifier(meta["in_channels"], meta["num_classes"], meta["hidden"], meta["num_subclasses"], body)
     net.load_state_dict(state["model"])

@@ -128,12 +128,18 @@ class CamConfig(Config):
         at_least(1, epochs=self.epochs, batch_size=self.batch_size)
         positive(lr=self.lr)
         at_least(0, ssc_weight=self.ssc_weight, recon_weight=self.recon_weight, subclasses=self.subclasses)
-        require(self.backbone != "resnet50" or (self.image_size >= RESNET_STRIDE and self.image_size % RESNET_STRIDE == 0),
-                f"image_size must be a positive multiple of {RESNET_STRIDE}, got {self.image_size}")
-        require(not self.backbone_weights or self.backbone == "resnet50",
-                "backbone_weights is for backbone resnet50 (the sam backbone's weights are the checkpoint)")
-        require(not self.vgg_weights or bool(self.recon_weight),
-                "vgg_weights is for the reconstruction branch: give recon_weight too")
+        require(
+            self.backbone != "resnet50" or (self.image_size >= RESNET_STRIDE and self.image_size % RESNET_STRIDE == 0),
+            f"image_size must be a positive multiple of {RESNET_STRIDE}, got {self.image_size}",
+        )
+        require(
+            not self.backbone_weights or self.backbone == "resnet50",
+            "backbone_weights is for backbone resnet50 (the sam backbone's weights are the checkpoint)",
+        )
+        require(
+            not self.vgg_weights or bool(self.recon_weight),
+            "vgg_weights is for the reconstruction branch: give recon_weight too",
+        )
 
 
 def _inputs(cfg: CamConfig, dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -146,8 +152,11 @@ def _inputs(cfg: CamConfig, dataset, indices: list[int]) -> tuple[torch.Tensor, 
         return inputs, valid, {"model": cfg.model, "weights": engine.identity["weights"], "image_size": engine.img_size}
     pairs = [resnet_input(dataset.load_image(dataset.images[i]), cfg.image_size) for i in indices]
     weights = "blake2b:" + file_digest(cfg.backbone_weights) if cfg.backbone_weights else "random"
-    return (torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]),
-            {"model": "resnet50", "weights": weights, "image_size": cfg.image_size})
+    return (
+        torch.stack([p[0] for p in pairs]),
+        torch.stack([p[1] for p in pairs]),
+        {"model": "resnet50", "weights": weights, "image_size": cfg.image_size},
+    )
 
 
 class CamTrainer:
@@ -157,30 +166,45 @@ class CamTrainer:
         self.cfg, self.ctx = cfg, ctx
         dataset = CocoWeakDataset(cfg.coco, cfg.images)
         self.indices, self.targets = tagged_images(dataset)
-        say(f"train-cam: {len(self.indices)} of {len(dataset)} images have tags (boxes, points and masks are ignored)"
-            + (f"; DDP over {ctx.world} processes" if ctx.world > 1 else ""))
+        say(
+            f"train-cam: {len(self.indices)} of {len(dataset)} images have tags (boxes, points and masks are ignored)"
+            + (f"; DDP over {ctx.world} processes" if ctx.world > 1 else "")
+        )
         self.inputs, self.valid, identity = _inputs(cfg, dataset, self.indices)
         torch.manual_seed(cfg.seed)
         backbone = resnet50_body(cfg.backbone_weights) if cfg.backbone == "resnet50" else None
         in_channels = RESNET_CHANNELS if backbone is not None else self.inputs.shape[1]
-        self.model = CamClassifier(in_channels, dataset.num_classes - 1, cfg.hidden,
-                                   self.targets.shape[1] * cfg.subclasses, backbone)
+        self.model = CamClassifier(
+            in_channels, dataset.num_classes - 1, cfg.hidden, self.targets.shape[1] * cfg.subclasses, backbone
+        )
         self.decoder = CamDecoder(self.model.num_classes) if cfg.recon_weight else None
         self.vgg = vgg16_features(cfg.vgg_weights) if cfg.recon_weight else None
         vgg_identity = None
         if cfg.recon_weight:
             vgg_identity = "blake2b:" + file_digest(cfg.vgg_weights) if cfg.vgg_weights else "random"
             if not cfg.vgg_weights:
-                say("train-cam: WARNING: the perceptual loss runs on a VGG16 with RANDOM weights (no --vgg-weights); "
-                    "fine for tests, not for real training")
+                say(
+                    "train-cam: WARNING: the perceptual loss runs on a VGG16 with RANDOM weights (no --vgg-weights); "
+                    "fine for tests, not for real training"
+                )
         self._prepare_terms(dataset)
         params = list(self.model.parameters()) + (list(self.decoder.parameters()) if self.decoder is not None else [])
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr)
-        self.meta = {"backbone": cfg.backbone, **identity, "in_channels": in_channels, "hidden": cfg.hidden,
-                     "num_classes": dataset.num_classes - 1, "num_subclasses": self.model.num_subclasses,
-                     "ssc_weight": cfg.ssc_weight, "ssc_segments": cfg.ssc_segments, "ssc_erode": cfg.ssc_erode,
-                     "recon_weight": cfg.recon_weight, "vgg_weights": vgg_identity,
-                     "class_names": dataset.class_names, "coco": file_digest(cfg.coco)}
+        self.meta = {
+            "backbone": cfg.backbone,
+            **identity,
+            "in_channels": in_channels,
+            "hidden": cfg.hidden,
+            "num_classes": dataset.num_classes - 1,
+            "num_subclasses": self.model.num_subclasses,
+            "ssc_weight": cfg.ssc_weight,
+            "ssc_segments": cfg.ssc_segments,
+            "ssc_erode": cfg.ssc_erode,
+            "recon_weight": cfg.recon_weight,
+            "vgg_weights": vgg_identity,
+            "class_names": dataset.class_names,
+            "coco": file_digest(cfg.coco),
+        }
         self.train_model, self.train_decoder = self.model, self.decoder
         if ctx.world > 1:  # gradients all-reduced; both start from the same seeded weights on every rank
             self.train_model = torch.nn.parallel.DistributedDataParallel(self.model)
@@ -213,7 +237,10 @@ class CamTrainer:
         if self.superpixels is not None:
             terms["ssc"] = cfg.ssc_weight * ssc_alignment_loss(
                 F.interpolate(cams, size=self.superpixels.shape[1:], mode="bilinear", align_corners=False),
-                self.superpixels[batch], present=self.targets[batch], erode=cfg.ssc_erode)
+                self.superpixels[batch],
+                present=self.targets[batch],
+                erode=cfg.ssc_erode,
+            )
         if self.decoder is not None:  # the padding is not the image's: both are zero there
             reconstruction = self.train_decoder(cams) * self.pixels[batch]
             terms["recon"] = cfg.recon_weight * perceptual_loss(self.vgg, reconstruction, self.images[batch])
@@ -225,8 +252,12 @@ class CamTrainer:
         self.model.train()
         shard = epoch_shard(len(self.indices), cfg.seed, epoch, ctx.rank, ctx.world)
         meter = Meter(*LOSS_NAMES)  # per-term means over the images of every rank
-        bar = tqdm(shard.split(cfg.batch_size), desc=f"train-cam epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not (self.progress and ctx.rank == 0), dynamic_ncols=True)
+        bar = tqdm(
+            shard.split(cfg.batch_size),
+            desc=f"train-cam epoch {epoch + 1}/{cfg.epochs}",
+            disable=not (self.progress and ctx.rank == 0),
+            dynamic_ncols=True,
+        )
         for batch in bar:
             terms = self._terms(batch)
             self.optimizer.zero_grad(set_to_none=True)
@@ -269,6 +300,3 @@ def _train(cfg: CamConfig, ctx: DistContext, progress: bool) -> str:
     run = RunDir(cfg.out, "cam", cfg, rank=ctx.rank)
     fit(trainer, run, cfg.epochs, say)
     return str(run.checkpoint)
-
-
-

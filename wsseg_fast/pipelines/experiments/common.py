@@ -95,14 +95,33 @@ def make_splits(out: Path, train_images: int, test_images: int, seed: int) -> No
             make_demo(out / split, images=n, seed=split_seed)
 
 
-def train_and_score_student(cfg: ExperimentConfig, out: Path, name: str, arch: str, sources: dict, names: list[str],
-                            progress: bool, gt_fraction: float | None = None) -> dict:
+def train_and_score_student(
+    cfg: ExperimentConfig,
+    out: Path,
+    name: str,
+    arch: str,
+    sources: dict,
+    names: list[str],
+    progress: bool,
+    gt_fraction: float | None = None,
+) -> dict:
     """Train student ``name`` on the train split's label maps ``sources`` and score it on the test split."""
-    config = StudentConfig(images=str(out / "train" / "images"), sources={k: str(v) for k, v in sources.items()},
-                           out=str(out / "students" / name), arch=arch, gt_fraction=gt_fraction,
-                           num_classes=len(names), class_names=names, size=cfg.student_size,
-                           widths=tuple(cfg.student_widths), epochs=cfg.student_epochs, seed=cfg.seed,
-                           batch_size=cfg.student_batch_size, lr=cfg.student_lr, class_balance=cfg.student_class_balance)
+    config = StudentConfig(
+        images=str(out / "train" / "images"),
+        sources={k: str(v) for k, v in sources.items()},
+        out=str(out / "students" / name),
+        arch=arch,
+        gt_fraction=gt_fraction,
+        num_classes=len(names),
+        class_names=names,
+        size=cfg.student_size,
+        widths=tuple(cfg.student_widths),
+        epochs=cfg.student_epochs,
+        seed=cfg.seed,
+        batch_size=cfg.student_batch_size,
+        lr=cfg.student_lr,
+        class_balance=cfg.student_class_balance,
+    )
     checkpoint = train_student(config, progress=progress)
     predictions = out / "predictions" / name
     predict(checkpoint, out / "test" / "images", predictions, progress=progress)
@@ -110,9 +129,12 @@ def train_and_score_student(cfg: ExperimentConfig, out: Path, name: str, arch: s
 
 
 def row(name: str, scores: dict, split: str) -> dict:
-    return {"name": name, "split": split,
-            **{k: scores[k] for k in ("miou", "macc", "mdice", "pixel_accuracy")},
-            "per_class_iou": {c: v["iou"] for c, v in scores["per_class"].items()}}
+    return {
+        "name": name,
+        "split": split,
+        **{k: scores[k] for k in ("miou", "macc", "mdice", "pixel_accuracy")},
+        "per_class_iou": {c: v["iou"] for c, v in scores["per_class"].items()},
+    }
 
 
 def pct(v) -> str:
@@ -122,13 +144,17 @@ def pct(v) -> str:
 def table(rows: list[dict]) -> list[str]:
     """The report's rows as markdown table lines."""
     lines = ["| row | mIoU | mACC | mDice | pixel acc | scored on |", "|---|---|---|---|---|---|"]
-    return lines + [f"| {r['name']} | {pct(r['miou'])} | {pct(r['macc'])} | {pct(r['mdice'])} | "
-                    f"{pct(r['pixel_accuracy'])} | {r['split']} |" for r in rows]
+    return lines + [
+        f"| {r['name']} | {pct(r['miou'])} | {pct(r['macc'])} | {pct(r['mdice'])} | "
+        f"{pct(r['pixel_accuracy'])} | {r['split']} |"
+        for r in rows
+    ]
 
 
 def timing(report: dict) -> str:
-    return (f"- total time: {report['total_seconds']:.0f} s; per step: "
-            + ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items()))
+    return f"- total time: {report['total_seconds']:.0f} s; per step: " + ", ".join(
+        f"{k} {v:.0f} s" for k, v in report["seconds"].items()
+    )
 
 
 def plot(rows: list[dict], path: Path, title: str = "wsseg-fast experiment demo") -> None:

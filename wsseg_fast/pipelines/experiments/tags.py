@@ -33,6 +33,7 @@ TAG_CLASSIFIERS = {
     "cam+ssc+recon": {"ssc_weight": 1.0, "recon_weight": 1.0},
 }
 TAG_WALKS = ("cam-rw", "cam-sam-rw")
+SPLIT = "train (pseudo-labels vs GT)"
 
 
 @dataclass
@@ -73,47 +74,42 @@ def run_tags_experiment(cfg: TagsExperimentConfig, progress: bool = True) -> dic
     if cfg.vgg_weights:
         vgg16_features(cfg.vgg_weights)
     out, step = start(cfg, progress)
-
     make_splits(out, cfg.train_images, cfg.test_images, cfg.seed)
     train_coco = str(out / "train" / "annotations.json")
-    names = CocoWeakDataset(train_coco).class_names
-    cache = str(out / "cache")
-    job = dict(coco=train_coco, model="tiny", checkpoint=cfg.checkpoint, cache=cache, threads=cfg.threads)
-    split = "train (pseudo-labels vs GT)"
-    rows, labels, checkpoints = [], {}, {}
-    for name, terms in TAG_CLASSIFIERS.items():
-        directory = out / "cam" / name.replace("+", "_")
-        checkpoints[name] = train_cam(CamConfig(
-            coco=train_coco, out=str(directory), cache=cache, model="tiny", checkpoint=cfg.checkpoint,
-            epochs=cfg.cam_epochs, batch_size=cfg.cam_batch_size, lr=cfg.cam_lr, seed=cfg.seed,
-            vgg_weights=cfg.vgg_weights if terms.get("recon_weight") else None, **terms), progress=progress)
-        result = run_pseudo_label(JobConfig(out=str(out / "pseudo_tags" / directory.name), method="cam",
-                                            options={"cam": checkpoints[name]}, **job), progress=progress)
-        rows.append(row(name, result["report"], split))
-        labels[name] = out / "pseudo_tags" / directory.name / "labels"
-        step(f"classifier {name} and its cam pseudo-labels")
+    job = dict(coco=train_coco, model="tiny", checkpoint=cfg.checkpoint, cache=str(out / "cache"), threads=cfg.threads)
+    rows, labels, checkpoints = _classifier_rows(cfg, out, job, step, progress)
     best = max(rows, key=lambda r: r["miou"])["name"]
     for method in TAG_WALKS:
         options = {"cam": checkpoints[best], "steps": cfg.walk_steps}
         if method == "cam-sam-rw":
             options["points_per_side"] = cfg.points_per_side
         directory = out / "pseudo_tags" / method
-        result = run_pseudo_label(JobConfig(out=str(directory), method=method, options=options, **job), progress=progress)
-        rows.append(row(f"{method} ({best})", result["report"], split))
+        result = run_pseudo_label(JobConfig(out=str(directory), method=method, options=options, **job), progress)
+        rows.append(row(f"{method} ({best})", result["report"], SPLIT))
         labels[rows[-1]["name"]] = directory / "labels"
         step(f"{method} on {best}")
     source = max(rows, key=lambda r: r["miou"])["name"]
+    names = CocoWeakDataset(train_coco).class_names
     scores = train_and_score_student(cfg, out, "student_tags", "unet", {"pseudo": labels[source]}, names, progress)
     rows.append(row(f"student ({source})", scores, "test (student predictions vs GT)"))
     step("student on the best tag-only pseudo-labels")
-
     m = {r["name"]: r["miou"] for r in rows}
-    gains = {"ssc": m["cam+ssc"] - m["cam"], "subclass": m["cam+ssc+subclass"] - m["cam+ssc"],
-             "recon": m["cam+ssc+recon"] - m["cam+ssc"],
-             **{method: m[f"{method} ({best})"] - m[best] for method in TAG_WALKS}}
-    report = {"rows": rows, "best_classifier": best, "student_source": source, "gains": gains,
-              "vgg_weights": cfg.vgg_weights or "random", "sam_weights": cfg.checkpoint or "random",
-              "settings": cfg.to_dict(), **step.times()}
+    gains = {
+        "ssc": m["cam+ssc"] - m["cam"],
+        "subclass": m["cam+ssc+subclass"] - m["cam+ssc"],
+        "recon": m["cam+ssc+recon"] - m["cam+ssc"],
+        **{method: m[f"{method} ({best})"] - m[best] for method in TAG_WALKS},
+    }
+    report = {
+        "rows": rows,
+        "best_classifier": best,
+        "student_source": source,
+        "gains": gains,
+        "vgg_weights": cfg.vgg_weights or "random",
+        "sam_weights": cfg.checkpoint or "random",
+        "settings": cfg.to_dict(),
+        **step.times(),
+    }
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", _tags_markdown(report))
     plot(rows, out / "report.png", "wsseg-fast experiment demo-tags")
@@ -121,12 +117,46 @@ def run_tags_experiment(cfg: TagsExperimentConfig, progress: bool = True) -> dic
     return report
 
 
+def _classifier_rows(cfg: TagsExperimentConfig, out, job: dict, step, progress: bool):
+    """Each classifier of :data:`TAG_CLASSIFIERS` trained on the train split and its ``cam``
+    pseudo-labels scored there: the rows, the label directories and the checkpoints, by name."""
+    rows, labels, checkpoints = [], {}, {}
+    for name, terms in TAG_CLASSIFIERS.items():
+        directory = out / "cam" / name.replace("+", "_")
+        vgg_weights = cfg.vgg_weights if terms.get("recon_weight") else None
+        config = CamConfig(
+            coco=job["coco"],
+            out=str(directory),
+            cache=job["cache"],
+            model="tiny",
+            checkpoint=cfg.checkpoint,
+            epochs=cfg.cam_epochs,
+            batch_size=cfg.cam_batch_size,
+            lr=cfg.cam_lr,
+            seed=cfg.seed,
+            vgg_weights=vgg_weights,
+            **terms,
+        )
+        checkpoints[name] = train_cam(config, progress=progress)
+        pseudo = out / "pseudo_tags" / directory.name
+        options = {"cam": checkpoints[name]}
+        result = run_pseudo_label(JobConfig(out=str(pseudo), method="cam", options=options, **job), progress)
+        rows.append(row(name, result["report"], SPLIT))
+        labels[name] = pseudo / "labels"
+        step(f"classifier {name} and its cam pseudo-labels")
+    return rows, labels, checkpoints
+
+
 def _tags_markdown(report: dict) -> str:
     lines = ["# Demo experiment: image tags only", "", *table(report["rows"])]
     g = report["gains"]
-    lines += ["", "mIoU gained by each piece (points): "
-              + ", ".join(f"{k} {100 * v:+.1f}" for k, v in g.items())
-              + f" (ssc vs cam; subclass and recon vs cam+ssc; the walks vs {report['best_classifier']})",
-              f"- SAM weights: {report['sam_weights']}; reconstruction VGG16 weights: {report['vgg_weights']}",
-              timing(report), ""]
+    lines += [
+        "",
+        "mIoU gained by each piece (points): "
+        + ", ".join(f"{k} {100 * v:+.1f}" for k, v in g.items())
+        + f" (ssc vs cam; subclass and recon vs cam+ssc; the walks vs {report['best_classifier']})",
+        f"- SAM weights: {report['sam_weights']}; reconstruction VGG16 weights: {report['vgg_weights']}",
+        timing(report),
+        "",
+    ]
     return "\n".join(lines)

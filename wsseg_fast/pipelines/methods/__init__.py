@@ -23,5 +23,15 @@ from wsseg_fast.pipelines.methods.base import (
     resolve,
 )
 
-__all__ = ["METHODS", "Instances", "Method", "MethodError", "MethodInput", "box_masks", "box_pixels",
-           "parse_options", "register_method", "resolve"]
+__all__ = [
+    "METHODS",
+    "Instances",
+    "Method",
+    "MethodError",
+    "MethodInput",
+    "box_masks",
+    "box_pixels",
+    "parse_options",
+    "register_method",
+    "resolve",
+]

@@ -17,8 +17,8 @@ defaults (values are parsed to the default's type).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -31,14 +31,14 @@ from wsseg_fast.reference.box_constraint import box_pixel_bounds
 class MethodInput:
     """What a method sees of one image."""
 
-    image: np.ndarray            # RGB uint8 [H, W, 3]
-    boxes: np.ndarray            # [N, 4] float32 x0, y0, x1, y1 (original pixels)
-    classes: np.ndarray          # [N] class indices (1..C)
-    annotations: list[dict]      # the COCO annotations, same order (points, scribbles, ...)
+    image: np.ndarray  # RGB uint8 [H, W, 3]
+    boxes: np.ndarray  # [N, 4] float32 x0, y0, x1, y1 (original pixels)
+    classes: np.ndarray  # [N] class indices (1..C)
+    annotations: list[dict]  # the COCO annotations, same order (points, scribbles, ...)
     options: dict
-    engine: object = None        # SamEngine, for methods that need SAM
-    embedding: object = None     # the image's Embedding, for methods that need SAM
-    class_names: tuple = ()      # the dataset's class names, channel 0 the background
+    engine: object = None  # SamEngine, for methods that need SAM
+    embedding: object = None  # the image's Embedding, for methods that need SAM
+    class_names: tuple = ()  # the dataset's class names, channel 0 the background
 
 
 class MethodError(UserError):
@@ -125,8 +125,15 @@ def box_pixels(boxes: np.ndarray, height: int, width: int, grow: int = 0) -> np.
 
     boxes = torch.as_tensor(np.asarray(boxes, np.float64).reshape(-1, 4))
     x0, y0, x1, y1 = box_pixel_bounds(boxes, height, width).numpy().T
-    return np.stack([np.maximum(y0 - grow, 0), np.minimum(y1 + grow, height),
-                     np.maximum(x0 - grow, 0), np.minimum(x1 + grow, width)], axis=1)
+    return np.stack(
+        [
+            np.maximum(y0 - grow, 0),
+            np.minimum(y1 + grow, height),
+            np.maximum(x0 - grow, 0),
+            np.minimum(x1 + grow, width),
+        ],
+        axis=1,
+    )
 
 
 def resolve(instances: Instances, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:

@@ -48,8 +48,15 @@ def grabcut(ctx: MethodInput) -> Instances:
             continue  # nothing outside the box to learn the background from
         label = np.zeros((cy1 - cy0, cx1 - cx0), np.uint8)
         try:
-            cv2.grabCut(np.ascontiguousarray(bgr[cy0:cy1, cx0:cx1]), label, rect, np.zeros((1, 65)), np.zeros((1, 65)),
-                        int(ctx.options["iterations"]), cv2.GC_INIT_WITH_RECT)
+            cv2.grabCut(
+                np.ascontiguousarray(bgr[cy0:cy1, cx0:cx1]),
+                label,
+                rect,
+                np.zeros((1, 65)),
+                np.zeros((1, 65)),
+                int(ctx.options["iterations"]),
+                cv2.GC_INIT_WITH_RECT,
+            )
         except cv2.error:
             continue
         fg = (label == cv2.GC_FGD) | (label == cv2.GC_PR_FGD)

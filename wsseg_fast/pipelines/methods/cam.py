@@ -80,14 +80,22 @@ def cam_rw(ctx: MethodInput) -> Instances:
     """Tags only: CAMs refined by the sparse random walk on local_affinity of the SAM embedding."""
     cams, features = feature_cams(ctx)
     o = ctx.options
-    scores, _ = refine_cams(cams, features, source_kind="features", radius=int(o["radius"]), beta=o["beta"],
-                            steps=int(o["steps"]), alpha=o["alpha"])
+    scores, _ = refine_cams(
+        cams,
+        features,
+        source_kind="features",
+        radius=int(o["radius"]),
+        beta=o["beta"],
+        steps=int(o["steps"]),
+        alpha=o["alpha"],
+    )
     return label_from_scores(scores, ctx.classes, *ctx.image.shape[:2])
 
 
 @register_method("cam-sam-rw", needs_sam=True, options={**RW_OPTIONS, "points_per_side": 16, "size": 64})
 def cam_sam_rw(ctx: MethodInput) -> Instances:
-    """Tags only: CAMs walked on WeakMedSAM's prompt affinity (grid point prompts through SAM's decoder -> mask_affinity)."""
+    """Tags only: CAMs walked on WeakMedSAM's prompt affinity (grid point prompts through SAM's decoder ->
+    mask_affinity)."""
     cams, _ = feature_cams(ctx)
     o = ctx.options
     h, w = ctx.image.shape[:2]
@@ -97,6 +105,13 @@ def cam_sam_rw(ctx: MethodInput) -> Instances:
         masks = grid_prompt_masks(ctx.engine.sam, ctx.embedding.tensor.float()[None], (h, w), int(o["points_per_side"]))
     masks = F.interpolate(masks[None], size=size, mode="bilinear", align_corners=False)
     cams = F.interpolate(cams, size=size, mode="bilinear", align_corners=False)
-    scores, _ = refine_cams(cams, masks, source_kind="masks", radius=int(o["radius"]), beta=o["beta"],
-                            steps=int(o["steps"]), alpha=o["alpha"])
+    scores, _ = refine_cams(
+        cams,
+        masks,
+        source_kind="masks",
+        radius=int(o["radius"]),
+        beta=o["beta"],
+        steps=int(o["steps"]),
+        alpha=o["alpha"],
+    )
     return label_from_scores(scores, ctx.classes, h, w)

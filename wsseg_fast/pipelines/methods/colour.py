@@ -29,8 +29,9 @@ def seed_pixels(annotation: dict, height: int, width: int) -> np.ndarray:
     return np.unique(xy[ok][:, ::-1], axis=0)
 
 
-def _gaussian_log_density(x: np.ndarray, samples: np.ndarray, prior_cov: np.ndarray | None = None,
-                          prior_weight: float = 0.0) -> np.ndarray:
+def _gaussian_log_density(
+    x: np.ndarray, samples: np.ndarray, prior_cov: np.ndarray | None = None, prior_weight: float = 0.0
+) -> np.ndarray:
     """log N(x; mean, cov) of ``[P, 3]`` features under a Gaussian fitted to ``samples``,
     its covariance shrunk towards ``prior_cov`` as if from ``prior_weight`` more samples
     (the few pixels of a small object's scribble would give a far too narrow one)."""
@@ -46,8 +47,9 @@ def _gaussian_log_density(x: np.ndarray, samples: np.ndarray, prior_cov: np.ndar
     return -0.5 * np.einsum("pi,ij,pj->p", d, inv, d) - 0.5 * np.linalg.slogdet(cov)[1]
 
 
-def colour_evidence(image: np.ndarray, boxes: np.ndarray, annotations: list[dict], masks: np.ndarray,
-                    ring: int = 6) -> np.ndarray:
+def colour_evidence(
+    image: np.ndarray, boxes: np.ndarray, annotations: list[dict], masks: np.ndarray, ring: int = 6
+) -> np.ndarray:
     """``[N, H, W]`` colour log-likelihood ratios, object vs. surroundings, inside each box
     (``-COLOUR_CLIP`` outside: boxes are tight). The object's colour is a Gaussian (CIELAB,
     3x3-smoothed) fitted to its points and scribbles (to its current ``masks`` when fewer
@@ -84,8 +86,9 @@ def colour_evidence(image: np.ndarray, boxes: np.ndarray, annotations: list[dict
         region = lab[y0:y1, x0:x1].reshape(-1, 3)
         surroundings = lab[around]
         texture = np.cov(surroundings.T, bias=True) if len(surroundings) > 1 else np.eye(3)
-        ratio = (_gaussian_log_density(region, object_colours, texture, SHRINK_SAMPLES)
-                 - _gaussian_log_density(region, surroundings))
+        ratio = _gaussian_log_density(region, object_colours, texture, SHRINK_SAMPLES) - _gaussian_log_density(
+            region, surroundings
+        )
         evidence[i, y0:y1, x0:x1] = np.clip(ratio, -COLOUR_CLIP, COLOUR_CLIP).reshape(y1 - y0, x1 - x0)
     return evidence
 

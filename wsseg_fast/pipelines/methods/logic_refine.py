@@ -52,25 +52,25 @@ from wsseg_fast.pipelines.methods.base import (
 from wsseg_fast.pipelines.methods.colour import COLOUR_CLIP, colour_evidence, keep_seeded_components, seed_pixels
 
 OPTIONS = {
-    "scale": 1.0,          # optimise each box at this fraction of its size
-    "steps": 40,           # Adam steps
+    "scale": 1.0,  # optimise each box at this fraction of its size
+    "steps": 40,  # Adam steps
     "lr": 0.5,
     "colour_weight": 0.5,  # weight of the colour unary
-    "colour_ring": 6,      # pixels around a box that model its surroundings
+    "colour_ring": 6,  # pixels around a box that model its surroundings
     "object_colour": "box",  # the object's colour model: its whole box, or only its seeds ("seeds")
-    "box_weight": 1.0,     # weight of the box constraints (outside + tightness)
-    "p_exists": 8.0,       # pMean exponent of tightness: close to max
+    "box_weight": 1.0,  # weight of the box constraints (outside + tightness)
+    "p_exists": 8.0,  # pMean exponent of tightness: close to max
     "pairwise_weight": 0.0,  # the pairwise colour prior (slow; no gain measured on real photos)
     "seed_weight": 1.0,
-    "superpixels": 0,      # SLIC superpixels per image to average the evidence over (0: off)
-    "prior": 0.5,          # logit added inside a box: objects fill much of their box
-    "sam_weight": 1.0,     # SAM's logits, when the job has SAM
+    "superpixels": 0,  # SLIC superpixels per image to average the evidence over (0: off)
+    "prior": 0.5,  # logit added inside a box: objects fill much of their box
+    "sam_weight": 1.0,  # SAM's logits, when the job has SAM
     "sam_clip": 2.0,
-    "border": 1.0,         # logit taken off at a box's edge, fading over ~2 px: objects touch their box at few places
-    "keep_seeded": True,   # drop mask parts no seed touches
-    "rounds": 1,           # rounds of refitting the object's colour model to its current mask
-    "priors": "",          # YAML of class priors (contains / excludes / one_class_per_pixel); "" = none
-    "prior_weight": 1.0,   # weight of the class priors' knowledge base
+    "border": 1.0,  # logit taken off at a box's edge, fading over ~2 px: objects touch their box at few places
+    "keep_seeded": True,  # drop mask parts no seed touches
+    "rounds": 1,  # rounds of refitting the object's colour model to its current mask
+    "priors": "",  # YAML of class priors (contains / excludes / one_class_per_pixel); "" = none
+    "prior_weight": 1.0,  # weight of the class priors' knowledge base
 }
 # What of a priors file logic-refine uses: the pairwise prior is `pairwise_weight`, and the
 # box prior (`prior`, `border`) stands in for `box_size`.
@@ -86,13 +86,21 @@ def _class_priors(path: str, class_names: tuple[str, ...]) -> list:
     return [p for p in priors if isinstance(p, CLASS_PRIORS)]
 
 
-def refine(image: np.ndarray, boxes: np.ndarray, annotations: list[dict], options: dict,
-           sam_logits: np.ndarray | None = None, classes: np.ndarray | None = None,
-           class_names: tuple[str, ...] = ()) -> np.ndarray:
+def refine(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    annotations: list[dict],
+    options: dict,
+    sam_logits: np.ndarray | None = None,
+    classes: np.ndarray | None = None,
+    class_names: tuple[str, ...] = (),
+) -> np.ndarray:
     """``[N, H, W]`` refined logits of the instances of one image (see the module docstring);
     ``classes`` (1..C-1) and ``class_names`` (channel 0 the background) are needed by class priors."""
     if options["object_colour"] not in ("box", "seeds", "both"):
-        raise MethodError(f"--method-option object_colour must be 'box', 'seeds' or 'both', got {options['object_colour']!r}")
+        raise MethodError(
+            f"--method-option object_colour must be 'box', 'seeds' or 'both', got {options['object_colour']!r}"
+        )
     h, w = image.shape[:2]
     if len(boxes) == 0:
         return np.zeros((0, h, w), np.float32)
@@ -100,8 +108,11 @@ def refine(image: np.ndarray, boxes: np.ndarray, annotations: list[dict], option
     if options["priors"] and options["prior_weight"]:
         if classes is None or not class_names:
             raise MethodError("--method-option priors: class priors need the instances' classes and the class names")
-        priors = (_class_priors(str(options["priors"]), tuple(class_names)), torch.as_tensor(classes, dtype=torch.long),
-                  list(class_names))
+        priors = (
+            _class_priors(str(options["priors"]), tuple(class_names)),
+            torch.as_tensor(classes, dtype=torch.long),
+            list(class_names),
+        )
     inside_box = box_masks(boxes, h, w)
     masks = inside_box
     for _ in range(max(1, int(options["rounds"]))):  # later rounds refit the object's colours to its mask
@@ -119,8 +130,9 @@ def _evidence(image, boxes, annotations, masks, inside_box, options, sam_logits)
     SAM's clipped logits, optionally averaged over superpixels."""
     n, ring = len(boxes), int(options["colour_ring"])
     kinds = ("box", "seeds") if options["object_colour"] == "both" else (options["object_colour"],)
-    evidence = sum(colour_evidence(image, boxes, annotations if kind == "seeds" else [{}] * n, masks, ring=ring)
-                   for kind in kinds) / len(kinds)
+    evidence = sum(
+        colour_evidence(image, boxes, annotations if kind == "seeds" else [{}] * n, masks, ring=ring) for kind in kinds
+    ) / len(kinds)
     evidence = options["colour_weight"] * evidence
     if sam_logits is not None and options["sam_weight"]:
         clip = options["sam_clip"]
@@ -132,6 +144,12 @@ def _evidence(image, boxes, annotations, masks, inside_box, options, sam_logits)
     return evidence
 
 
+def _crop(t: torch.Tensor, box: tuple[int, int, int, int], size: tuple[int, int]) -> torch.Tensor:
+    """``t[..., y0:y1, x0:x1]`` resized (bilinear) to ``size``."""
+    y0, y1, x0, x1 = box
+    return F.interpolate(t[..., y0:y1, x0:x1], size=size, mode="bilinear", align_corners=False)
+
+
 def _optimise(image, boxes, annotations, evidence, options, priors=None) -> np.ndarray:
     """Adam on each box's logits under the box, seed and pairwise constraints, and the class
     ``priors`` (``(priors dict, classes, class names)`` or None) (see the module docstring)."""
@@ -141,8 +159,10 @@ def _optimise(image, boxes, annotations, evidence, options, priors=None) -> np.n
     # Each instance is optimised on its own box, scaled by `scale`; the crops are padded to one
     # size and batched (nothing of an instance lies outside its box, so nothing is lost).
     bounds = box_pixels(boxes, h, w)
-    sizes = [(max(1, round((y1 - y0) * options["scale"])), max(1, round((x1 - x0) * options["scale"])))
-             for y0, y1, x0, x1 in bounds]
+    sizes = [
+        (max(1, round((y1 - y0) * options["scale"])), max(1, round((x1 - x0) * options["scale"])))
+        for y0, y1, x0, x1 in bounds
+    ]
     hm, wm = max(s[0] for s in sizes), max(s[1] for s in sizes)
     lab_full = rgb_to_lab(rgb)
     target = torch.zeros(n, 1, hm, wm)
@@ -153,17 +173,22 @@ def _optimise(image, boxes, annotations, evidence, options, priors=None) -> np.n
     for i, ((y0, y1, x0, x1), (hc, wc)) in enumerate(zip(bounds, sizes)):
         if y1 <= y0 or x1 <= x0:
             continue
-        crop = lambda t: F.interpolate(t[..., y0:y1, x0:x1], size=(hc, wc), mode="bilinear", align_corners=False)  # noqa: E731
-        target[i, :, :hc, :wc] = crop(torch.from_numpy(evidence[i])[None, None])[0] - options["border"] * _edge_falloff(
-            y1 - y0, x1 - x0, hc, wc)
-        lab[i, :, :hc, :wc] = crop(lab_full)[0]
+        box = (y0, y1, x0, x1)
+        target[i, :, :hc, :wc] = _crop(torch.from_numpy(evidence[i])[None, None], box, (hc, wc))[0] - options[
+            "border"
+        ] * _edge_falloff(y1 - y0, x1 - x0, hc, wc)
+        lab[i, :, :hc, :wc] = _crop(lab_full, box, (hc, wc))[0]
         inside[i, :, :hc, :wc] = True
         crop_boxes[i, 0] = torch.tensor([0.0, 0.0, wc, hc])
         yx = seed_pixels(annotations[i], h, w) if i < len(annotations) else np.zeros((0, 2), np.int64)
         yx = yx[(yx[:, 0] >= y0) & (yx[:, 0] < y1) & (yx[:, 1] >= x0) & (yx[:, 1] < x1)]
         sy, sx = hc / (y1 - y0), wc / (x1 - x0)
-        seeds[i, 0, np.minimum(((yx[:, 0] - y0) * sy).astype(int), hc - 1),
-              np.minimum(((yx[:, 1] - x0) * sx).astype(int), wc - 1)] = True
+        seeds[
+            i,
+            0,
+            np.minimum(((yx[:, 0] - y0) * sy).astype(int), hc - 1),
+            np.minimum(((yx[:, 1] - x0) * sx).astype(int), wc - 1),
+        ] = True
     target = target + options["prior"]  # the unary's logit: evidence plus a prior for inside the box
     z = target.clone().requires_grad_(True)
     optimiser = torch.optim.Adam([z], lr=options["lr"])
@@ -174,7 +199,9 @@ def _optimise(image, boxes, annotations, evidence, options, priors=None) -> np.n
         p = torch.where(inside, torch.sigmoid(z), torch.zeros_like(z))  # nothing outside the box: exact
         loss = options["colour_weight"] * F.binary_cross_entropy(p[inside], unary[inside])
         if options["box_weight"]:
-            loss = loss + options["box_weight"] * box_constraint_loss(p, crop_boxes, labels, p_exists=options["p_exists"])
+            loss = loss + options["box_weight"] * box_constraint_loss(
+                p, crop_boxes, labels, p_exists=options["p_exists"]
+            )
         if options["pairwise_weight"]:
             loss = loss + options["pairwise_weight"] * pairwise_constraint_loss(p, lab=lab)
         if options["seed_weight"] and seeds.any():
@@ -189,7 +216,9 @@ def _optimise(image, boxes, annotations, evidence, options, priors=None) -> np.n
         z = torch.where(seeds, torch.full_like(z, COLOUR_CLIP), z)
         for i, ((y0, y1, x0, x1), (hc, wc)) in enumerate(zip(bounds, sizes)):
             if y1 > y0 and x1 > x0:
-                back = F.interpolate(z[i : i + 1, :, :hc, :wc], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)
+                back = F.interpolate(
+                    z[i : i + 1, :, :hc, :wc], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False
+                )
                 logits[i, y0:y1, x0:x1] = back[0, 0].numpy()
     return logits
 
@@ -209,9 +238,17 @@ class _Coupling:
         pixel[covered] = np.arange(int(covered.sum()))
         self.pixels, self.num_classes, self.bounds = int(covered.sum()), len(names), bounds
         # where each box's pixels land in the flat [C * P] class map
-        self.index = torch.from_numpy(np.concatenate(
-            [int(c) * self.pixels + pixel[y0:y1, x0:x1].ravel() for c, (y0, y1, x0, x1) in zip(classes.tolist(), bounds)]))
-        self.kb = compile_knowledge_base({"annotations": []}, len(names), (self.pixels, 1), priors=rules, class_names=names)
+        self.index = torch.from_numpy(
+            np.concatenate(
+                [
+                    int(c) * self.pixels + pixel[y0:y1, x0:x1].ravel()
+                    for c, (y0, y1, x0, x1) in zip(classes.tolist(), bounds)
+                ]
+            )
+        )
+        self.kb = compile_knowledge_base(
+            {"annotations": []}, len(names), (self.pixels, 1), priors=rules, class_names=names
+        )
 
     def loss(self, z: torch.Tensor, sizes) -> torch.Tensor:
         crops = []
@@ -244,9 +281,12 @@ def _instances(ctx: MethodInput, logits: np.ndarray) -> Instances:
 
 @register_method("logic-refine", needs_sam=False, options=OPTIONS)
 def logic_refine(ctx: MethodInput) -> Instances:
-    """Weight-free: each image's instance masks optimised under its own knowledge base (boxes, seeds, colour, pairwise)."""
-    return _instances(ctx, refine(ctx.image, ctx.boxes, ctx.annotations, ctx.options, classes=ctx.classes,
-                                  class_names=ctx.class_names))
+    """Weight-free: each image's instance masks optimised under its own knowledge base (boxes, seeds, colour,
+    pairwise)."""
+    return _instances(
+        ctx,
+        refine(ctx.image, ctx.boxes, ctx.annotations, ctx.options, classes=ctx.classes, class_names=ctx.class_names),
+    )
 
 
 @register_method("sam-logic-refine", needs_sam=True, options=OPTIONS)
@@ -254,5 +294,6 @@ def sam_logic_refine(ctx: MethodInput) -> Instances:
     """``logic-refine`` with SAM's box-prompted logits as one more term (--checkpoint, optionally --finetuned)."""
     prediction = ctx.engine.predict(ctx.embedding, boxes=ctx.boxes)
     sam_logits = prediction.logits[:, 0].float().cpu().numpy()
-    return _instances(ctx, refine(ctx.image, ctx.boxes, ctx.annotations, ctx.options, sam_logits, ctx.classes,
-                                  ctx.class_names))
+    return _instances(
+        ctx, refine(ctx.image, ctx.boxes, ctx.annotations, ctx.options, sam_logits, ctx.classes, ctx.class_names)
+    )

@@ -31,9 +31,12 @@ def prompter_instances(prompter: QueryPrompter, sam, embedding: Embedding, *, th
             return Instances(np.zeros((0, h, w), bool), np.zeros(0, np.int64), np.zeros(0, np.float32))
         pred = decode_tokens(sam, embedding, out["pred_prompts"][0][keep])
         logits = pred.logits[:, 0].float()
-        return Instances(masks=(logits > 0).cpu().numpy(), classes=(cls[keep] + 1).cpu().numpy(),
-                         scores=(conf[keep] * pred.scores[:, 0].float()).cpu().numpy(),
-                         pixel_scores=torch.sigmoid(logits).cpu().numpy())
+        return Instances(
+            masks=(logits > 0).cpu().numpy(),
+            classes=(cls[keep] + 1).cpu().numpy(),
+            scores=(conf[keep] * pred.scores[:, 0].float()).cpu().numpy(),
+            pixel_scores=torch.sigmoid(logits).cpu().numpy(),
+        )
 
 
 def predict_semantic(prompter: QueryPrompter, sam, embedding: Embedding, *, threshold: float = 0.5) -> np.ndarray:

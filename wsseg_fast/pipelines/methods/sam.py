@@ -97,17 +97,33 @@ def sam_point(ctx: MethodInput) -> Instances:
     for i, pts in enumerate(per_object):
         points[i, : len(pts)] = pts
         labels[i, : len(pts)] = 1
-    prediction = ctx.engine.predict(ctx.embedding, points=points, point_labels=labels,
-                                    boxes=ctx.boxes if ctx.options["with_box"] else None,
-                                    multimask_output=ctx.options["multimask"])
+    prediction = ctx.engine.predict(
+        ctx.embedding,
+        points=points,
+        point_labels=labels,
+        boxes=ctx.boxes if ctx.options["with_box"] else None,
+        multimask_output=ctx.options["multimask"],
+    )
     return instances_from_prediction(ctx, prediction)
 
 
-@register_method("sbr", needs_sam=True, options={"clip_to_box": True, "box_margin": 2.0, "fallback": True,
-                                                 "colour_refine": True, "colour_ring": 6, "colour_weight": 1.0,
-                                                 "sam_clip": 2.0, **ZOOM_OPTIONS})
+@register_method(
+    "sbr",
+    needs_sam=True,
+    options={
+        "clip_to_box": True,
+        "box_margin": 2.0,
+        "fallback": True,
+        "colour_refine": True,
+        "colour_ring": 6,
+        "colour_weight": 1.0,
+        "sam_clip": 2.0,
+        **ZOOM_OPTIONS,
+    },
+)
 def sbr(ctx: MethodInput) -> Instances:
-    """SAM fine-tuned under the weak-label constraints (--finetuned from wsseg-fast finetune), box prompts, colour-refined."""
+    """SAM fine-tuned under the weak-label constraints (--finetuned from wsseg-fast finetune), box prompts,
+    colour-refined."""
 
     logits, scores = best_candidates(ctx.engine.predict(ctx.embedding, boxes=ctx.boxes))
     if ctx.options["zoom"] and len(ctx.boxes):  # small boxes on their own windows, as sam-box zoom=true
@@ -115,7 +131,8 @@ def sbr(ctx: MethodInput) -> Instances:
     if ctx.options["colour_refine"] and len(ctx.boxes):
         sam_clip = ctx.options["sam_clip"]
         logits = np.clip(logits, -sam_clip, sam_clip) + ctx.options["colour_weight"] * colour_evidence(
-            ctx.image, ctx.boxes, ctx.annotations, logits > 0, ring=int(ctx.options["colour_ring"]))
+            ctx.image, ctx.boxes, ctx.annotations, logits > 0, ring=int(ctx.options["colour_ring"])
+        )
         logits = keep_seeded_components(logits, ctx.boxes, ctx.annotations)
     instances = instances_from_logits(ctx, logits, np.ones(len(logits)))
     # The fine-tuning trains the masks, not SAM's IoU head: where confident masks overlap

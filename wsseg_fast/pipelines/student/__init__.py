@@ -13,5 +13,15 @@ from wsseg_fast.pipelines.student.train import (
     train_student,
 )
 
-__all__ = ["MEAN", "STD", "StudentConfig", "StudentDataset", "balanced_class_weights", "head_losses",
-           "load_student", "predict", "predict_logits", "train_student"]
+__all__ = [
+    "MEAN",
+    "STD",
+    "StudentConfig",
+    "StudentDataset",
+    "balanced_class_weights",
+    "head_losses",
+    "load_student",
+    "predict",
+    "predict_logits",
+    "train_student",
+]

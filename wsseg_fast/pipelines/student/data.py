@@ -68,8 +68,10 @@ class StudentDataset(Dataset):
                 raise DataError(f"label map {str(path)!r} is {tuple(labels.shape)} but its image is {(h, w)}")
             bad = (labels >= self.num_classes) & (labels != IGNORE_INDEX)
             if bad.any():
-                raise DataError(f"label map {str(path)!r} has label {int(labels[bad].max())} outside "
-                                f"[0, {self.num_classes}) (and not {IGNORE_INDEX} = ignore)")
+                raise DataError(
+                    f"label map {str(path)!r} has label {int(labels[bad].max())} outside "
+                    f"[0, {self.num_classes}) (and not {IGNORE_INDEX} = ignore)"
+                )
             targets[k] = resize_label(labels, self.size)
         if self.flips[index]:
             x, targets = x.flip(-1), targets.flip(-1)

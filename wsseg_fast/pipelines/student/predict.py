@@ -39,8 +39,13 @@ def load_student(checkpoint: str | os.PathLike, device: str | torch.device = "cp
         raise CheckpointError(f"student checkpoint {str(path)!r} does not exist")
     state = torch.load(path, map_location="cpu", weights_only=True)
     meta = _meta(state, path)
-    model = build_student(meta["arch"], meta["num_classes"], widths=tuple(meta["widths"]),
-                          heads=tuple(meta["heads"]), primary=meta["primary"] if meta["arch"] == "multihead" else None)
+    model = build_student(
+        meta["arch"],
+        meta["num_classes"],
+        widths=tuple(meta["widths"]),
+        heads=tuple(meta["heads"]),
+        primary=meta["primary"] if meta["arch"] == "multihead" else None,
+    )
     model.load_state_dict(state["model"])
     return model.to(device).eval(), meta
 
@@ -53,12 +58,21 @@ def predict_logits(model: nn.Module, meta: dict, images: list[torch.Tensor]) -> 
     device = next(model.parameters()).device
     x = torch.stack([resize_image(im, meta["size"]) for im in images]).to(device)
     logits = model.predict(x) if isinstance(model, MultiHeadUNet) else model(x)
-    return [F.interpolate(logits[i : i + 1].float(), size=im.shape[:2], mode="bilinear", align_corners=False)[0].cpu()
-            for i, im in enumerate(images)]
+    return [
+        F.interpolate(logits[i : i + 1].float(), size=im.shape[:2], mode="bilinear", align_corners=False)[0].cpu()
+        for i, im in enumerate(images)
+    ]
 
 
-def predict(checkpoint: str | os.PathLike, images_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-            batch_size: int = 8, device: str | None = None, progress: bool = True) -> list[Path]:
+def predict(
+    checkpoint: str | os.PathLike,
+    images_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    batch_size: int = 8,
+    device: str | None = None,
+    progress: bool = True,
+) -> list[Path]:
     """Label every image of ``images_dir``; writes ``out_dir/<stem>.png`` (palette
     PNG of class indices, the image's size) and returns the written paths."""
 

@@ -14,9 +14,10 @@ epoch; re-running resumes it bit-exactly). Under ``torchrun`` (``WORLD_SIZE`` > 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -111,11 +112,15 @@ class StudentConfig(Config):
 
     def validate(self) -> None:
         require(bool(self.sources), "sources is empty: give at least one directory of label maps")
-        require(self.arch != "unet" or len(self.sources) == 1,
-                f"arch 'unet' trains on exactly one source, got {sorted(self.sources)}; use arch 'multihead'")
+        require(
+            self.arch != "unet" or len(self.sources) == 1,
+            f"arch 'unet' trains on exactly one source, got {sorted(self.sources)}; use arch 'multihead'",
+        )
         if self.gt_fraction is not None:
-            require(self.arch == "multihead" and "gt" in self.sources,
-                    "gt_fraction needs arch 'multihead' and a source named 'gt'")
+            require(
+                self.arch == "multihead" and "gt" in self.sources,
+                "gt_fraction needs arch 'multihead' and a source named 'gt'",
+            )
             require(0 < self.gt_fraction <= 1, f"gt_fraction must be in (0, 1], got {self.gt_fraction}")
         at_least(0, class_balance=self.class_balance, workers=self.workers)
         unknown = set(self.loss_weights) - set(self.sources)
@@ -124,8 +129,10 @@ class StudentConfig(Config):
         require(0 <= self.final_fraction < 1, f"final_fraction must be in [0, 1), got {self.final_fraction}")
         require((self.val_images is None) == (self.val_labels is None), "val_images and val_labels go together")
         multiple = 2 ** (len(self.widths) - 1)
-        require(self.size % multiple == 0,
-                f"size must be a multiple of {multiple} for {len(self.widths)} U-Net levels, got {self.size}")
+        require(
+            self.size % multiple == 0,
+            f"size must be a multiple of {multiple} for {len(self.widths)} U-Net levels, got {self.size}",
+        )
 
     @property
     def heads(self) -> list[str]:
@@ -137,8 +144,12 @@ class StudentConfig(Config):
         return "gt" if "gt" in self.sources else self.heads[0]
 
 
-def head_losses(logits: dict[str, torch.Tensor], targets: torch.Tensor, heads: list[str],
-                class_weights: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def head_losses(
+    logits: dict[str, torch.Tensor],
+    targets: torch.Tensor,
+    heads: list[str],
+    class_weights: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
     """Cross-entropy of each head against its own label maps ``targets[:, k]``
     (weighted per class by ``class_weights[head]`` when given), averaged over the
     labelled pixels of the batch (0 when there are none, still part of the graph so
@@ -149,8 +160,9 @@ def head_losses(logits: dict[str, torch.Tensor], targets: torch.Tensor, heads: l
         t = targets[:, k]
         count = (t != IGNORE_INDEX).sum().clamp(min=1)
         weight = None if class_weights is None else class_weights.get(name)
-        losses[name] = F.cross_entropy(logits[name].float(), t, weight=weight, ignore_index=IGNORE_INDEX,
-                                       reduction="sum") / count
+        losses[name] = (
+            F.cross_entropy(logits[name].float(), t, weight=weight, ignore_index=IGNORE_INDEX, reduction="sum") / count
+        )
     return losses
 
 
@@ -211,34 +223,58 @@ class StudentTrainer:
         self.amp_dtype = autocast_dtype(config.amp, self.device)
         self.heads, self.primary = config.heads, config.primary
         images, labels, subset = training_table(config.images, config.sources, config.gt_fraction, config.seed)
-        num_classes = config.num_classes or (len(config.class_names) if config.class_names else
-                                             max(2, largest_label(labels) + 1))
-        require(config.class_names is None or len(config.class_names) == num_classes,
-                f"{len(config.class_names or [])} class names for {num_classes} classes")
-        self.meta = {"arch": config.arch, "heads": self.heads, "primary": self.primary, "num_classes": num_classes,
-                     "class_names": config.class_names, "widths": list(config.widths), "size": config.size,
-                     "mean": list(MEAN), "std": list(STD), "gt_subset": subset}
+        num_classes = config.num_classes or (
+            len(config.class_names) if config.class_names else max(2, largest_label(labels) + 1)
+        )
+        require(
+            config.class_names is None or len(config.class_names) == num_classes,
+            f"{len(config.class_names or [])} class names for {num_classes} classes",
+        )
+        self.meta = {
+            "arch": config.arch,
+            "heads": self.heads,
+            "primary": self.primary,
+            "num_classes": num_classes,
+            "class_names": config.class_names,
+            "widths": list(config.widths),
+            "size": config.size,
+            "mean": list(MEAN),
+            "std": list(STD),
+            "gt_subset": subset,
+        }
         self._build_model()
         self.dataset = StudentDataset(images, labels, num_classes, config.size, config.flip)
-        self.sampler = DistributedSampler(self.dataset, num_replicas=ctx.world, rank=ctx.rank, shuffle=True,
-                                          seed=config.seed)
-        self.loader = DataLoader(self.dataset, batch_size=config.batch_size, sampler=self.sampler,
-                                 num_workers=config.workers, pin_memory=self.device.type == "cuda")
+        self.sampler = DistributedSampler(
+            self.dataset, num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=config.seed
+        )
+        self.loader = DataLoader(
+            self.dataset,
+            batch_size=config.batch_size,
+            sampler=self.sampler,
+            num_workers=config.workers,
+            pin_memory=self.device.type == "cuda",
+        )
         self.weights = {h: float(config.loss_weights.get(h, 1.0)) for h in self.heads}
         self.class_weights = None
         if config.class_balance:
             balanced = balanced_class_weights(self.dataset, self.heads, config.class_balance)
             self.class_weights = {h: w.to(self.device) for h, w in balanced.items()}
-        self.final_epochs = math.floor(config.final_fraction * config.epochs + 1e-9) if config.arch == "multihead" else 0
+        self.final_epochs = (
+            math.floor(config.final_fraction * config.epochs + 1e-9) if config.arch == "multihead" else 0
+        )
 
     def _build_model(self) -> None:
         config = self.config
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
         torch.manual_seed(config.seed)
-        self.model = build_student(config.arch, self.meta["num_classes"], widths=tuple(config.widths),
-                                   heads=tuple(self.heads),
-                                   primary=self.primary if config.arch == "multihead" else None).to(self.device)
+        self.model = build_student(
+            config.arch,
+            self.meta["num_classes"],
+            widths=tuple(config.widths),
+            heads=tuple(self.heads),
+            primary=self.primary if config.arch == "multihead" else None,
+        ).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.train_model = self.model
@@ -246,8 +282,12 @@ class StudentTrainer:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         # In the final phase the other heads get no gradient at all (grad None: AdamW skips them).
-        self.others = [p for name, head in getattr(self.model, "heads", {}).items() if name != self.primary
-                       for p in head.parameters()]
+        self.others = [
+            p
+            for name, head in getattr(self.model, "heads", {}).items()
+            if name != self.primary
+            for p in head.parameters()
+        ]
 
     def lr_at(self, epoch: int) -> float:
         """Cosine decay per epoch: a function of the epoch, so resuming needs no scheduler state."""
@@ -263,24 +303,35 @@ class StudentTrainer:
         active = {h: (self.weights[h] if not final or h == self.primary else 0.0) for h in self.heads}
         self.train_model.train()
         meter = Meter("loss", *self.heads)
-        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-                   disable=not (self.progress and self.ctx.rank == 0))
+        bar = tqdm(
+            self.loader,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            leave=False,
+            disable=not (self.progress and self.ctx.rank == 0),
+        )
         for x, targets in bar:
-            total, losses = self._step(x.to(self.device, non_blocking=True),
-                                       targets.to(self.device, non_blocking=True), active, final)
+            total, losses = self._step(
+                x.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True), active, final
+            )
             meter.add(loss=total)
             for k, h in enumerate(self.heads):  # a head's mean over the batches that had labels of its source
                 meter.add(weight=float((targets[:, k] != IGNORE_INDEX).any()), **{h: losses[h]})
             bar.set_postfix(loss=f"{total:.4f}")
         means = meter.means(self.ctx)
-        record = {"loss": means["loss"], "lr": self.lr_at(epoch), "final_phase": final,
-                  "losses": {h: means[h] for h in self.heads}}
+        record = {
+            "loss": means["loss"],
+            "lr": self.lr_at(epoch),
+            "final_phase": final,
+            "losses": {h: means[h] for h in self.heads},
+        }
         if self.ctx.rank == 0 and config.val_images is not None:
             record["val"] = validate_epoch(self.model, self.meta, config.val_images, config.val_labels)
         return record
 
     def _step(self, x: torch.Tensor, targets: torch.Tensor, active: dict, final: bool) -> tuple[float, dict]:
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        ):
             logits = _forward(self.train_model, x, self.heads)
         losses = head_losses(logits, targets, self.heads, self.class_weights)
         total = sum(active[h] * losses[h] for h in self.heads)
@@ -294,8 +345,12 @@ class StudentTrainer:
         return float(total.detach()), {h: float(v.detach()) for h, v in losses.items()}
 
     def state_dict(self) -> dict:
-        return {"meta": self.meta, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict()}
+        return {
+            "meta": self.meta,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -308,8 +363,9 @@ class StudentTrainer:
         return f"loss {record['loss']:.4f} {heads}{val}{' (primary head only)' if record['final_phase'] else ''}"
 
 
-def train_student(config: StudentConfig, on_epoch_end: Callable[[int, nn.Module, dict], None] | None = None,
-                  progress: bool = True) -> Path:
+def train_student(
+    config: StudentConfig, on_epoch_end: Callable[[int, nn.Module, dict], None] | None = None, progress: bool = True
+) -> Path:
     """Train (or continue) the student; returns the checkpoint ``config.out/last.pt``.
     ``on_epoch_end(epoch, model, record)`` is called on every rank after each epoch (from 1)."""
     return DistContext.run(lambda ctx: _train(config, ctx, on_epoch_end, progress))
@@ -320,10 +376,17 @@ def _train(config: StudentConfig, ctx: DistContext, on_epoch_end, progress: bool
     run = RunDir(config.out, "student", config, rank=ctx.rank)
     say = print if ctx.rank == 0 and progress else (lambda text: None)
     subset = trainer.meta["gt_subset"]
-    say(f"train-student: {len(trainer.dataset)} images, {trainer.meta['num_classes']} classes, heads "
+    say(
+        f"train-student: {len(trainer.dataset)} images, {trainer.meta['num_classes']} classes, heads "
         f"{trainer.heads} (primary {trainer.primary!r})"
         + (f", gt subset {len(subset)} images" if subset is not None else "")
-        + f", {ctx.world} process(es) on {trainer.device}, precision {trainer.amp_dtype or torch.float32}")
-    fit(trainer, run, config.epochs, say,
-        None if on_epoch_end is None else lambda epoch, record: on_epoch_end(epoch, trainer.model, record))
+        + f", {ctx.world} process(es) on {trainer.device}, precision {trainer.amp_dtype or torch.float32}"
+    )
+    fit(
+        trainer,
+        run,
+        config.epochs,
+        say,
+        None if on_epoch_end is None else lambda epoch, record: on_epoch_end(epoch, trainer.model, record),
+    )
     return run.checkpoint
