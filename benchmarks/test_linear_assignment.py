@@ -1,7 +1,7 @@
 """batch_linear_assignment: the CPU kernel vs SciPy (the `torch` reference, one
 problem at a time as DETR-style matchers do) and `lap.lapjv` in a loop.
 
-Goal (issue 2): cpu >= 10x the SciPy loop at (64, 25, 20), >= 3x at
+Goal: cpu >= 10x the SciPy loop at (64, 25, 20), >= 3x at
 (208, 300, 300), with identical total costs.
 """
 

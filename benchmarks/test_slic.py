@@ -1,7 +1,7 @@
 """slic: the C++ `cpu` backend vs scikit-image's `slic` (the public peer) and the
 plain-PyTorch reference, on scikit-image's photographs at 256^2 and 512^2, 200 segments.
 
-Goal (issue 5): cpu >= 10x scikit-image at 512^2 with a SLIC energy at most 5% above
+Goal: cpu >= 10x scikit-image at 512^2 with a SLIC energy at most 5% above
 scikit-image's on the same image. Each row records `energy_vs_skimage`; the cpu /
 scikit-image time ratio is the ratio of their `speedup` columns in the report (the
 `torch` reference runs once per group: it is slow at 512^2).

@@ -20,7 +20,7 @@ TORCH_LIBRARY(wsseg_fast, m) {
   // raising, which keeps the CUDA path free of host synchronisation.
   m.def("batch_linear_assignment(Tensor cost, bool maximize=False, bool check=True) -> Tensor");
 
-  // --- sparse affinity random walk (issue 4) ---
+  // --- sparse affinity random walk ---
   // features [B, D, H, W] float32/float64 -> [B, K, H, W], K = |disc(radius)|:
   // exp(-mean_d dist) to each neighbour, 0 outside the image.
   m.def("local_affinity(Tensor features, int radius, bool squared) -> Tensor");
@@ -31,7 +31,7 @@ TORCH_LIBRARY(wsseg_fast, m) {
   m.def("random_walk_backward(Tensor grad, Tensor x, Tensor weights, int radius, int steps) -> (Tensor, Tensor)");
 }
 
-// ---- Fuzzy-logic constraint losses (issue 3: wsseg_fast/ops/box_constraint.py,
+// ---- Fuzzy-logic constraint losses (wsseg_fast/ops/box_constraint.py,
 // ---- wsseg_fast/ops/pairwise_constraint.py). Each loss is a fused "stats" op
 // ---- (every quantifier's sum in one pass) and a "grad" op (the pixel gradient
 // ---- of those sums in one pass); the few-number epilogue runs in PyTorch.
@@ -56,7 +56,7 @@ TORCH_LIBRARY_FRAGMENT(wsseg_fast, m) {
       "float p_forall, bool stable) -> Tensor");
 }
 
-// --- SLIC superpixels and superpixel pooling (issue 5) ---
+// --- SLIC superpixels and superpixel pooling ---
 TORCH_LIBRARY_FRAGMENT(wsseg_fast, m) {
   // images [B, 3, H, W] uint8 or float32 RGB in [0, 1], mask [B, H, W] bool or None
   // -> [B, H, W] int32 labels 0..K_b-1 in raster order of first pixel, -1 outside the mask.
