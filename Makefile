@@ -5,7 +5,7 @@ PIP := $(PYTHON) -m pip
 # Re-install only when what the build reads has changed.
 BUILD_INPUTS := requirements-dev.txt pyproject.toml setup.py $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: setup demo ops-demo experiment lint format test bench clean
+.PHONY: setup demo ops-demo experiment lint format test test-slow bench clean
 
 setup: build/.setup-stamp
 
@@ -48,8 +48,14 @@ format: setup
 	$(PYTHON) -m ruff format .
 	$(CLANG_FORMAT) -i $(CXX_SOURCES)
 
+# `make test` proves every op (each backend against its reference) and every pipeline on small cases;
+# `make test-slow` runs the rest: multi-process runs (torchrun, Ray, SIGKILL), the Triton kernels
+# compiled for GPUs, and the cases that take seconds under the Triton interpreter. CI runs both.
 test: setup
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest -m "not slow"
+
+test-slow: setup
+	$(PYTHON) -m pytest -m slow
 
 bench: setup
 	$(PYTHON) -m pytest benchmarks --benchmark-json=benchmarks/results/latest.json

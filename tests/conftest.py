@@ -17,11 +17,19 @@ import pytest  # noqa: E402
 HAS_CUDA = torch.cuda.is_available()
 
 
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def pytest_collection_modifyitems(config, items):
     skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if "cuda" in item.keywords and not HAS_CUDA:
             item.add_marker(skip_cuda)
+        # Cases that take seconds in Python under Triton's interpreter (milliseconds on a GPU) join
+        # the slow step there; a lighter case of the same kernel stays in `make test`.
+        backend = getattr(item, "callspec", None) and item.callspec.params.get("backend")
+        if "interpreter_heavy" in item.keywords and INTERPRETED and backend == "triton":
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)

@@ -62,8 +62,13 @@ def random_problems(kind: str, n: int, workers: int, tasks: int, generator: torc
 SHAPES = [(1, 1), (4, 4), (3, 7), (7, 3), (20, 25), (25, 20), (16, 16), (10, 60), (60, 10)]
 
 
+HEAVY = pytest.mark.interpreter_heavy  # its triton case joins the slow step under the interpreter
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("kind", ["float", "int-ties", "int-wide"])
+@pytest.mark.parametrize(
+    "kind", ["float", pytest.param("int-ties", marks=HEAVY), pytest.param("int-wide", marks=HEAVY)]
+)
 def test_optimal_total_cost_matches_scipy(backend, kind):
     generator = torch.Generator().manual_seed({"float": 10, "int-ties": 11, "int-wide": 12}[kind])
     per_shape = max(PROBLEMS[backend] // len(SHAPES), 2)
@@ -83,6 +88,7 @@ def test_large_square_problems(backend):
     np.testing.assert_allclose(total_cost(cost, assignment), scipy_totals(cost), rtol=0, atol=1e-9)
 
 
+@HEAVY
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_maximize(backend):
     cost = torch.rand(40, 6, 9, generator=torch.Generator().manual_seed(2))
@@ -91,6 +97,7 @@ def test_maximize(backend):
         np.testing.assert_allclose(total_cost(c, assignment), scipy_totals(c, maximize=True), atol=1e-9)
 
 
+@HEAVY
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.int64])
 def test_forbidden_pairs(backend, dtype):
@@ -300,6 +307,7 @@ def test_triton_op_compile_fullgraph():
     assert torch.equal(compiled(cost), batch_linear_assignment(cost, backend="cpu").cuda())
 
 
+@pytest.mark.slow  # the whole Triton compiler, as the other ops' kernels: a few seconds each
 @pytest.mark.triton
 def test_triton_kernel_compiles_for_gpu():
     """The kernel goes through Triton's whole GPU pipeline (sm_80, sm_90), not just the interpreter."""

@@ -27,18 +27,19 @@ def walk(x, a, radius, backend, **kwargs):
     return random_walk(x.to(dev), a.to(dev), radius, backend=backend, **kwargs).cpu()
 
 
+HEAVY = pytest.mark.interpreter_heavy
 CASES = [  # batch, channels, height, width, radius, steps
-    (2, 3, 9, 11, 5, 16),
-    (1, 21, 16, 16, 5, 8),  # more channels than one tile block, interior tiles on the cpu
+    pytest.param((2, 3, 9, 11, 5, 16), marks=HEAVY),
+    pytest.param((1, 21, 16, 16, 5, 8), marks=HEAVY),  # more channels than one tile block, interior tiles on the cpu
     (1, 2, 7, 5, 1, 3),  # radius 1: only the pixel itself, the walk is the identity
     (3, 1, 5, 6, 2, 0),
     (1, 4, 6, 13, 3, 1),
-    (2, 9, 13, 24, 4, 5),
+    pytest.param((2, 9, 13, 24, 4, 5), marks=HEAVY),
 ]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)) if isinstance(c, tuple) else None)
 def test_matches_dense_psa(backend, case):
     batch, channels, height, width, radius, steps = case
     x, a = inputs(batch, channels, height, width, radius)
@@ -53,7 +54,9 @@ def test_matches_dense_psa(backend, case):
 # remainder, tiles of 16 pixels plus a ragged last tile.
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
-    "shape", [(1, 5, 12, 12), (2, 10, 9, 37), (1, 21, 17, 16)], ids=lambda s: "x".join(map(str, s))
+    "shape",
+    [(1, 5, 12, 12), pytest.param((2, 10, 9, 37), marks=HEAVY), pytest.param((1, 21, 17, 16), marks=HEAVY)],
+    ids=lambda s: "x".join(map(str, s)) if isinstance(s, tuple) else None,
 )
 def test_float32_within_1e4_of_dense(backend, shape):
     x, a = inputs(*shape, 5, seed=1)
@@ -75,6 +78,7 @@ def test_asymmetric_affinity_and_zero_rows(backend):
     torch.testing.assert_close(walk(x, a, 3, backend, beta=2.0, steps=5), expected, rtol=1e-10, atol=1e-12)
 
 
+@HEAVY
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_two_regions_do_not_leak(backend):
     """A low-affinity boundary keeps each region's mass: no leak across it."""
@@ -91,6 +95,7 @@ def test_two_regions_do_not_leak(backend):
     assert out[0, 0, :, : width // 2].min() > 0  # spread over its own region
 
 
+@HEAVY  # the triton backward's gradients are checked against the reference's below, in make test
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gradcheck(backend):
     dev = device_of(backend)

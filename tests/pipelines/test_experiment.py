@@ -20,6 +20,7 @@ def test_demo_experiment_writes_every_row_and_resumes(tmp_path):
         train_images=2,
         test_images=2,
         finetune_epochs=1,
+        prompter_epochs=2,
         loss_scale=0.25,
         student_epochs=1,
         student_size=32,
