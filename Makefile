@@ -11,11 +11,14 @@ setup: build/.setup-stamp
 
 build/.setup-stamp: $(BUILD_INPUTS)
 	$(PIP) install -r requirements-dev.txt
+	# SAM 2.1 (Meta's sam2, an sdist): built against the torch above, without its optional CUDA extension
+	SAM2_BUILD_CUDA=0 $(PIP) install --no-build-isolation "sam2==1.1.0"
 	$(PIP) install --no-build-isolation -e .
 	@mkdir -p build && touch $@
 
 # The main job on the built-in demo: make the dataset, then pseudo-label it with SAM
-# (tiny, random weights unless SAM_CHECKPOINT/SAM_MODEL are given) through the cache.
+# (tiny, random weights unless SAM_CHECKPOINT/SAM_MODEL are given, e.g. SAM_MODEL=sam2.1_hiera_t)
+# through the cache.
 DEMO_DIR ?= build/demo
 SAM_MODEL ?= tiny
 SAM_CHECKPOINT ?=

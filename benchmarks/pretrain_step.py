@@ -22,7 +22,7 @@ import torch
 from wsseg_fast.data import CocoWeakDataset, make_demo
 from wsseg_fast.io import atomic_write_text
 from wsseg_fast.pipelines.pretrain import PretrainConfig, instance_losses, prepare_samples
-from wsseg_fast.sam.model import MODEL_CONFIGS, SamConfig, build_sam
+from wsseg_fast.sam.model import MODEL_CONFIGS, Sam1Model, SamConfig, build_sam
 
 CANDIDATES = {
     "tiny (64 wide, 2 blocks, 256 px)": "tiny",
@@ -33,19 +33,20 @@ CANDIDATES = {
 
 
 def time_step(model: str, data: Path, rounds: int) -> dict:
-    samples = prepare_samples(CocoWeakDataset(data / "annotations.json"), MODEL_CONFIGS[model].img_size, print)[:4]
-    cfg = PretrainConfig(coco="", out="", model=model)
-    sam = build_sam(model).train()
-    optimizer = torch.optim.AdamW(sam.parameters(), lr=cfg.lr)
+    sam = Sam1Model(model, build_sam(model))  # the candidates are SAM 1 configs registered on the fly
+    samples = prepare_samples(CocoWeakDataset(data / "annotations.json"), sam, print)[:4]
+    cfg = PretrainConfig(coco="", out="")
+    sam.module.train()
+    optimizer = torch.optim.AdamW(sam.module.parameters(), lr=cfg.lr)
     generator = torch.Generator().manual_seed(0)
     times, encoder = [], []
     for _ in range(rounds + 1):  # the first is a warm-up
         began = time.perf_counter()
-        embeddings = sam.image_encoder(torch.stack([s.pixels for s in samples]))
+        levels = sam.encode(torch.stack([s.pixels for s in samples]))
         encoded = time.perf_counter()
         loss = sum(
-            instance_losses(sam, e, s, torch.arange(min(8, len(s.masks))), cfg, generator)[0]
-            for s, e in zip(samples, embeddings)
+            instance_losses(sam, [t[j] for t in levels], s, torch.arange(min(8, len(s.masks))), cfg, generator)[0]
+            for j, s in enumerate(samples)
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -165,7 +165,7 @@ def _toy(tmp_path, seed_only: bool):
     else:
         x[2, :, :4] = 1
     emb = Embedding(x, (32, 32), (64, 64))
-    engine = SimpleNamespace(model="toy", img_size=64)
+    engine = SimpleNamespace(name="toy", img_size=64)
     image = np.zeros((32, 32, 3), np.uint8)
     return lambda options: MethodInput(
         image, np.zeros((1, 4), np.float32), np.array([1]), [{}], {"cam": path, **options}, engine, emb

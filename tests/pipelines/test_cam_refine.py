@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from wsseg_fast.cache import Embedding
 from wsseg_fast.pipelines.cam_refine import (
     background_score,
     grid_points,
@@ -12,6 +13,7 @@ from wsseg_fast.pipelines.cam_refine import (
     normalize_cams,
     refine_cams,
 )
+from wsseg_fast.sam.model import Sam1Model, input_size
 
 
 def test_grid_points_cover_the_whole_image():
@@ -31,6 +33,8 @@ def test_grid_prompt_masks_one_decoder_call(tiny_sam, multimask, monkeypatch):
     image = torch.rand(1, 3, tiny_sam.image_encoder.img_size, tiny_sam.image_encoder.img_size)
     with torch.no_grad():
         embedding = tiny_sam.image_encoder(image)
+    model = Sam1Model("test", tiny_sam)
+    cached = Embedding(embedding[0], (height, width), input_size((height, width), model.img_size))
     calls = []
     decoder = tiny_sam.mask_decoder.forward
 
@@ -39,7 +43,7 @@ def test_grid_prompt_masks_one_decoder_call(tiny_sam, multimask, monkeypatch):
         return decoder(*args, **kwargs)
 
     monkeypatch.setattr(tiny_sam.mask_decoder, "forward", counting)
-    masks = grid_prompt_masks(tiny_sam, embedding, (height, width), points_per_side=3, multimask_output=multimask)
+    masks = grid_prompt_masks(model, cached, points_per_side=3, multimask_output=multimask)
     assert masks.shape == (9, height, width) and torch.isfinite(masks).all()
     assert calls == [9]  # every prompt in one decoder call on the one embedding
     # Same masks as prompting SAM one point at a time.
@@ -58,9 +62,7 @@ def test_grid_prompt_masks_one_decoder_call(tiny_sam, multimask, monkeypatch):
     low = low[:, iou.argmax(1)] if multimask else low
     one = tiny_sam.postprocess_masks(low, (64, 40), (height, width))[0, 0]
     torch.testing.assert_close(masks[4], one, rtol=1e-4, atol=1e-4)
-    chunked = grid_prompt_masks(
-        tiny_sam, embedding, (height, width), points_per_side=3, multimask_output=multimask, points_per_batch=4
-    )
+    chunked = grid_prompt_masks(model, cached, points_per_side=3, multimask_output=multimask, points_per_batch=4)
     assert calls[-3:] == [4, 4, 1]
     torch.testing.assert_close(chunked, masks, rtol=1e-4, atol=1e-4)
 

@@ -101,7 +101,7 @@ def test_decoder_training_logs_constraints_resumes_exactly_and_is_deterministic(
     assert weights and all(k.startswith("mask_decoder.") for k in weights)
     # The decoder moved away from the random initialisation.
     engine = SamEngine("tiny")
-    assert any(not torch.equal(v, engine.sam.state_dict()[k]) for k, v in weights.items())
+    assert any(not torch.equal(v, engine.model.module.state_dict()[k]) for k, v in weights.items())
 
     # One epoch, then a second run to two epochs, resumes to the same weights bit for bit.
     finetune(config(demo, tmp_path / "split", epochs=1), progress=False)

@@ -23,8 +23,11 @@ from wsseg_fast.pipelines.pretrain import (
     zoomed,
 )
 from wsseg_fast.pipelines.training import RunDirError
-from wsseg_fast.sam.model import build_sam, load_state_dict_file
-from wsseg_fast.sam.prompting import MIN_ZOOM, preprocess, zoom_factor, zoom_window
+from wsseg_fast.sam.model import build_sam, load_state_dict_file, preprocess
+from wsseg_fast.sam.prompting import MIN_ZOOM, zoom_factor, zoom_window
+from wsseg_fast.sam.registry import build_model
+
+TINY = build_model("tiny", with_encoder=False)  # what prepare_samples and zoomed read: the input frame
 
 # pycocotools 2.0 calls np.array(copy=False) on NumPy 2: not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -104,7 +107,7 @@ def test_loss_falls_and_the_weights_load_everywhere(shapes, tmp_path):
 
 
 def test_mirroring_keeps_masks_and_boxes_together(shapes, tmp_path):
-    sample = prepare_samples(CocoWeakDataset(str(shapes / "annotations.json")), 256, lambda message: None)[0]
+    sample = prepare_samples(CocoWeakDataset(str(shapes / "annotations.json")), TINY, lambda message: None)[0]
     flipped = mirrored(sample)
     assert torch.equal(flipped.pixels, sample.pixels.flip(-1)) and torch.equal(mirrored(flipped).masks, sample.masks)
     assert torch.allclose(mirrored(flipped).boxes, sample.boxes)
@@ -145,8 +148,8 @@ def test_thin_things_keep_their_pixels_at_the_input_resolution(tmp_path):
     }
     (tmp_path / "a.json").write_text(json.dumps(coco))
     dataset = CocoWeakDataset(str(tmp_path / "a.json"))
-    [sample] = prepare_samples(dataset, 256, lambda message: None)
-    [low] = prepare_samples(dataset, 256, lambda message: None, loss_resolution="low")
+    [sample] = prepare_samples(dataset, TINY, lambda message: None)
+    [low] = prepare_samples(dataset, TINY, lambda message: None, loss_resolution="low")
     assert sample.masks.dtype == torch.bool and sample.masks.shape == (1, 256, 256) and low.masks.shape == (1, 64, 64)
     columns = torch.nonzero(sample.masks[0].any(0))[:, 0]
     assert 1 <= len(columns) <= 2 and 100 <= columns.float().mean() <= 102  # 201-203 / 2
@@ -160,7 +163,7 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (fp
 
 def test_zoomed_windows_show_small_instances_larger(shapes, tmp_path):
     samples = prepare_samples(
-        CocoWeakDataset(str(shapes / "annotations.json")), 256, lambda message: None, keep_originals=True
+        CocoWeakDataset(str(shapes / "annotations.json")), TINY, lambda message: None, keep_originals=True
     )
     sample = samples[0]
     image, boxes = sample.original.image, sample.original.boxes
@@ -169,7 +172,7 @@ def test_zoomed_windows_show_small_instances_larger(shapes, tmp_path):
     assert windows, "the demo has small instances"
     g = torch.Generator().manual_seed(0)
     for _ in range(4):
-        view = zoomed(sample, 256, "input", g)
+        view = zoomed(sample, TINY, "input", g)
         window = next(
             win
             for win in windows
@@ -186,9 +189,9 @@ def test_zoomed_windows_show_small_instances_larger(shapes, tmp_path):
             assert xs.min() >= box[0] - 1 and xs.max() < box[2] + 1 and ys.min() >= box[1] - 1 and ys.max() < box[3] + 1
             expected = torch.from_numpy(original - np.array([x0, y0, x0, y0], np.float32)) * scale
             assert torch.allclose(box, expected, atol=0.5)  # the same box, zoomed
-    assert zoomed(sample, 256, "low", g).masks.dtype == torch.float32  # shares of the low-res pixels
+    assert zoomed(sample, TINY, "low", g).masks.dtype == torch.float32  # shares of the low-res pixels
     sample.original.boxes = np.array([[0, 0, w, h]] * len(boxes), np.float32)  # nothing small: the whole image
-    assert zoomed(sample, 256, "input", g) is sample
+    assert zoomed(sample, TINY, "input", g) is sample
     weights = pretrain_sam(config(shapes, tmp_path / "zoom", epochs=1, zoom=0.5), progress=False)
     assert build_sam("tiny", weights) is not None
 

@@ -17,8 +17,8 @@ from wsseg_fast.pipelines.methods.prompter import predict_semantic, prompter_ins
 from wsseg_fast.pipelines.prompter import PrompterConfig, load_prompter, train_prompter, train_step
 from wsseg_fast.pipelines.training import RunDirError
 from wsseg_fast.sam.engine import SamEngine
-from wsseg_fast.sam.model import build_sam
 from wsseg_fast.sam.prompting import Embedding, decode_tokens, encode_boxes, predict_masks
+from wsseg_fast.sam.registry import build_model
 
 SMALL = dict(
     embed_size=16, d_model=32, nhead=4, dim_feedforward=64, num_encoder_layers=1, num_decoder_layers=1, dropout=0.0
@@ -27,7 +27,7 @@ SMALL = dict(
 
 @pytest.fixture(scope="module")
 def sam():
-    return build_sam("tiny", with_encoder=False).eval()
+    return build_model("tiny", with_encoder=False)
 
 
 def _data(sam, n=4):

@@ -303,7 +303,7 @@ def test_min_score_falls_back_to_the_boxes_sam_doubts(one_image):
     image, _, embedding = one_image
     engine = SamEngine("tiny")
     with torch.no_grad():  # the untrained IoU head scores about 0: lift it to a trained one's range
-        engine.sam.mask_decoder.iou_prediction_head.layers[-1].bias += 0.5
+        engine.model.mask_decoder.iou_prediction_head.layers[-1].bias += 0.5
     h, w = image.shape[:2]
     boxes = np.array([[10, 12, 60, 70], [30, 5, 120, 90]], np.float32)
     trusted = run_method((image, engine, embedding), "sam-box", boxes, ["clip_to_box=false", "fallback=false"])

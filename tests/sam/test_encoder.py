@@ -30,11 +30,11 @@ def onnx_file(encoder, tmp_path_factory):
 
 def test_onnxruntime_matches_eager(encoder, onnx_file):
     x = torch.randn(3, 3, 256, 256, generator=torch.Generator().manual_seed(1))
-    eager = ImageEncoderRunner(encoder, "torch")(x)
+    [eager] = ImageEncoderRunner(encoder, "torch")(x)
     ort = ImageEncoderRunner(encoder, "onnxruntime", model_file=onnx_file)
     assert eager.shape == (3, 256, 16, 16)
-    torch.testing.assert_close(ort(x), eager, atol=1e-4, rtol=0)  # batch of 3 through a graph exported at 2
-    torch.testing.assert_close(ort(x[:1]), eager[:1], atol=1e-4, rtol=0)
+    torch.testing.assert_close(ort(x)[0], eager, atol=1e-4, rtol=0)  # batch of 3 through a graph exported at 2
+    torch.testing.assert_close(ort(x[:1])[0], eager[:1], atol=1e-4, rtol=0)
 
 
 def test_engine_exports_once_into_the_cache(tmp_path):
@@ -78,8 +78,8 @@ def test_tensorrt_says_why_it_cannot_run(encoder, tmp_path):
 
 def test_bf16_autocast_is_close(encoder):
     x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(2))
-    eager = ImageEncoderRunner(encoder, "torch")(x)
-    bf16 = ImageEncoderRunner(encoder, "torch", precision="bf16")(x)
+    [eager] = ImageEncoderRunner(encoder, "torch")(x)
+    [bf16] = ImageEncoderRunner(encoder, "torch", precision="bf16")(x)
     assert bf16.dtype == torch.float32
     assert (bf16 - eager).abs().max() < 0.1 * eager.abs().max()
 
@@ -87,8 +87,8 @@ def test_bf16_autocast_is_close(encoder):
 @pytest.mark.slow
 def test_compile_matches_eager(encoder):
     x = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(3))
-    eager = ImageEncoderRunner(encoder, "torch")(x)
-    torch.testing.assert_close(ImageEncoderRunner(encoder, "compile")(x), eager, atol=1e-4, rtol=1e-4)
+    [eager] = ImageEncoderRunner(encoder, "torch")(x)
+    torch.testing.assert_close(ImageEncoderRunner(encoder, "compile")(x)[0], eager, atol=1e-4, rtol=1e-4)
 
 
 def test_export_encoder_cli(tmp_path, capsys):
@@ -99,7 +99,7 @@ def test_export_encoder_cli(tmp_path, capsys):
     runner = ImageEncoderRunner(build_image_encoder("tiny"), "onnxruntime", model_file=str(tmp_path / "e.onnx"))
     x = torch.randn(1, 3, 256, 256)
     torch.testing.assert_close(
-        runner(x), ImageEncoderRunner(build_image_encoder("tiny"), "torch")(x), atol=1e-4, rtol=0
+        runner(x)[0], ImageEncoderRunner(build_image_encoder("tiny"), "torch")(x)[0], atol=1e-4, rtol=0
     )
     try:
         import tensorrt  # noqa: F401

@@ -4,7 +4,15 @@ import pytest
 import torch
 
 from wsseg_fast.cache import EmbeddingCache
-from wsseg_fast.sam import CheckpointError, SamEngine, build_image_encoder, build_sam, load_finetuned, predict_masks
+from wsseg_fast.sam import (
+    CheckpointError,
+    SamEngine,
+    build_image_encoder,
+    build_model,
+    build_sam,
+    load_finetuned,
+    predict_masks,
+)
 
 
 @pytest.fixture(scope="module")
@@ -80,12 +88,12 @@ def test_bad_model_name():
 
 def test_load_finetuned_decoder(tiny_checkpoint, tmp_path):
     path, original = tiny_checkpoint
-    sam = build_sam("tiny")
+    sam = build_model("tiny")
     torch.save(original.mask_decoder.state_dict(), tmp_path / "decoder.pth")
     load_finetuned(sam, tmp_path / "decoder.pth")
     assert _same(sam.mask_decoder, original.mask_decoder)
-    sam = build_sam("tiny")
-    load_finetuned(sam, path)  # a whole-model file: its mask_decoder.* keys
+    sam = build_model("tiny")
+    load_finetuned(sam, path)  # a whole-model file: its mask_decoder.* and prompt_encoder.* keys
     assert _same(sam.mask_decoder, original.mask_decoder)
     torch.save(original.prompt_encoder.state_dict(), tmp_path / "wrong.pth")
     with pytest.raises(CheckpointError, match="mask decoder"):
@@ -98,7 +106,12 @@ def test_small_stand_in_size(tiny_checkpoint, tmp_path):
     assert sam.image_encoder.img_size == 384 and sam.prompt_encoder.image_embedding_size == (24, 24)
     with torch.no_grad():
         embedding = sam.image_encoder(torch.zeros(1, 3, 384, 384))[0]
-        masks = predict_masks(sam, embedding, boxes=torch.tensor([[10.0, 20, 200, 300]]), output_size=(96, 96))
+        masks = predict_masks(
+            build_model("small", with_encoder=False),
+            embedding,
+            boxes=torch.tensor([[10.0, 20, 200, 300]]),
+            output_size=(96, 96),
+        )
     assert embedding.shape == (256, 24, 24) and masks.low_res_logits.shape == (1, 1, 96, 96)
     path = tmp_path / "small.pth"
     torch.save(sam.state_dict(), path)
@@ -109,3 +122,12 @@ def test_small_stand_in_size(tiny_checkpoint, tmp_path):
     )  # cache keys see the file
     with pytest.raises(CheckpointError, match="does not match SAM small"):
         build_sam("small", tiny_checkpoint[0])
+
+
+def test_a_sam2_checkpoint_for_a_sam1_model_and_unknown_names_are_one_line(tmp_path):
+    pytest.importorskip("sam2")
+    torch.save({"sam_mask_decoder.iou_token.weight": torch.zeros(1, 256)}, tmp_path / "sam2.pt")
+    with pytest.raises(CheckpointError, match="is a SAM 2 checkpoint .* not SAM 1"):
+        build_model("vit_b", tmp_path / "sam2.pt", with_encoder=False)
+    with pytest.raises(ValueError, match="model must be one of vit_h, .*sam2.1_hiera_t"):
+        SamEngine("vit_x")

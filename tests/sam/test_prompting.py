@@ -4,14 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from wsseg_fast.sam import Embedding, build_sam, predict_masks, preprocess
+from wsseg_fast.sam import Embedding, build_model, build_sam, predict_masks
+from wsseg_fast.sam.model import preprocess
 from wsseg_fast.sam.prompting import MAX_ZOOM, ZOOM_CONTEXT, zoom_factor, zoom_window
 
 
 @pytest.fixture(scope="module")
 def sam():
     torch.manual_seed(0)
-    return build_sam("tiny", with_encoder=False)
+    return build_model("tiny", with_encoder=False)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_prompts_are_mapped_to_the_input_frame(sam, embedding):
     torch.testing.assert_close(a.low_res_logits, b.low_res_logits, atol=1e-5, rtol=1e-5)
     assert b.logits.shape[-2:] == (256, 256)  # the input frame: one resize, bit-equal to SAM's two
     assert torch.equal(
-        b.logits, sam.postprocess_masks(b.low_res_logits, input_size=(256, 256), original_size=(256, 256))
+        b.logits, sam.module.postprocess_masks(b.low_res_logits, input_size=(256, 256), original_size=(256, 256))
     )
 
 
@@ -51,7 +52,7 @@ def test_output_size_upsamples_the_low_res_masks_once(sam, embedding):
         full = predict_masks(sam, embedding, boxes=box)
         half = predict_masks(sam, embedding, boxes=box, output_size=(60, 100))
     torch.testing.assert_close(half.low_res_logits, full.low_res_logits)
-    expected = sam.postprocess_masks(full.low_res_logits, input_size=(154, 256), original_size=(60, 100))
+    expected = sam.module.postprocess_masks(full.low_res_logits, input_size=(154, 256), original_size=(60, 100))
     torch.testing.assert_close(half.logits, expected)
     assert half.logits.shape[-2:] == (60, 100)
 
@@ -65,7 +66,7 @@ def test_points_masks_and_gradients(sam, embedding):
     assert refined.logits.shape == (2, 1, 120, 200)
     refined.logits.mean().backward()  # fine-tuning needs gradients to the decoder
     assert sam.mask_decoder.iou_token.weight.grad is not None
-    sam.zero_grad(set_to_none=True)
+    sam.module.zero_grad(set_to_none=True)
 
 
 def test_bad_prompts(sam, embedding):

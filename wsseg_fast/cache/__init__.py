@@ -37,12 +37,23 @@ STALE_TMP_SECONDS = 3600
 
 @dataclass
 class Embedding:
-    """The value the cache stores: one image's SAM embedding ``[256, g, g]`` (as stored: fp16 or fp32) with the
-    sizes needed to map prompts in and masks out."""
+    """The value the cache stores: one image's SAM features (as stored: fp16 or fp32) with the sizes needed
+    to map prompts in and masks out. ``tensor`` is the image embedding ``[256, g, g]`` every family has;
+    ``extra`` the further levels a family's decoder reads (SAM 2.1: ``[32, 4g, 4g]`` and ``[64, 2g, 2g]``)."""
 
     tensor: torch.Tensor
     original_size: tuple[int, int]
     input_size: tuple[int, int]
+    extra: tuple[torch.Tensor, ...] = ()
+
+    @property
+    def levels(self) -> list[torch.Tensor]:
+        """Every feature level, the image embedding first."""
+        return [self.tensor, *self.extra]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.levels)
 
 
 class CorruptEntryWarning(UserWarning):
@@ -124,9 +135,9 @@ class EmbeddingCache:
         return problem
 
     def put(self, key: str, embedding: Embedding) -> str:
-        """Store an embedding (cast to the storage dtype) atomically; returns the path."""
-        tensor = embedding.tensor.detach().to("cpu", STORAGE_DTYPES[self.dtype]).contiguous()
-        data = tensor.numpy().tobytes()
+        """Store an embedding's levels (cast to the storage dtype) atomically; returns the path."""
+        levels = [t.detach().to("cpu", STORAGE_DTYPES[self.dtype]).contiguous() for t in embedding.levels]
+        data = b"".join(t.numpy().tobytes() for t in levels)
         meta = {
             "format": FORMAT,
             "key": key,
@@ -135,7 +146,8 @@ class EmbeddingCache:
             "checksum": _checksum(data, embedding.original_size, embedding.input_size),
         }
         path = self.path(key)
-        atomic_write_bytes(path, save({"embedding": tensor}, metadata=meta))
+        tensors = {"embedding": levels[0], **{f"level{i}": t for i, t in enumerate(levels[1:], start=1)}}
+        atomic_write_bytes(path, save(tensors, metadata=meta))
         return path
 
     @staticmethod
@@ -145,7 +157,8 @@ class EmbeddingCache:
             n = int.from_bytes(raw[:8], "little")
             header = json.loads(raw[8 : 8 + n])
             meta = header.get("__metadata__", {})
-            tensor = load(raw)["embedding"]
+            tensors = load(raw)
+            levels = [tensors["embedding"]] + [tensors[f"level{i}"] for i in range(1, len(tensors))]
         except Exception as exc:
             return f"unreadable ({type(exc).__name__}: {exc})"
         if meta.get("format") != FORMAT:
@@ -156,9 +169,9 @@ class EmbeddingCache:
             original, resized = tuple(json.loads(meta["original_size"])), tuple(json.loads(meta["input_size"]))
         except Exception:
             return "bad size fields"
-        if _checksum(tensor.numpy().tobytes(), original, resized) != meta.get("checksum"):
+        if _checksum(b"".join(t.numpy().tobytes() for t in levels), original, resized) != meta.get("checksum"):
             return "checksum mismatch"
-        return Embedding(tensor=tensor, original_size=original, input_size=resized)
+        return Embedding(tensor=levels[0], original_size=original, input_size=resized, extra=tuple(levels[1:]))
 
     # -- maintenance ----------------------------------------------------------
     def entries(self) -> list[CacheEntry]:

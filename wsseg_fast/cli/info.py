@@ -13,10 +13,14 @@ from wsseg_fast.cli.common import UsageError
 from wsseg_fast.matching import HungarianMatcher, PromptSetCriterion
 from wsseg_fast.ops import OP_SPECS, available_backends
 from wsseg_fast.reference.matching import match_per_image
+from wsseg_fast.sam.registry import available_models
 
 
 def add_info(sub) -> None:
-    p = sub.add_parser("info", help="versions, the compiled extension, and which backend runs each op here")
+    p = sub.add_parser(
+        "info",
+        help="versions, the extension, the SAM models and the backend of each op here",
+    )
     p.add_argument("--device", default="cpu", help="device to check the backends for (default: cpu)")
     p.set_defaults(func=run_info)
 
@@ -27,6 +31,9 @@ def run_info(args) -> int:
         f"{torch.get_num_threads()} CPU threads, GPU: {torch.cuda.is_available()}"
     )
     print(f"compiled extension: {'loaded' if _native.LOAD_ERROR is None else 'NOT loaded: ' + _native.LOAD_ERROR}")
+    print("\nSAM models (--model):")
+    for name, problem in available_models().items():
+        print(f"  {name:16s} {problem or 'available'}")
     for op in sorted(OP_SPECS):
         print(f"\n{op}:")
         for backend, status in available_backends(op, args.device).items():

@@ -11,14 +11,14 @@ from wsseg_fast.pipelines.finetune import FinetuneConfig, finetune
 from wsseg_fast.pipelines.pretrain import PretrainConfig, pretrain_sam
 from wsseg_fast.sam import build_image_encoder, export_onnx, export_tensorrt
 from wsseg_fast.sam.encoder import import_tensorrt
-from wsseg_fast.sam.model import MODEL_CONFIGS
+from wsseg_fast.sam.registry import MODELS
 
 FINETUNE_FLAGS = {"weights": "--weight"}
 
 
 def add_export_encoder(sub) -> None:
     p = sub.add_parser("export-encoder", help="export SAM's image encoder to ONNX or a TensorRT engine")
-    p.add_argument("--model", default="vit_b", choices=sorted(MODEL_CONFIGS))
+    p.add_argument("--model", default="vit_b", choices=MODELS)
     p.add_argument("--checkpoint", help="SAM checkpoint (none: random weights)")
     p.add_argument("--format", default="onnx", choices=("onnx", "tensorrt"))
     p.add_argument("--out", required=True, help="output file (.onnx or .engine)")

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import torch
 
+from wsseg_fast.cache import Embedding
 from wsseg_fast.ops import local_affinity, mask_affinity, random_walk
+from wsseg_fast.sam.prompting import predict_masks
 
 
 def grid_points(points_per_side: int, height: int, width: int, *, device=None) -> torch.Tensor:
@@ -36,61 +38,44 @@ def grid_points(points_per_side: int, height: int, width: int, *, device=None) -
 
 @torch.no_grad()
 def grid_prompt_masks(
-    sam,
-    image_embedding: torch.Tensor,
-    image_size: tuple[int, int],
+    model,
+    embedding: Embedding,
     points_per_side: int = 16,
     *,
     multimask_output: bool = True,
     points_per_batch: int | None = None,
 ) -> torch.Tensor:
-    """SAM mask logits for a grid of single positive point prompts.
+    """SAM mask logits for a grid of single positive point prompts over the whole image.
 
     Args:
-        sam: a ``segment_anything`` ``Sam`` (its ``prompt_encoder``,
-            ``mask_decoder``, ``image_encoder.img_size`` and ``postprocess_masks``).
-        image_embedding: ``[1, D, h, w]`` the image encoder's output for the
-            image (e.g. from the embedding cache), computed once.
-        image_size: ``(H, W)`` of the original image, before SAM's resize of the
-            longest side to ``img_size``.
-        points_per_side: ``n``: ``n*n`` prompts at the cell centres of
-            :func:`grid_points`.
-        multimask_output: decode SAM's three candidate masks per point and keep
-            the one with the highest predicted IoU (recommended for single
-            points); otherwise the single-mask output.
-        points_per_batch: prompts per decoder call; ``None`` decodes all in one
-            call (the decoder holds one copy of the embedding per prompt).
+        model: a :class:`~wsseg_fast.sam.registry.SamModel` of either family.
+        embedding: the image's :class:`~wsseg_fast.cache.Embedding` (e.g. from the cache), computed once.
+        points_per_side: ``n``: ``n*n`` prompts at the cell centres of :func:`grid_points`.
+        multimask_output: decode SAM's three candidate masks per point and keep the one with the highest
+            predicted IoU (recommended for single points); otherwise the single-mask output.
+        points_per_batch: prompts per decoder call; ``None`` decodes all in one call (the decoder holds
+            one copy of the embedding per prompt).
 
     Returns:
         ``[n*n, H, W]`` mask logits at the original resolution.
     """
-    if image_embedding.dim() != 4 or image_embedding.shape[0] != 1:
-        raise ValueError(
-            f"grid_prompt_masks: `image_embedding` must be [1, D, h, w], got {tuple(image_embedding.shape)}"
-        )
-    height, width = image_size
-    img_size = sam.image_encoder.img_size
-    scale = img_size / max(height, width)
-    input_size = (int(height * scale + 0.5), int(width * scale + 0.5))  # SAM's ResizeLongestSide
-    points = grid_points(points_per_side, height, width, device=image_embedding.device) * scale
-    image_pe = sam.prompt_encoder.get_dense_pe()
+    height, width = embedding.original_size
+    points = grid_points(points_per_side, height, width)
     batch = points.shape[0] if points_per_batch is None else points_per_batch
     masks = []
     for chunk in points.split(batch):
-        coords = chunk[:, None, :]  # one point per prompt
-        labels = torch.ones(coords.shape[:2], dtype=torch.int, device=coords.device)
-        sparse, dense = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-        low_res, iou = sam.mask_decoder(
-            image_embeddings=image_embedding,
-            image_pe=image_pe,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
+        prediction = predict_masks(
+            model,
+            embedding,
+            points=chunk[:, None, :],
+            point_labels=torch.ones(len(chunk), 1),
             multimask_output=multimask_output,
         )
+        logits = prediction.logits
         if multimask_output:
-            best = iou.argmax(1)
-            low_res = low_res[torch.arange(len(best), device=best.device), best][:, None]
-        masks.append(sam.postprocess_masks(low_res, input_size, (height, width))[:, 0])
+            best = prediction.scores.argmax(1)
+            logits = logits[torch.arange(len(best), device=best.device), best][:, None]
+        masks.append(logits[:, 0])
     return torch.cat(masks)
 
 

@@ -37,8 +37,8 @@ from wsseg_fast.logic import class_truths, compile_knowledge_base
 from wsseg_fast.logic.priors import load_priors
 from wsseg_fast.pipelines.training import Meter, RunDir, epoch_shard, fit
 from wsseg_fast.pipelines.weak_training import WeakItem, WeakTrainingConfig, embed_items, load_weak_items
-from wsseg_fast.sam.model import build_sam, weights_id
-from wsseg_fast.sam.prompting import Embedding, predict_masks, preprocess
+from wsseg_fast.sam.prompting import Embedding, predict_masks
+from wsseg_fast.sam.registry import build_model, model_weights_id
 
 FINETUNED_NAME = "finetuned.pth"
 TRAINABLE = {
@@ -98,13 +98,12 @@ class FinetuneTrainer:
             embed_items(cfg, self.items)
         self.device = torch.device(cfg.device)
         torch.manual_seed(cfg.seed)
-        self.sam = build_sam(cfg.model, cfg.checkpoint, with_encoder=train_encoder).to(self.device)
-        self.modules = TRAINABLE[cfg.train]
-        self.sam.requires_grad_(False)
-        params = []
-        for name in self.modules:
-            getattr(self.sam, name).requires_grad_(True)
-            params += list(getattr(self.sam, name).parameters())
+        self.sam = build_model(cfg.model, cfg.checkpoint, with_encoder=train_encoder).to(self.device)
+        self.roles = set(TRAINABLE[cfg.train])
+        self.sam.module.requires_grad_(False)
+        params = [p for k, p in self.sam.module.named_parameters() if self.sam.role_of(k) in self.roles]
+        for p in params:
+            p.requires_grad_(True)
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.kbs = [
             _knowledge_base(item, self.dataset, priors, cfg.weights, _loss_size(item, cfg.loss_scale), cfg.p_exists)
@@ -113,16 +112,19 @@ class FinetuneTrainer:
         self.names = sorted({c.name for kb in self.kbs for c in kb.constraints if c.weight > 0})
         self.teachers = [None] * len(self.items)
         if cfg.distill > 0:  # the starting SAM's masks, from the starting weights even when resuming
-            teacher = build_sam(cfg.model, cfg.checkpoint, with_encoder=train_encoder).to(self.device)
+            teacher = build_model(cfg.model, cfg.checkpoint, with_encoder=train_encoder).to(self.device)
             with torch.no_grad():
                 self.teachers = [
                     torch.sigmoid(mask_logits(teacher, item, kb, self.device)) for item, kb in zip(self.items, self.kbs)
                 ]
-        self.meta = {"weights": weights_id(cfg.model, cfg.checkpoint), "class_names": list(self.dataset.class_names)}
+        self.meta = {
+            "weights": model_weights_id(cfg.model, cfg.checkpoint),
+            "class_names": list(self.dataset.class_names),
+        }
 
     def train_epoch(self, epoch: int) -> dict:
         cfg = self.cfg
-        self.sam.train()
+        self.sam.module.train()
         order = epoch_shard(len(self.items), cfg.seed, epoch).tolist()
         meter = Meter("loss", *self.names)  # means over the images (a constraint an image lacks counts 0)
         bar = tqdm(
@@ -146,16 +148,18 @@ class FinetuneTrainer:
         means = meter.means()
         return {"loss": means["loss"], "satisfaction": {k: means[k] for k in self.names}}
 
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The trained parts' weights under the official keys; with the image encoder, the whole model."""
+        state = self.sam.module.state_dict()
+        if "image_encoder" in self.roles:
+            return state
+        return {k: v for k, v in state.items() if self.sam.role_of(k) in self.roles}
+
     def state_dict(self) -> dict:
-        return {
-            "meta": self.meta,
-            "modules": {name: getattr(self.sam, name).state_dict() for name in self.modules},
-            "optimizer": self.optimizer.state_dict(),
-        }
+        return {"meta": self.meta, "weights": self.weights(), "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        for name in self.modules:
-            getattr(self.sam, name).load_state_dict(state["modules"][name])
+        self.sam.module.load_state_dict(state["weights"], strict=False)
         self.optimizer.load_state_dict(state["optimizer"])
 
     def describe(self, record: dict) -> str:
@@ -163,19 +167,16 @@ class FinetuneTrainer:
 
 
 def finetune(cfg: FinetuneConfig, progress: bool = True) -> Path:
-    """Run (or continue) stage 1; returns the path of ``finetuned.pth`` (SAM weights: the trained
-    modules' ``mask_decoder.*`` / ``prompt_encoder.*`` / ``image_encoder.*`` entries)."""
+    """Run (or continue) stage 1; returns the path of ``finetuned.pth``: the trained parts' weights under
+    the official keys (``mask_decoder.*``, ``prompt_encoder.*``; ``sam_`` ones for SAM 2.1), or the whole
+    model when the image encoder trained too."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     say = print if progress else (lambda text: None)
     run = RunDir(cfg.out, "finetune", cfg)
     trainer = FinetuneTrainer(cfg, progress, say)
     fit(trainer, run, cfg.epochs, say)
-    sam = trainer.sam
-    return run.save_artifact(
-        FINETUNED_NAME,
-        {f"{name}.{k}": v for name in trainer.modules for k, v in getattr(sam, name).state_dict().items()},
-    )
+    return run.save_artifact(FINETUNED_NAME, trainer.weights())
 
 
 def _loss_size(item: WeakItem, scale: float) -> tuple[int, int]:
@@ -183,13 +184,14 @@ def _loss_size(item: WeakItem, scale: float) -> tuple[int, int]:
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
-def mask_logits(sam, item: WeakItem, kb, device) -> torch.Tensor:
+def mask_logits(model, item: WeakItem, kb, device) -> torch.Tensor:
     """``[N, h, w]`` SAM's mask logits for the image's boxes at the knowledge base's resolution."""
     embedding = item.embedding
     if embedding is None:  # the encoder trains: embed with autograd
-        x, resized = preprocess(item.image, sam.image_encoder.img_size)
-        embedding = Embedding(sam.image_encoder(x[None].to(device))[0], tuple(item.image.shape[:2]), resized)
-    return predict_masks(sam, embedding, boxes=item.boxes, output_size=kb.image_size).logits[:, 0].float()
+        x, resized = model.preprocess(item.image)
+        levels = model.encode(x[None].to(device))
+        embedding = Embedding(levels[0][0], tuple(item.image.shape[:2]), resized, tuple(t[0] for t in levels[1:]))
+    return predict_masks(model, embedding, boxes=item.boxes, output_size=kb.image_size).logits[:, 0].float()
 
 
 def image_loss(

@@ -41,8 +41,8 @@ from wsseg_fast.data import CocoWeakDataset, ImageLoadError
 from wsseg_fast.data.weak import mask_bbox
 from wsseg_fast.errors import DataError
 from wsseg_fast.pipelines.training import Amp, Meter, RunDir, autocast_dtype, fit
-from wsseg_fast.sam.model import MODEL_CONFIGS, PATCH_SIZE, build_sam, weights_id
-from wsseg_fast.sam.prompting import predict_masks, preprocess, zoom_windows
+from wsseg_fast.sam.prompting import predict_masks, zoom_windows
+from wsseg_fast.sam.registry import MODELS, build_model, model_weights_id
 
 WEIGHTS_NAME = "sam.pth"
 MAX_JITTER_PX = 20 / 1024  # SAM's box noise cap, as a fraction of the input size
@@ -59,7 +59,7 @@ class PretrainConfig(Config):
     images: str | None = None
     """Image directory (default: images/ beside the JSON)."""
 
-    model: str = choice("tiny", MODEL_CONFIGS)
+    model: str = choice("tiny", MODELS)
     """SAM variant to train."""
 
     checkpoint: str | None = None
@@ -163,15 +163,16 @@ class _Original:
     boxes: np.ndarray  # [N, 4] x0, y0, x1, y1 pixels
 
 
-def _framed(stem: str, image: np.ndarray, masks: np.ndarray, img_size: int, loss_resolution: str) -> _Sample:
+def _framed(stem: str, image: np.ndarray, masks: np.ndarray, model, loss_resolution: str) -> _Sample:
     """An image and its ``[N, H, W]`` bool instance masks in the model's ``S x S`` input frame."""
     h, w = image.shape[:2]
-    pixels, (rh, rw) = preprocess(image, img_size)
+    img_size = model.img_size
+    pixels, (rh, rw) = model.preprocess(image)
     full = torch.from_numpy(masks).float()[:, None]
     resized = F.interpolate(full, size=(rh, rw), mode="area")[:, 0]  # share of each resized pixel
     framed = F.pad(resized, (0, img_size - rw, 0, img_size - rh))
     if loss_resolution == "low":
-        targets = F.adaptive_avg_pool2d(framed[:, None], 4 * (img_size // PATCH_SIZE))[:, 0]
+        targets = F.adaptive_avg_pool2d(framed[:, None], 4 * model.grid)[:, 0]
     else:
         targets = framed >= 0.5
     boxes = torch.tensor([mask_bbox(m) for m in masks], dtype=torch.float32)  # x, y, w, h
@@ -180,7 +181,7 @@ def _framed(stem: str, image: np.ndarray, masks: np.ndarray, img_size: int, loss
 
 
 def prepare_samples(
-    dataset: CocoWeakDataset, img_size: int, log, loss_resolution: str = "input", keep_originals: bool = False
+    dataset: CocoWeakDataset, model, log, loss_resolution: str = "input", keep_originals: bool = False
 ) -> list[_Sample]:
     """Every readable image with at least one instance mask, at the model's input size; masks
     binary in the input frame, or as shares of the low-res pixels (``loss_resolution="low"``);
@@ -201,7 +202,7 @@ def prepare_samples(
         masks = [m for m in dataset.instance_masks(record, h, w) if m.any()]
         if not masks:
             continue
-        sample = _framed(record.stem, image, np.stack(masks), img_size, loss_resolution)
+        sample = _framed(record.stem, image, np.stack(masks), model, loss_resolution)
         if keep_originals:
             boxes = np.array([mask_bbox(m) for m in masks], np.float32)
             boxes[:, 2:] += boxes[:, :2]
@@ -214,7 +215,7 @@ def prepare_samples(
     return samples
 
 
-def zoomed(sample: _Sample, img_size: int, loss_resolution: str, generator: torch.Generator) -> _Sample:
+def zoomed(sample: _Sample, model, loss_resolution: str, generator: torch.Generator) -> _Sample:
     """The sample shown in the zoom window of one of its small instances (drawn at random; the
     window ``sam-box zoom=true`` decodes that box in), with the instances lying wholly inside it;
     the sample itself if no instance is small enough to be zoomed."""
@@ -230,7 +231,7 @@ def zoomed(sample: _Sample, img_size: int, loss_resolution: str, generator: torc
         & (original.boxes[:, 3] <= y1)
     )[0]
     masks = mask_utils.decode([original.rles[i] for i in inside]).transpose(2, 0, 1)[:, y0:y1, x0:x1].astype(bool)
-    return _framed(sample.stem, np.ascontiguousarray(original.image[y0:y1, x0:x1]), masks, img_size, loss_resolution)
+    return _framed(sample.stem, np.ascontiguousarray(original.image[y0:y1, x0:x1]), masks, model, loss_resolution)
 
 
 def _focal(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
@@ -307,19 +308,25 @@ def corrective_click(
 
 
 def instance_losses(
-    sam, embedding: torch.Tensor, sample: _Sample, chosen: torch.Tensor, cfg: PretrainConfig, generator: torch.Generator
+    sam,
+    embedding: list[torch.Tensor],
+    sample: _Sample,
+    chosen: torch.Tensor,
+    cfg: PretrainConfig,
+    generator: torch.Generator,
 ) -> tuple[torch.Tensor, dict]:
-    """The summed losses of the ``chosen`` instances of one image (first prompt, then the clicks).
+    """The summed losses of the ``chosen`` instances of one image (its feature levels in the input
+    frame; first prompt, then the clicks).
     Prompts and clicks are drawn on the CPU (the seeded generator), losses taken on the model's device."""
-    img_size, device = sam.prompt_encoder.input_image_size[0], embedding.device
+    img_size, device = sam.img_size, embedding[0].device
     target = sample.masks[chosen].float()
     target_on_device = target.to(device)
     size = target.shape[-2:]  # where the losses are taken
-    low = tuple(4 * g for g in sam.prompt_encoder.image_embedding_size)
+    low = (4 * sam.grid, 4 * sam.grid)
     use_box, boxes, points = sample_prompts(
         target, sample.boxes[chosen], img_size, cfg.box_fraction, cfg.box_jitter, generator
     )
-    total, parts = embedding.new_zeros((), dtype=torch.float32), {"focal": 0.0, "dice": 0.0, "iou": 0.0}
+    total, parts = embedding[0].new_zeros((), dtype=torch.float32), {"focal": 0.0, "dice": 0.0, "iou": 0.0}
     previous = torch.zeros(len(chosen), 1, *low, device=device)
     click_points = torch.zeros(len(chosen), 0, 2)
     click_labels = torch.zeros(len(chosen), 0, dtype=torch.long)
@@ -392,21 +399,20 @@ class PretrainTrainer:
 
     def __init__(self, cfg: PretrainConfig, progress: bool, say):
         self.cfg, self.progress = cfg, progress
-        self.img_size = MODEL_CONFIGS[cfg.model].img_size
+        self.device = torch.device(cfg.device)
+        self.sam = build_model(cfg.model, cfg.checkpoint).to(self.device)
         self.samples = prepare_samples(
-            CocoWeakDataset(cfg.coco, cfg.images), self.img_size, say, cfg.loss_resolution, keep_originals=cfg.zoom > 0
+            CocoWeakDataset(cfg.coco, cfg.images), self.sam, say, cfg.loss_resolution, keep_originals=cfg.zoom > 0
         )
         say(
             f"pre-training SAM {cfg.model} on {len(self.samples)} images, "
             f"{sum(len(s.masks) for s in self.samples)} instances"
         )
-        self.device = torch.device(cfg.device)
-        self.sam = build_sam(cfg.model, cfg.checkpoint).to(self.device)
-        self.optimizer = torch.optim.AdamW(self.sam.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.sam.module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.amp_dtype = autocast_dtype(cfg.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.steps = math.ceil(len(self.samples) / cfg.batch_size)
-        self.meta = {"weights": weights_id(cfg.model, cfg.checkpoint)}
+        self.meta = {"weights": model_weights_id(cfg.model, cfg.checkpoint)}
 
     def _batch(self, order: list[int], step: int, generator: torch.Generator) -> list[_Sample]:
         """The step's samples, zoomed and mirrored at random as the settings ask."""
@@ -415,8 +421,7 @@ class PretrainTrainer:
         if cfg.zoom > 0:
             zooms = torch.rand(len(batch), generator=generator) < cfg.zoom
             batch = [
-                zoomed(s, self.img_size, cfg.loss_resolution, generator) if z else s
-                for s, z in zip(batch, zooms.tolist())
+                zoomed(s, self.sam, cfg.loss_resolution, generator) if z else s for s, z in zip(batch, zooms.tolist())
             ]
         if cfg.hflip:
             flips = torch.rand(len(batch), generator=generator) < 0.5
@@ -427,8 +432,9 @@ class PretrainTrainer:
         cfg, device = self.cfg, self.device
         loss, count = torch.zeros((), device=device), 0
         with torch.autocast(device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            embeddings = self.sam.image_encoder(torch.stack([s.pixels for s in batch]).to(device))
-            for sample, embedding in zip(batch, embeddings):
+            levels = self.sam.encode(torch.stack([s.pixels for s in batch]).to(device))
+            for j, sample in enumerate(batch):
+                embedding = [t[j] for t in levels]
                 chosen = torch.randperm(len(sample.masks), generator=generator)[: cfg.max_instances]
                 image_loss, parts = instance_losses(self.sam, embedding, sample, chosen, cfg, generator)
                 loss = loss + image_loss
@@ -444,7 +450,7 @@ class PretrainTrainer:
 
     def train_epoch(self, epoch: int) -> dict:
         cfg = self.cfg
-        self.sam.train()
+        self.sam.module.train()
         began = time.perf_counter()
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         order = torch.randperm(len(self.samples), generator=generator).tolist()
@@ -471,7 +477,7 @@ class PretrainTrainer:
         }
 
     def weights(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu() for k, v in self.sam.state_dict().items()}
+        return {k: v.detach().cpu() for k, v in self.sam.module.state_dict().items()}
 
     def state_dict(self) -> dict:
         return {
@@ -482,7 +488,7 @@ class PretrainTrainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.sam.load_state_dict(state["model"])
+        self.sam.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
 

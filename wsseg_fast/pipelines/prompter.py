@@ -28,8 +28,8 @@ from wsseg_fast.models.prompter import QueryPrompter
 from wsseg_fast.pipelines.distributed import DistContext
 from wsseg_fast.pipelines.training import Meter, RunDir, epoch_shard, fit
 from wsseg_fast.pipelines.weak_training import WeakTrainingConfig, embed_items, load_weak_items
-from wsseg_fast.sam.model import build_sam
 from wsseg_fast.sam.prompting import encode_boxes, input_frame_boxes
+from wsseg_fast.sam.registry import build_model
 
 PROMPTER_NAME = "prompter.pt"
 PROMPTER_FORMAT = "wsseg_fast.prompter/1"
@@ -130,14 +130,14 @@ def load_prompter(path, *, model: str | None = None, num_classes: int | None = N
     return prompter.eval(), {"model": state["model"], "class_names": state["class_names"]}
 
 
-def _targets(cfg: PrompterConfig, sam, items) -> list[dict[str, torch.Tensor]]:
+def _targets(cfg: PrompterConfig, model, items) -> list[dict[str, torch.Tensor]]:
     """Per image: its classes (0..C-1) and the teacher prompts of its boxes (and, for the box head,
     the boxes as fractions of the input frame, at the pixel centres SAM encodes: +0.5)."""
-    img_size = sam.prompt_encoder.input_image_size[0]
+    img_size = model.img_size
     targets = []
     for item in items:
         original, resized = item.embedding.original_size, item.embedding.input_size
-        target = {"labels": item.classes.long() - 1, "prompts": encode_boxes(sam, item.boxes, original, resized)}
+        target = {"labels": item.classes.long() - 1, "prompts": encode_boxes(model, item.boxes, original, resized)}
         if cfg.prompt_head == "box":
             boxes = input_frame_boxes(torch.as_tensor(item.boxes, dtype=torch.float32), original, resized)
             target["boxes"] = (boxes + 0.5) / img_size
@@ -160,7 +160,7 @@ class PrompterTrainer:
         ctx.barrier()
         if ctx.rank != 0:
             embed_items(cfg, self.items)
-        sam = build_sam(cfg.model, cfg.checkpoint, with_encoder=False).eval()
+        sam = build_model(cfg.model, cfg.checkpoint, with_encoder=False)
         self.embeddings = torch.stack([item.embedding.tensor.float() for item in self.items])
         self.targets = _targets(cfg, sam, self.items)
         self.device = torch.device(cfg.device)

@@ -51,7 +51,7 @@ from wsseg_fast.pipelines.crf import crf_refine
 from wsseg_fast.pipelines.methods import METHODS, MethodInput, parse_options, resolve
 from wsseg_fast.pipelines.ray_executor import run_ray
 from wsseg_fast.sam import SamEngine
-from wsseg_fast.sam.model import MODEL_CONFIGS
+from wsseg_fast.sam.registry import MODELS
 
 OUTPUT_VERSION = 1
 _TEST_DELAY = float(os.environ.get("WSSEG_FAST_TEST_DELAY", "0") or 0)
@@ -78,7 +78,7 @@ class JobConfig(Config):
     options: dict = field(default_factory=dict)
     """The method's settings, KEY=VALUE (see --list-methods)."""
 
-    model: str = choice("vit_b", MODEL_CONFIGS)
+    model: str = choice("vit_b", MODELS)
     """SAM variant."""
 
     checkpoint: str | None = None

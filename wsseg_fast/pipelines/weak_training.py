@@ -13,7 +13,7 @@ from wsseg_fast.cache import EmbeddingCache
 from wsseg_fast.config import Config, at_least, choice, positive
 from wsseg_fast.data import ImageLoadError
 from wsseg_fast.sam.engine import SamEngine
-from wsseg_fast.sam.model import MODEL_CONFIGS
+from wsseg_fast.sam.registry import MODELS
 
 
 @dataclass
@@ -28,7 +28,7 @@ class WeakTrainingConfig(Config):
     images: str | None = None
     """Image directory (default: images/ beside the JSON)."""
 
-    model: str = choice("tiny", MODEL_CONFIGS)
+    model: str = choice("tiny", MODELS)
     """SAM variant."""
 
     checkpoint: str | None = None

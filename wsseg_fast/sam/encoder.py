@@ -6,8 +6,10 @@
   when no file is given) run by ONNX Runtime (CUDA provider on a GPU, else CPU).
 - ``tensorrt``: a TensorRT engine built from the ONNX file (needs TensorRT and a GPU).
 
-Every backend takes a float32 ``[B, 3, S, S]`` batch (``prompting.preprocess``) and
-returns float32 ``[B, 256, S/16, S/16]``.
+Every backend takes a float32 ``[B, 3, S, S]`` batch (the model's ``preprocess``) and returns the
+feature levels the decoder reads, float32: ``[[B, 256, g, g]]`` for SAM 1, ``[[B, 256, 64, 64],
+[B, 32, 256, 256], [B, 64, 128, 128]]`` for SAM 2.1 (the ONNX file and the TensorRT engine have one
+output per level: ``embeddings``, ``level1``, ``level2``).
 """
 
 from __future__ import annotations
@@ -29,12 +31,22 @@ class EncoderBackendError(UserError, RuntimeError):
     """A backend that cannot run here, with the reason."""
 
 
+def level_names(levels: int) -> list[str]:
+    """The output names of an exported encoder with ``levels`` feature levels."""
+    return ["embeddings"] + [f"level{i}" for i in range(1, levels)]
+
+
 def export_onnx(encoder: torch.nn.Module, out: str | os.PathLike, *, opset: int = 17) -> str:
-    """Export ``encoder`` (an ``ImageEncoderViT``) to ONNX with a dynamic batch axis.
-    Written to a temporary name and renamed, so a killed export leaves no partial file."""
+    """Export ``encoder`` (a model's ``image_encoder``, returning a tensor or a list of levels) to ONNX
+    with a dynamic batch axis, one output per level. Written to a temporary name and renamed, so a
+    killed export leaves no partial file."""
     out = os.fspath(out)
     size = encoder.img_size
     dummy = torch.zeros(2, 3, size, size)
+    with torch.no_grad():
+        outputs = encoder.eval()(dummy[:1])
+    names = level_names(len(outputs) if isinstance(outputs, (list, tuple)) else 1)
+    axes = {name: {0: "batch"} for name in ["images", *names]}
     with atomic_output(out) as tmp:
         # The TorchScript exporter takes ~4 s for the tiny encoder where the dynamo
         # exporter takes ~40 s; the latter is the fallback once the former is gone.
@@ -42,22 +54,22 @@ def export_onnx(encoder: torch.nn.Module, out: str | os.PathLike, *, opset: int 
             warnings.simplefilter("ignore")
             try:
                 torch.onnx.export(
-                    encoder.eval(),
+                    encoder,
                     (dummy,),
                     tmp,
                     input_names=["images"],
-                    output_names=["embeddings"],
-                    dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
+                    output_names=names,
+                    dynamic_axes=axes,
                     opset_version=opset,
                     dynamo=False,
                 )
             except (TypeError, RuntimeError, NotImplementedError):
                 batch = torch.export.Dim("batch", min=1, max=1024)
                 program = torch.onnx.export(
-                    encoder.eval(),
+                    encoder,
                     (dummy,),
                     input_names=["images"],
-                    output_names=["embeddings"],
+                    output_names=names,
                     dynamic_shapes={"x": {0: batch}},
                     opset_version=opset,
                     dynamo=True,
@@ -178,31 +190,33 @@ class ImageEncoderRunner:
         return ort.InferenceSession(path, options, providers=providers)
 
     @torch.inference_mode()
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, batch: torch.Tensor) -> list[torch.Tensor]:
         if batch.ndim != 4 or tuple(batch.shape[1:]) != (3, self.img_size, self.img_size):
             raise ValueError(
                 f"image encoder: batch must be [B, 3, {self.img_size}, {self.img_size}], got {tuple(batch.shape)}"
             )
         if self.backend in ("torch", "compile"):
             batch = batch.to(self.device, torch.float32)
-            if self.precision == "fp32":
-                return self._fn(batch).float()
-            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-            with torch.autocast(self.device.type, dtype=dtype):
-                return self._fn(batch).float()
+            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+            with torch.autocast(self.device.type, dtype=dtype, enabled=self.precision != "fp32"):
+                out = self._fn(batch)
+            return [t.float() for t in (out if isinstance(out, (list, tuple)) else [out])]
         if self.backend == "onnxruntime":
-            out = self._session.run(None, {self._session.get_inputs()[0].name: batch.float().cpu().numpy()})[0]
-            return torch.from_numpy(out)
+            outputs = self._session.run(None, {self._session.get_inputs()[0].name: batch.float().cpu().numpy()})
+            return [torch.from_numpy(out) for out in outputs]
         return self._run_tensorrt(batch)
 
-    def _run_tensorrt(self, batch: torch.Tensor) -> torch.Tensor:  # pragma: no cover - needs a GPU
+    def _run_tensorrt(self, batch: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - needs a GPU
         engine, context = self._engine, self._context
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         x = batch.to("cuda", torch.float32).contiguous()
         context.set_input_shape(names[0], tuple(x.shape))
-        out = torch.empty(tuple(context.get_tensor_shape(names[1])), device="cuda", dtype=torch.float32)
         context.set_tensor_address(names[0], x.data_ptr())
-        context.set_tensor_address(names[1], out.data_ptr())
+        outputs = []
+        for name in names[1:]:  # one output per feature level
+            out = torch.empty(tuple(context.get_tensor_shape(name)), device="cuda", dtype=torch.float32)
+            context.set_tensor_address(name, out.data_ptr())
+            outputs.append(out)
         context.execute_async_v3(torch.cuda.current_stream().cuda_stream)
         torch.cuda.current_stream().synchronize()
-        return out
+        return outputs

@@ -21,20 +21,14 @@ from wsseg_fast.sam.encoder import (
     ImageEncoderRunner,
     export_onnx,
 )
-from wsseg_fast.sam.model import (
-    MODEL_CONFIGS,
+from wsseg_fast.sam.prompting import Embedding, MaskPrediction, decode_tokens, encode_boxes, predict_masks
+from wsseg_fast.sam.registry import (
     build_image_encoder,
-    build_sam,
+    build_model,
+    check_name,
     finetuned_has_encoder,
     load_finetuned,
-    weights_id,
-)
-from wsseg_fast.sam.prompting import (
-    PREPROCESSING_ID,
-    Embedding,
-    MaskPrediction,
-    predict_masks,
-    preprocess,
+    model_weights_id,
 )
 
 
@@ -48,7 +42,8 @@ class SamEngine:
     """SAM ready for a job.
 
     Args:
-        model: ``vit_b | vit_l | vit_h | tiny``.
+        model: a name of :data:`wsseg_fast.sam.registry.MODELS`: SAM 1 (``vit_b | vit_l | vit_h | tiny |
+            small``) or SAM 2.1 (``sam2.1_hiera_t | _s | _b+ | _l``).
         checkpoint: the user's SAM checkpoint (``None``: seeded random weights).
         backend: image-encoder backend (:data:`wsseg_fast.sam.encoder.BACKENDS`).
         encoder_file: an exported ONNX file / TensorRT engine for those backends.
@@ -71,39 +66,34 @@ class SamEngine:
         precision: str = "fp32",
         device: str = "cpu",
     ):
-        if model not in MODEL_CONFIGS:
-            raise ValueError(f"model must be one of {', '.join(MODEL_CONFIGS)}, got {model!r}")
+        check_name(model)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        if finetuned is not None and finetuned_has_encoder(finetuned):
+        if finetuned is not None and finetuned_has_encoder(model, finetuned):
             checkpoint, finetuned = finetuned, None  # the encoder was fine-tuned too: a whole model
-        self.model, self.checkpoint, self.backend = model, checkpoint, backend
+        self.name, self.checkpoint, self.backend = model, checkpoint, backend
         self.encoder_file, self.cache, self.precision = encoder_file, cache, precision
         self.device = torch.device(device)
-        self.img_size = MODEL_CONFIGS[model].img_size
-        if checkpoint is not None and cache is not None:
-            weights = (
-                "blake2b:" + cache.file_digest(checkpoint)
-                if os.path.isfile(checkpoint)
-                else weights_id(model, checkpoint)
-            )
+        if encoder_file is not None and not os.path.isfile(encoder_file):
+            raise EncoderBackendError(f"encoder file not found: {encoder_file}")
+        self.model = build_model(model, checkpoint, with_encoder=False).to(self.device)
+        if finetuned is not None:
+            load_finetuned(self.model, finetuned)
+        self.img_size = self.model.img_size
+        if checkpoint is not None and cache is not None and os.path.isfile(checkpoint):
+            weights = "blake2b:" + cache.file_digest(checkpoint)
         else:
-            weights = weights_id(model, checkpoint)
+            weights = model_weights_id(model, checkpoint)
         # What makes an embedding: everything here goes into the cache key.
         self.identity = {
             "model": model,
             "weights": weights,
             "backend": backend,
             "precision": precision,
-            "preprocessing": PREPROCESSING_ID,
+            "preprocessing": self.model.preprocessing_id,
         }
-        if encoder_file is not None and not os.path.isfile(encoder_file):
-            raise EncoderBackendError(f"encoder file not found: {encoder_file}")
         if encoder_file is not None:  # a user's exported file may hold other weights than the checkpoint
             self.identity["encoder_file"] = cache.file_digest(encoder_file) if cache is not None else encoder_file
-        self.sam = build_sam(model, checkpoint, with_encoder=False).to(self.device)
-        if finetuned is not None:
-            load_finetuned(self.sam, finetuned)
         self._runner: ImageEncoderRunner | None = None
         self.stats = EngineStats()
 
@@ -117,7 +107,7 @@ class SamEngine:
             if model_file is not None and self.backend in ("onnxruntime", "tensorrt"):
                 module = _SizeOnly(self.img_size)  # the file holds the weights
             else:
-                module = build_image_encoder(self.model, self.checkpoint)
+                module = build_image_encoder(self.name, self.checkpoint)
             self._runner = ImageEncoderRunner(
                 module, self.backend, model_file=model_file, precision=self.precision, device=self.device
             )
@@ -126,9 +116,9 @@ class SamEngine:
     def _export_into_cache(self) -> str:
         """Export the ONNX encoder once per encoder identity, beside the embeddings."""
         tag = hashlib.blake2b(json.dumps(self.identity, sort_keys=True).encode(), digest_size=10).hexdigest()
-        path = os.path.join(self.cache.root, "encoders", f"{self.model}-{tag}.onnx")
+        path = os.path.join(self.cache.root, "encoders", f"{self.name}-{tag}.onnx")
         if not os.path.exists(path):
-            export_onnx(build_image_encoder(self.model, self.checkpoint), path)
+            export_onnx(build_image_encoder(self.name, self.checkpoint), path)
         return path
 
     def embed(
@@ -146,15 +136,15 @@ class SamEngine:
         missing = [i for i, e in enumerate(out) if e is None]
         for start in range(0, len(missing), max(1, batch_size)):
             chunk = missing[start : start + max(1, batch_size)]
-            inputs = [preprocess(images[i], self.img_size) for i in chunk]
-            batch = torch.stack([x for x, _ in inputs])
-            embeddings = self.encoder(batch).cpu()
+            inputs = [self.model.preprocess(images[i]) for i in chunk]
+            levels = [t.cpu() for t in self.encoder(torch.stack([x for x, _ in inputs]))]
             for j, i in enumerate(chunk):
-                emb = Embedding(embeddings[j], tuple(images[i].shape[:2]), inputs[j][1])
+                emb = Embedding(levels[0][j], tuple(images[i].shape[:2]), inputs[j][1], tuple(t[j] for t in levels[1:]))
                 if keys[i] is not None:
                     self.cache.put(keys[i], emb)
-                    # Use the stored value (fp16 by default) as a warm run will: same outputs cold or warm.
-                    emb.tensor = emb.tensor.to(STORAGE_DTYPES[self.cache.dtype])
+                    # Use the stored values (fp16 by default) as a warm run will: same outputs cold or warm.
+                    dtype = STORAGE_DTYPES[self.cache.dtype]
+                    emb.tensor, emb.extra = emb.tensor.to(dtype), tuple(t.to(dtype) for t in emb.extra)
                 out[i] = emb
             self.stats.encoded += len(chunk)
         return out  # type: ignore[return-value]
@@ -162,7 +152,17 @@ class SamEngine:
     def predict(self, embedding: Embedding, **prompts) -> MaskPrediction:
         """:func:`~wsseg_fast.sam.prompting.predict_masks` with this engine's model, no autograd."""
         with torch.inference_mode():
-            return predict_masks(self.sam, embedding, **prompts)
+            return predict_masks(self.model, embedding, **prompts)
+
+    def encode_boxes(self, embedding: Embedding, boxes) -> torch.Tensor:
+        """The prompt tokens of an image's boxes (original pixels): see
+        :func:`~wsseg_fast.sam.prompting.encode_boxes`."""
+        return encode_boxes(self.model, boxes, embedding.original_size, embedding.input_size)
+
+    def decode_tokens(self, embedding: Embedding, tokens: torch.Tensor) -> MaskPrediction:
+        """:func:`~wsseg_fast.sam.prompting.decode_tokens` with this engine's model, no autograd."""
+        with torch.inference_mode():
+            return decode_tokens(self.model, embedding, tokens)
 
 
 class _SizeOnly(torch.nn.Module):

@@ -19,7 +19,10 @@ import sys
 from dataclasses import dataclass
 from functools import partial
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 
@@ -52,6 +55,8 @@ PROMPT_DIM = 256
 INIT_SEED = 0
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
+# Part of every cache key: change it whenever preprocess() changes.
+PREPROCESSING_ID = "resize-longest-side-PIL-bilinear/normalize-imagenet-255/pad-bottom-right-v1"
 
 
 def sam_modeling():
@@ -168,11 +173,9 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_into(module: nn.Module, state: dict[str, torch.Tensor], what: str, source: str) -> None:
-    """``module.load_state_dict(state)`` with one readable :class:`CheckpointError` for
-    missing/unexpected keys and shape mismatches (e.g. a vit_l file given for vit_b)."""
-
-    own = module.state_dict()
+def check_keys(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], what: str, source: str) -> None:
+    """One readable :class:`CheckpointError` for missing/unexpected keys and shape mismatches of
+    ``state`` against ``own`` (e.g. a vit_l file given for vit_b)."""
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = [
@@ -189,6 +192,11 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor], what: str, sour
         if wrong:
             parts.append(f"{len(wrong)} shape mismatches (e.g. {'; '.join(wrong[:2])})")
         raise CheckpointError(f"checkpoint {source} does not match {what}: " + ", ".join(parts))
+
+
+def load_into(module: nn.Module, state: dict[str, torch.Tensor], what: str, source: str) -> None:
+    """``module.load_state_dict(state)`` after :func:`check_keys`."""
+    check_keys(module.state_dict(), state, what, source)
     module.load_state_dict(state)
 
 
@@ -214,6 +222,11 @@ def build_sam(model: str, checkpoint: str | os.PathLike | None = None, *, with_e
     state = None
     if checkpoint is not None:
         state = load_state_dict_file(checkpoint)
+        if any(k.startswith(("sam_mask_decoder.", "sam_prompt_encoder.")) for k in state):
+            raise CheckpointError(
+                f"checkpoint {os.fspath(checkpoint)} is a SAM 2 checkpoint (sam_mask_decoder.* keys), not SAM 1: "
+                f"it goes with a sam2.1_hiera_* model; {model} needs a SAM 1 (segment-anything) checkpoint"
+            )
         if not with_encoder:
             state = {k: v for k, v in state.items() if not k.startswith("image_encoder.")}
     what = f"SAM {model}" + ("" if with_encoder else " (prompt encoder and mask decoder)")
@@ -240,29 +253,6 @@ def build_image_encoder(model: str, checkpoint: str | os.PathLike | None = None)
     )
 
 
-def load_finetuned(sam: nn.Module, checkpoint: str | os.PathLike) -> None:
-    """Load fine-tuned weights over ``sam``: a file holding the mask decoder's own state
-    dict, or ``mask_decoder.*`` / ``prompt_encoder.*`` entries (what ``wsseg-fast finetune``
-    writes). Weights with ``image_encoder.*`` entries are a whole model: pass them as the
-    checkpoint instead (see :func:`finetuned_has_encoder`)."""
-
-    state = load_state_dict_file(checkpoint)
-    parts = {
-        name: {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
-        for name in ("mask_decoder", "prompt_encoder")
-    }
-    if not any(parts.values()):
-        parts = {"mask_decoder": state}
-    for name, part in parts.items():
-        if part:
-            load_into(getattr(sam, name), part, f"the SAM {name.replace('_', ' ')}", os.fspath(checkpoint))
-
-
-def finetuned_has_encoder(checkpoint: str | os.PathLike) -> bool:
-    """Whether fine-tuned weights include the image encoder (then they are a whole SAM)."""
-    return any(k.startswith("image_encoder.") for k in load_state_dict_file(checkpoint))
-
-
 def weights_id(model: str, checkpoint: str | os.PathLike | None) -> str:
     """What identifies the weights in cache keys: the checkpoint's content digest, or the
     seeded random initialisation (tied to the segment-anything version that draws it)."""
@@ -273,3 +263,112 @@ def weights_id(model: str, checkpoint: str | os.PathLike | None) -> str:
     if not os.path.isfile(checkpoint):
         raise CheckpointError(f"checkpoint not found: {os.fspath(checkpoint)}")
     return "blake2b:" + file_digest(checkpoint)
+
+
+# --- SAM 1 behind the family-neutral interface (see wsseg_fast.sam.registry.SamModel) ---------------------
+
+
+def input_size(original_size: tuple[int, int], img_size: int) -> tuple[int, int]:
+    """(h, w) of the image resized so its longest side is ``img_size`` (SAM's ResizeLongestSide)."""
+    h, w = original_size
+    scale = img_size / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def preprocess(image: np.ndarray, img_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """An RGB ``uint8`` ``[H, W, 3]`` image -> the encoder's ``[3, S, S]`` float32 input
+    (resized as SAM's predictor does, normalised, zero-padded) and the resized ``(h, w)``."""
+
+    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+        raise TypeError(
+            f"preprocess: image must be a uint8 [H, W, 3] RGB array, got "
+            f"{getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}"
+        )
+    h, w = input_size(image.shape[:2], img_size)
+    resized = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+    x = torch.from_numpy(resized.copy()).permute(2, 0, 1).float()
+    x = (x - torch.tensor(PIXEL_MEAN).view(3, 1, 1)) / torch.tensor(PIXEL_STD).view(3, 1, 1)
+    return F.pad(x, (0, img_size - w, 0, img_size - h)), (h, w)
+
+
+class Sam1Model:
+    """A ``segment_anything`` ``Sam`` behind the family-neutral interface; coordinates in the ``S x S``
+    input frame (the image resized so its longest side is S, padded bottom-right). One feature level:
+    the image embedding ``[256, g, g]``."""
+
+    family = "sam"
+    preprocessing_id = PREPROCESSING_ID
+    ROLES = {"image_encoder.": "image_encoder", "prompt_encoder.": "prompt_encoder", "mask_decoder.": "mask_decoder"}
+
+    def __init__(self, name: str, module: nn.Module):
+        self.name, self.module = name, module
+        self.img_size = module.image_encoder.img_size
+        self.grid = module.prompt_encoder.image_embedding_size[0]
+        self.level_shapes = ((module.prompt_encoder.embed_dim, self.grid, self.grid),)
+        self.image_encoder = module.image_encoder
+        self.prompt_encoder = module.prompt_encoder
+        self.mask_decoder = module.mask_decoder
+
+    def to(self, device) -> Sam1Model:
+        self.module.to(device)
+        return self
+
+    @staticmethod
+    def role_of(key: str) -> str | None:
+        """The part (image_encoder, prompt_encoder, mask_decoder) a state-dict key belongs to."""
+        return next((role for prefix, role in Sam1Model.ROLES.items() if key.startswith(prefix)), None)
+
+    def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        return preprocess(image, self.img_size)
+
+    def encode(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        return [self.image_encoder(batch)]
+
+    def _embedding(self, levels) -> torch.Tensor:
+        param = next(self.mask_decoder.parameters())
+        emb = levels[0][None] if levels[0].ndim == 3 else levels[0]
+        if emb.ndim != 4 or emb.shape[0] != 1 or tuple(emb.shape[1:]) != self.level_shapes[0]:
+            raise ValueError(
+                f"{self.name}: the image embedding must be {list(self.level_shapes[0])}, got {tuple(emb.shape)}"
+            )
+        return emb.to(device=param.device, dtype=param.dtype)
+
+    def prompt(self, boxes=None, points=None, labels=None, masks=None) -> tuple[torch.Tensor, torch.Tensor]:
+        point_pair = None if points is None else (points, labels)
+        return self.prompt_encoder(points=point_pair, boxes=boxes, masks=masks)
+
+    def decode(self, levels, sparse: torch.Tensor, dense: torch.Tensor, multimask: bool):
+        return self.mask_decoder(
+            image_embeddings=self._embedding(levels),
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
+
+    def upsample(self, low_res: torch.Tensor, input_size, output_size) -> torch.Tensor:
+        """Low-resolution logits -> logits at ``output_size``, as SAM post-processes them (upsample to
+        the input frame, crop the padding, resize); in the input frame itself one resize."""
+        frame = (self.img_size, self.img_size)
+        if tuple(output_size) == tuple(input_size) == frame:  # SAM's second resize would be the identity
+            return F.interpolate(low_res, frame, mode="bilinear", align_corners=False)
+        return self.module.postprocess_masks(low_res, input_size=tuple(input_size), original_size=tuple(output_size))
+
+    def encode_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
+        """``[N, 2, 256]``: the prompt encoder on N boxes (input frame) alone, their two corner tokens."""
+        with torch.no_grad():
+            sparse, _ = self.prompt_encoder(points=None, boxes=boxes, masks=None)
+        return sparse
+
+    def decode_tokens(self, levels, tokens: torch.Tensor):
+        """N prompts given as tokens ``[N, K, 256]`` (the prompt encoder's output) with the no-mask dense
+        embedding, through the decoder in one call (single mask)."""
+        n = tokens.shape[0]
+        grid = tuple(self.prompt_encoder.image_embedding_size)
+        dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(n, -1, *grid)
+        return self.decode(levels, tokens.to(dense), dense, multimask=False)
+
+
+def build_sam1_model(name: str, checkpoint: str | os.PathLike | None = None, *, with_encoder: bool = True) -> Sam1Model:
+    """:func:`build_sam` behind the family-neutral interface."""
+    return Sam1Model(name, build_sam(name, checkpoint, with_encoder=with_encoder))

@@ -1,4 +1,5 @@
-"""SAM's input transform and prompting many objects of one image in one decoder call."""
+"""Prompting many objects of one image in one decoder call, for every SAM family, and the zoom
+windows in which small objects are shown to SAM."""
 
 from __future__ import annotations
 
@@ -6,37 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
 from wsseg_fast.cache import Embedding
-from wsseg_fast.sam.model import PIXEL_MEAN, PIXEL_STD
-
-# Part of every cache key: change it whenever preprocess() changes.
-PREPROCESSING_ID = "resize-longest-side-PIL-bilinear/normalize-imagenet-255/pad-bottom-right-v1"
-
-
-def input_size(original_size: tuple[int, int], img_size: int) -> tuple[int, int]:
-    """(h, w) of the image resized so its longest side is ``img_size`` (SAM's ResizeLongestSide)."""
-    h, w = original_size
-    scale = img_size / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
-
-
-def preprocess(image: np.ndarray, img_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """An RGB ``uint8`` ``[H, W, 3]`` image -> the encoder's ``[3, S, S]`` float32 input
-    (resized as SAM's predictor does, normalised, zero-padded) and the resized ``(h, w)``."""
-
-    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
-        raise TypeError(
-            f"preprocess: image must be a uint8 [H, W, 3] RGB array, got "
-            f"{getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}"
-        )
-    h, w = input_size(image.shape[:2], img_size)
-    resized = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
-    x = torch.from_numpy(resized.copy()).permute(2, 0, 1).float()
-    x = (x - torch.tensor(PIXEL_MEAN).view(3, 1, 1)) / torch.tensor(PIXEL_STD).view(3, 1, 1)
-    return F.pad(x, (0, img_size - w, 0, img_size - h)), (h, w)
 
 
 def input_frame_boxes(boxes: torch.Tensor, original_size: tuple[int, int], input_size: tuple[int, int]) -> torch.Tensor:
@@ -102,25 +74,16 @@ def _as_float(name: str, value, shape_tail: tuple, device, expected: str) -> tor
     return t
 
 
-def _prompts(
-    boxes,
-    points,
-    point_labels,
-    mask_inputs,
-    original: tuple[int, int],
-    resized: tuple[int, int],
-    low: tuple[int, int],
-    param: torch.Tensor,
-):
-    """The prompts of :func:`predict_masks` checked, on the decoder's device, in SAM's input frame:
-    ``boxes [N, 4]``, ``(points [N, K, 2], labels [N, K])`` and ``mask_inputs [N, 1, 4g, 4g]``
+def _prompts(model, boxes, points, point_labels, mask_inputs, original: tuple[int, int], resized: tuple[int, int]):
+    """The prompts of :func:`predict_masks` checked, on the decoder's device, in the model's input frame:
+    ``boxes [N, 4]``, ``points [N, K, 2]``, ``labels [N, K]`` and ``mask_inputs [N, 1, 4g, 4g]``
     (``None`` where not given)."""
+    param = next(model.mask_decoder.parameters())
     device = param.device
-    n = None
+    n = labels = None
     if boxes is not None:
         boxes = input_frame_boxes(_as_float("boxes", boxes, (4,), device, "[N, 4] (x0, y0, x1, y1)"), original, resized)
         n = boxes.shape[0]
-    point_pair = None
     if points is not None or point_labels is not None:
         if points is None or point_labels is None:
             raise ValueError("predict_masks: points and point_labels go together")
@@ -133,8 +96,9 @@ def _prompts(
             )
         if n is not None and points.shape[0] != n:
             raise ValueError(f"predict_masks: {points.shape[0]} point sets for {n} boxes")
-        point_pair, n = (points, labels.to(torch.int64)), points.shape[0]
+        labels, n = labels.to(torch.int64), points.shape[0]
     if mask_inputs is not None:
+        low = (4 * model.grid, 4 * model.grid)
         mask_inputs = torch.as_tensor(mask_inputs, device=device, dtype=param.dtype)
         if (
             mask_inputs.ndim != 4
@@ -147,12 +111,23 @@ def _prompts(
         n = mask_inputs.shape[0]
     if n is None:
         raise ValueError("predict_masks: give boxes, points (with point_labels) or mask_inputs")
-    return boxes, point_pair, mask_inputs
+    return boxes, points, labels, mask_inputs
+
+
+def frame(model, embedding) -> tuple[list[torch.Tensor], tuple[int, int], tuple[int, int]]:
+    """An image's feature levels, its original size and its size in the model's input frame, from an
+    :class:`Embedding`, or from raw levels (a tensor of the image embedding, or a list of levels) in the
+    input frame itself."""
+    if isinstance(embedding, Embedding):
+        return embedding.levels, tuple(embedding.original_size), tuple(embedding.input_size)
+    levels = list(embedding) if isinstance(embedding, (list, tuple)) else [embedding]
+    side = (model.img_size, model.img_size)
+    return levels, side, side
 
 
 def predict_masks(
-    sam,
-    embedding: Embedding | torch.Tensor,
+    model,
+    embedding: Embedding | torch.Tensor | list[torch.Tensor],
     boxes=None,
     points=None,
     point_labels=None,
@@ -160,13 +135,14 @@ def predict_masks(
     multimask_output: bool = False,
     output_size: tuple[int, int] | None = None,
 ) -> MaskPrediction:
-    """N prompts of one image through SAM's prompt encoder and mask decoder in ONE call.
+    """N prompts of one image through the prompt encoder and mask decoder in ONE call.
 
     Args:
-        sam: a ``segment_anything`` ``Sam`` (e.g. from :func:`build_sam`, with or without encoder).
-        embedding: an :class:`Embedding` (prompts are then in original image pixels and
-            masks come back at the original size), or a raw ``[256, g, g]`` / ``[1, 256, g, g]``
-            tensor (prompts and masks in the model's ``S x S`` input frame).
+        model: a :class:`~wsseg_fast.sam.registry.SamModel` of either family (``build_model``, with or
+            without its encoder).
+        embedding: an :class:`Embedding` (prompts are then in original image pixels and masks come back
+            at the original size), or the image's raw feature levels (the image embedding ``[256, g, g]``
+            or a list of levels) in the model's ``S x S`` input frame (prompts and masks in that frame).
         boxes: ``[N, 4]`` ``x0, y0, x1, y1``.
         points: ``[N, K, 2]`` ``x, y``; ``point_labels``: ``[N, K]`` (1 foreground, 0 background).
         mask_inputs: ``[N, 1, 4g, 4g]`` low-resolution logits (e.g. a previous ``low_res_logits``).
@@ -174,88 +150,34 @@ def predict_masks(
         output_size: ``(H, W)`` of ``logits`` (default: the original size); e.g. a loss at
             a lower resolution, without upsampling to full size first.
 
-    Gradients flow to the decoder's parameters (no ``no_grad`` here): callers that
-    only infer wrap the call in ``torch.inference_mode()``.
+    Gradients flow to the model's parameters (no ``no_grad`` here): callers that only infer wrap the
+    call in ``torch.inference_mode()``.
     """
-
-    img_size = sam.prompt_encoder.input_image_size[0]
-    if isinstance(embedding, Embedding):
-        emb, original, resized = embedding.tensor, tuple(embedding.original_size), tuple(embedding.input_size)
-    else:
-        emb, original, resized = embedding, (img_size, img_size), (img_size, img_size)
-    if emb.ndim == 3:
-        emb = emb[None]
-    grid = sam.prompt_encoder.image_embedding_size
-    if emb.ndim != 4 or emb.shape[0] != 1 or tuple(emb.shape[1:]) != (256, *grid):
-        raise ValueError(
-            f"predict_masks: embedding must be [256, {grid[0]}, {grid[1]}] for this model, got {tuple(emb.shape)}"
-        )
-    param = next(sam.mask_decoder.parameters())
-    emb = emb.to(device=param.device, dtype=param.dtype)
-    boxes, point_pair, mask_inputs = _prompts(
-        boxes, points, point_labels, mask_inputs, original, resized, tuple(4 * g for g in grid), param
-    )
-
-    sparse, dense = sam.prompt_encoder(points=point_pair, boxes=boxes, masks=mask_inputs)
-    low_res, scores = sam.mask_decoder(
-        image_embeddings=emb,
-        image_pe=sam.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=multimask_output,
-    )
+    levels, original, resized = frame(model, embedding)
+    boxes, points, labels, mask_inputs = _prompts(model, boxes, points, point_labels, mask_inputs, original, resized)
+    sparse, dense = model.prompt(boxes=boxes, points=points, labels=labels, masks=mask_inputs)
+    low_res, scores = model.decode(levels, sparse, dense, multimask_output)
     out_size = original if output_size is None else tuple(int(v) for v in output_size)
-    if out_size == resized == (img_size, img_size):  # the input frame: SAM's second resize would be the identity
-        logits = F.interpolate(low_res, out_size, mode="bilinear", align_corners=False)
-    else:
-        logits = sam.postprocess_masks(low_res, input_size=resized, original_size=out_size)
-    return MaskPrediction(logits=logits, scores=scores, low_res_logits=low_res)
+    return MaskPrediction(logits=model.upsample(low_res, resized, out_size), scores=scores, low_res_logits=low_res)
 
 
-def _frame(sam, embedding: Embedding | torch.Tensor) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
-    img_size = sam.prompt_encoder.input_image_size[0]
-    if isinstance(embedding, Embedding):
-        return embedding.tensor, tuple(embedding.original_size), tuple(embedding.input_size)
-    return embedding, (img_size, img_size), (img_size, img_size)
-
-
-def encode_boxes(sam, boxes, original_size: tuple[int, int], input_size: tuple[int, int]) -> torch.Tensor:
-    """``[N, 2, 256]``: SAM's prompt encoder on N boxes ``x0, y0, x1, y1`` in original pixels
-    (their 2 corner tokens: what the WPS-SAM prompter learns to predict)."""
-    param = next(sam.prompt_encoder.parameters())
+def encode_boxes(model, boxes, original_size: tuple[int, int], input_size: tuple[int, int]) -> torch.Tensor:
+    """``[N, 2, 256]``: the prompt encoder on N boxes ``x0, y0, x1, y1`` in original pixels (their two
+    corner tokens: what the WPS-SAM prompter learns to predict)."""
+    param = next(model.prompt_encoder.parameters())
     boxes = torch.as_tensor(boxes, dtype=torch.float32, device=param.device)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise ValueError(f"encode_boxes: boxes must be [N, 4] (x0, y0, x1, y1), got shape {tuple(boxes.shape)}")
-    with torch.no_grad():
-        sparse, _ = sam.prompt_encoder(
-            points=None, boxes=input_frame_boxes(boxes, original_size, input_size), masks=None
-        )
-    return sparse
+    return model.encode_boxes(input_frame_boxes(boxes, original_size, input_size))
 
 
-def decode_tokens(sam, embedding: Embedding | torch.Tensor, tokens: torch.Tensor) -> MaskPrediction:
-    """N predicted prompts ``[N, K, 256]`` of one image through SAM's mask decoder in ONE call
-    (no prompt encoder: the tokens are already its output). Masks at the original size."""
-    emb, original, resized = _frame(sam, embedding)
-    if emb.ndim == 3:
-        emb = emb[None]
-    grid = tuple(sam.prompt_encoder.image_embedding_size)
-    if emb.ndim != 4 or emb.shape[0] != 1 or tuple(emb.shape[1:]) != (256, *grid):
-        raise ValueError(
-            f"decode_tokens: embedding must be [256, {grid[0]}, {grid[1]}] for this model, got {tuple(emb.shape)}"
-        )
+def decode_tokens(
+    model, embedding: Embedding | torch.Tensor | list[torch.Tensor], tokens: torch.Tensor
+) -> MaskPrediction:
+    """N predicted prompts ``[N, K, 256]`` of one image through the mask decoder in ONE call (no prompt
+    encoder: the tokens are already its output). Masks at the original size."""
     if tokens.ndim != 3 or tokens.shape[2] != 256:
         raise ValueError(f"decode_tokens: tokens must be [N, K, 256], got {tuple(tokens.shape)}")
-    param = next(sam.mask_decoder.parameters())
-    emb, tokens = emb.to(param), tokens.to(param)
-    n = tokens.shape[0]
-    dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(n, -1, *grid)
-    low_res, scores = sam.mask_decoder(
-        image_embeddings=emb,
-        image_pe=sam.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=tokens,
-        dense_prompt_embeddings=dense,
-        multimask_output=False,
-    )
-    logits = sam.postprocess_masks(low_res, input_size=resized, original_size=original)
-    return MaskPrediction(logits=logits, scores=scores, low_res_logits=low_res)
+    levels, original, resized = frame(model, embedding)
+    low_res, scores = model.decode_tokens(levels, tokens)
+    return MaskPrediction(logits=model.upsample(low_res, resized, original), scores=scores, low_res_logits=low_res)

@@ -49,7 +49,7 @@ from wsseg_fast.pipelines.cam.data import (
 from wsseg_fast.pipelines.distributed import DistContext
 from wsseg_fast.pipelines.training import Meter, RunDir, epoch_shard, fit
 from wsseg_fast.sam import SamEngine
-from wsseg_fast.sam.model import MODEL_CONFIGS
+from wsseg_fast.sam.registry import MODELS
 
 RESNET_CHANNELS = 2048
 LOSS_NAMES = ("bce", "sub_bce", "ssc", "recon", "total")
@@ -73,7 +73,7 @@ class CamConfig(Config):
     cache_dtype: Literal["fp16", "fp32"] = "fp16"
     """How the cache stores embeddings."""
 
-    model: str = choice("vit_b", MODEL_CONFIGS)
+    model: str = choice("vit_b", MODELS)
     """SAM variant of the embeddings."""
 
     checkpoint: str | None = None

@@ -88,7 +88,8 @@ def parse_options(method: str, given: Mapping[str, object] | Iterable[str] = ())
     known = ", ".join(f"{k}={v}" for k, v in defaults.items()) or "none"
     pairs = given.items() if isinstance(given, Mapping) else [str(p).partition("=")[::2] for p in given]
     options = dict(defaults)
-    for (key, value), text in zip(pairs, given):
+    texts = [f"{k}={v}" for k, v in given.items()] if isinstance(given, Mapping) else given
+    for (key, value), text in zip(pairs, texts):
         if key not in defaults or not (isinstance(given, Mapping) or "=" in text):
             raise MethodError(f"--method-option {text!r}: method {method} takes key=value with keys: {known}")
         options[key] = _option_value(key, value, defaults[key])

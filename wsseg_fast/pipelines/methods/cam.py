@@ -18,9 +18,9 @@ _LOADED: dict[tuple, tuple[CamClassifier, dict]] = {}
 
 
 def _classifier(ctx: MethodInput) -> tuple[CamClassifier, dict]:
-    key = (ctx.options["cam"], ctx.engine.model)
+    key = (ctx.options["cam"], ctx.engine.name)
     if key not in _LOADED:
-        _LOADED[key] = load_cam(ctx.options["cam"], model=ctx.engine.model)
+        _LOADED[key] = load_cam(ctx.options["cam"], model=ctx.engine.name)
     return _LOADED[key]
 
 
@@ -102,7 +102,7 @@ def cam_sam_rw(ctx: MethodInput) -> Instances:
     scale = min(1.0, int(o["size"]) / max(h, w))
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
     with torch.no_grad():
-        masks = grid_prompt_masks(ctx.engine.sam, ctx.embedding.tensor.float()[None], (h, w), int(o["points_per_side"]))
+        masks = grid_prompt_masks(ctx.engine.model, ctx.embedding, int(o["points_per_side"]))
     masks = F.interpolate(masks[None], size=size, mode="bilinear", align_corners=False)
     cams = F.interpolate(cams, size=size, mode="bilinear", align_corners=False)
     scores, _ = refine_cams(

@@ -13,10 +13,11 @@ from wsseg_fast.pipelines.prompter import load_prompter
 from wsseg_fast.sam.prompting import Embedding, decode_tokens
 
 
-def prompter_instances(prompter: QueryPrompter, sam, embedding: Embedding, *, threshold: float = 0.5) -> Instances:
+def prompter_instances(prompter: QueryPrompter, model, embedding: Embedding, *, threshold: float = 0.5) -> Instances:
     """Prompt-free instances of one image: keep queries whose most probable class is not
     "no object" and has probability >= ``threshold``; decode all their prompts in ONE
-    mask-decoder call. ``scores`` = class probability x SAM's predicted IoU and
+    mask-decoder call of ``model`` (a :class:`~wsseg_fast.sam.registry.SamModel`). ``scores`` = class
+    probability x SAM's predicted IoU and
     ``pixel_scores`` = sigmoid(logit), so :func:`~wsseg_fast.pipelines.methods.resolve`
     gives each overlapped pixel to the highest class prob x IoU x pixel confidence.
     Classes are 1..C (0 stays background)."""
@@ -29,7 +30,7 @@ def prompter_instances(prompter: QueryPrompter, sam, embedding: Embedding, *, th
         keep = (cls < prompter.num_classes) & (conf >= threshold)
         if not bool(keep.any()):
             return Instances(np.zeros((0, h, w), bool), np.zeros(0, np.int64), np.zeros(0, np.float32))
-        pred = decode_tokens(sam, embedding, out["pred_prompts"][0][keep])
+        pred = decode_tokens(model, embedding, out["pred_prompts"][0][keep])
         logits = pred.logits[:, 0].float()
         return Instances(
             masks=(logits > 0).cpu().numpy(),
@@ -39,10 +40,10 @@ def prompter_instances(prompter: QueryPrompter, sam, embedding: Embedding, *, th
         )
 
 
-def predict_semantic(prompter: QueryPrompter, sam, embedding: Embedding, *, threshold: float = 0.5) -> np.ndarray:
+def predict_semantic(prompter: QueryPrompter, model, embedding: Embedding, *, threshold: float = 0.5) -> np.ndarray:
     """One semantic map ``[H, W]`` uint8 (0 background, c+1 for class c) of one image, prompt-free."""
     h, w = embedding.original_size
-    label, _ = resolve(prompter_instances(prompter, sam, embedding, threshold=threshold), h, w)
+    label, _ = resolve(prompter_instances(prompter, model, embedding, threshold=threshold), h, w)
     return label
 
 
@@ -56,7 +57,7 @@ def prompter_method(ctx: MethodInput) -> Instances:
     if not path:
         raise MethodError("method prompter needs --prompter PROMPTER.pt (from train-prompter)")
     num_classes = len(ctx.class_names) - 1 if ctx.class_names else None
-    key = (path, ctx.engine.model, num_classes)
+    key = (path, ctx.engine.name, num_classes)
     if key not in _LOADED:
-        _LOADED[key] = load_prompter(path, model=ctx.engine.model, num_classes=num_classes)[0]
-    return prompter_instances(_LOADED[key], ctx.engine.sam, ctx.embedding, threshold=ctx.options["threshold"])
+        _LOADED[key] = load_prompter(path, model=ctx.engine.name, num_classes=num_classes)[0]
+    return prompter_instances(_LOADED[key], ctx.engine.model, ctx.embedding, threshold=ctx.options["threshold"])
