@@ -105,9 +105,27 @@ def decoder_and_cache(model: str, image: np.ndarray, work: Path) -> dict:
 def job(model: str, data: Path, cache: Path, out: Path, backend: str, threads: int) -> float:
     """Images per second of one pseudo-label run in a fresh process (the job's own time)."""
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "wsseg_fast", "pseudo-label", "--coco", str(data / "annotations.json"),
-           "--method", "sam-box", "--model", model, "--backend", backend, "--cache", str(cache), "--out", str(out),
-           "--threads", str(threads), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "wsseg_fast",
+        "pseudo-label",
+        "--coco",
+        str(data / "annotations.json"),
+        "--method",
+        "sam-box",
+        "--model",
+        model,
+        "--backend",
+        backend,
+        "--cache",
+        str(cache),
+        "--out",
+        str(out),
+        "--threads",
+        str(threads),
+        "--quiet",
+    ]
     subprocess.run(cmd, check=True, capture_output=True)
     run = json.loads((out / "runs.jsonl").read_text().splitlines()[-1])
     return run["images_labelled"] / run["seconds"]
