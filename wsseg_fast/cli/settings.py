@@ -88,16 +88,22 @@ def add_settings(
     ``flags`` renames the flags that read differently from their field; ``skip`` leaves fields
     to their defaults (or to the command, which passes them to :func:`settings_from_args`)."""
     docs = field_docs(cls)
+    groups: dict[str, argparse._ArgumentGroup] = {}
     for field, kind in typed_fields(cls):
         if field.name in skip:
             continue
+        title = _group_title(cls, field.name)
+        if title is None:
+            target = parser
+        else:
+            target = groups.get(title) or groups.setdefault(title, parser.add_argument_group(title))
         flag = (flags or {}).get(field.name, "--" + field.name.replace("_", "-"))
         options = _argument(field, kind, flag)
-        parser.add_argument(
+        target.add_argument(
             flag, dest=field.name, help=_help(docs.get(field.name, ""), options.get("default")), **options
         )
         if optional_part(kind)[1] and _default(field) is not None:
-            parser.add_argument(
+            target.add_argument(
                 f"--no-{flag[2:]}", dest=field.name, action="store_const", const=None, help=f"no {flag[2:]}"
             )
     parser.add_argument(
@@ -107,6 +113,15 @@ def add_settings(
         "here win; every training run saves its resolved settings as OUT/config.yaml)",
     )
     parser.set_defaults(settings_class=cls)
+
+
+def _group_title(cls: type, name: str) -> str | None:
+    """The ``FLAG_GROUP`` of the class that declares field ``name`` (settings shared by several
+    commands, listed under their own heading in ``--help``), if it has one."""
+    for klass in cls.__mro__:
+        if name in vars(klass).get("__annotations__", {}):
+            return vars(klass).get("FLAG_GROUP")
+    return None
 
 
 def _pairs(name: str, flag: str, items) -> dict[str, str]:

@@ -95,7 +95,7 @@ class FinetuneTrainer:
             raise DataError(f"{cfg.coco}: no readable image with a box to train on")
         train_encoder = cfg.train == "all"
         if not train_encoder:
-            embed_items(cfg, self.items)
+            embed_items(cfg, self.items, say)
         self.device = torch.device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.sam = build_model(cfg.model, cfg.checkpoint, with_encoder=train_encoder).to(self.device)

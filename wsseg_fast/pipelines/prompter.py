@@ -156,10 +156,10 @@ class PrompterTrainer:
             raise DataError(f"{cfg.coco}: no readable image with a box: the prompter learns from boxes")
         # through the shared cache: rank 0 encodes the missing embeddings, once; the others read them
         if ctx.rank == 0:
-            embed_items(cfg, self.items)
+            embed_items(cfg, self.items, say)
         ctx.barrier()
         if ctx.rank != 0:
-            embed_items(cfg, self.items)
+            embed_items(cfg, self.items, lambda text: None)
         sam = build_model(cfg.model, cfg.checkpoint, with_encoder=False)
         self.embeddings = torch.stack([item.embedding.tensor.float() for item in self.items])
         self.targets = _targets(cfg, sam, self.items)

@@ -34,8 +34,7 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from wsseg_fast.cache import EmbeddingCache, default_cache_dir
-from wsseg_fast.config import Config, at_least, choice, require
+from wsseg_fast.config import at_least, require
 from wsseg_fast.data import CocoWeakDataset, ImageLoadError
 from wsseg_fast.data.labels import encode_label_png, palette, read_label_png
 from wsseg_fast.errors import UserError
@@ -48,10 +47,10 @@ from wsseg_fast.io import (
 )
 from wsseg_fast.metrics import SegmentationMeter, markdown_table
 from wsseg_fast.pipelines.crf import crf_refine
+from wsseg_fast.pipelines.label_maps import encode_soft
 from wsseg_fast.pipelines.methods import METHODS, MethodInput, parse_options, resolve
 from wsseg_fast.pipelines.ray_executor import run_ray
-from wsseg_fast.sam import SamEngine
-from wsseg_fast.sam.registry import MODELS
+from wsseg_fast.sam.settings import EncoderSettings
 
 OUTPUT_VERSION = 1
 _TEST_DELAY = float(os.environ.get("WSSEG_FAST_TEST_DELAY", "0") or 0)
@@ -62,7 +61,7 @@ class JobError(UserError):
 
 
 @dataclass
-class JobConfig(Config):
+class JobConfig(EncoderSettings):
     coco: str
     """COCO JSON with the weak annotations."""
 
@@ -78,30 +77,8 @@ class JobConfig(Config):
     options: dict = field(default_factory=dict)
     """The method's settings, KEY=VALUE (see --list-methods)."""
 
-    model: str = choice("vit_b", MODELS)
-    """SAM variant."""
-
-    checkpoint: str | None = None
-    """SAM checkpoint (e.g. sam_vit_b_01ec64.pth); none: random weights (pipeline test only)."""
-
     finetuned: str | None = None
     """A fine-tuned mask-decoder state dict (from finetune) loaded over the checkpoint's decoder."""
-
-    backend: Literal["torch", "compile", "onnxruntime", "tensorrt"] = "torch"
-    """Image-encoder backend."""
-
-    encoder_file: str | None = None
-    """Exported encoder for onnxruntime/tensorrt (default: exported into the cache once)."""
-
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """Encoder compute precision."""
-
-    cache: str | None = field(default_factory=default_cache_dir)
-    """Embedding cache directory (default: $WSSEG_FAST_CACHE or ~/.cache/wsseg_fast; --no-cache:
-    always encode, store nothing)."""
-
-    cache_dtype: Literal["fp16", "fp32"] = "fp16"
-    """How the cache stores embeddings."""
 
     device: str = "cpu"
     """Where SAM runs."""
@@ -134,24 +111,15 @@ class JobConfig(Config):
     """Discard outputs in OUT made with other settings (same settings: resume)."""
 
     def validate(self) -> None:
+        super().validate()
         require(self.method in METHODS, f"unknown method {self.method!r}; methods: {', '.join(sorted(METHODS))}")
         self.options = parse_options(self.method, self.options)
         at_least(1, batch_size=self.batch_size)
-        require(
-            self.precision == "fp32" or self.backend in ("torch", "compile"),
-            f"the {self.backend} backend runs the exported graph's precision: use precision fp32 (build a fp16 "
-            "TensorRT engine with export-encoder --fp16)",
-        )
 
     def settings(self, weights: str | None, finetuned: str | None) -> dict:
         """What the outputs depend on: a re-run with other settings must not mix with them."""
         sam = METHODS[self.method].needs_sam
-        # the embedding's numerics: the encoder's backend and precision, and how it was stored
-        embedding = (
-            {"backend": self.backend, "precision": self.precision, "stored": self.cache_dtype if self.cache else "fp32"}
-            if sam
-            else None
-        )
+        embedding = self.embedding_numerics() if sam else None
         return {
             "version": OUTPUT_VERSION,
             "method": self.method,
@@ -178,17 +146,7 @@ class Labeller:
         self.dataset = CocoWeakDataset(cfg.coco, cfg.images)
         self.engine = None
         if self.method.needs_sam:
-            cache = EmbeddingCache(cfg.cache, dtype=cfg.cache_dtype) if cfg.cache else None
-            self.engine = SamEngine(
-                cfg.model,
-                cfg.checkpoint,
-                backend=cfg.backend,
-                encoder_file=cfg.encoder_file,
-                cache=cache,
-                finetuned=cfg.finetuned,
-                precision=cfg.precision,
-                device=cfg.device,
-            )
+            self.engine = cfg.engine(cfg.device, cfg.finetuned)
         os.makedirs(os.path.join(cfg.out, "labels"), exist_ok=True)
         os.makedirs(os.path.join(cfg.out, "parts"), exist_ok=True)
 
@@ -225,6 +183,11 @@ class Labeller:
         png = encode_label_png(label)
         out = self.cfg.out
         atomic_write_bytes(os.path.join(out, "labels", record.stem + ".png"), png)
+        soft = None
+        if instances is not None and instances.class_scores is not None:
+            soft = f"soft/{record.stem}.npz"
+            os.makedirs(os.path.join(out, "soft"), exist_ok=True)
+            atomic_write_bytes(os.path.join(out, soft), encode_soft(instances.class_scores))
         if self.cfg.visualize:
             os.makedirs(os.path.join(out, "vis"), exist_ok=True)
             atomic_write_bytes(os.path.join(out, "vis", record.stem + ".png"), overlay(image, label, boxes))
@@ -235,6 +198,7 @@ class Labeller:
             "label": f"labels/{record.stem}.png",
             "label_blake2b": hashlib.blake2b(png, digest_size=16).hexdigest(),
             "instances": _instances_json(record, anns, instances, winner) if instances is not None else [],
+            **({"soft": soft} if soft else {}),
         }
         atomic_write_json(os.path.join(out, "parts", record.stem + ".json"), part)
         if _TEST_DELAY:  # lets the SIGKILL test land between images
@@ -314,7 +278,7 @@ def _prepare_out(cfg: JobConfig, labeller: Labeller, overwrite: bool) -> dict:
                 f"{cfg.out} holds pseudo-labels made with other settings ({', '.join(changed)} differ): "
                 "use another --out, or --overwrite to start again"
             )
-        for sub in ("labels", "parts", "vis"):
+        for sub in ("labels", "parts", "vis", "soft"):
             shutil.rmtree(os.path.join(cfg.out, sub), ignore_errors=True)
         for name in ("report.json", "report.md", "manifest.json", "pseudo_labels.json"):
             if os.path.exists(os.path.join(cfg.out, name)):
@@ -322,7 +286,7 @@ def _prepare_out(cfg: JobConfig, labeller: Labeller, overwrite: bool) -> dict:
         os.makedirs(os.path.join(cfg.out, "labels"), exist_ok=True)
         os.makedirs(os.path.join(cfg.out, "parts"), exist_ok=True)
     atomic_write_json(path, settings)
-    for sub in ("labels", "parts", "vis", "."):  # half-written files of a killed run (never visible as outputs)
+    for sub in ("labels", "parts", "vis", "soft", "."):  # half-written files of a killed run (never visible as outputs)
         directory = os.path.join(cfg.out, sub)
         for name in os.listdir(directory) if os.path.isdir(directory) else ():
             if name.startswith(TMP_PREFIX):
@@ -344,7 +308,8 @@ def finished_images(cfg: JobConfig, dataset) -> set[int]:
                 ok = hashlib.blake2b(f.read(), digest_size=16).hexdigest() == part.get("label_blake2b")
         except (FileNotFoundError, ValueError):
             continue
-        if part.get("status") == "done" and ok:
+        soft = part.get("soft")  # a method's soft maps are outputs too
+        if part.get("status") == "done" and ok and (soft is None or os.path.isfile(os.path.join(cfg.out, soft))):
             done.add(i)
     return done
 

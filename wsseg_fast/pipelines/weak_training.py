@@ -9,15 +9,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from wsseg_fast.cache import EmbeddingCache
-from wsseg_fast.config import Config, at_least, choice, positive
+from wsseg_fast.config import at_least, positive
 from wsseg_fast.data import ImageLoadError
-from wsseg_fast.sam.engine import SamEngine
-from wsseg_fast.sam.registry import MODELS
+from wsseg_fast.sam.settings import EncoderSettings
 
 
 @dataclass
-class WeakTrainingConfig(Config):
+class WeakTrainingConfig(EncoderSettings):
     coco: str
     """COCO JSON with the weak annotations."""
 
@@ -27,15 +25,6 @@ class WeakTrainingConfig(Config):
 
     images: str | None = None
     """Image directory (default: images/ beside the JSON)."""
-
-    model: str = choice("tiny", MODELS)
-    """SAM variant."""
-
-    checkpoint: str | None = None
-    """SAM checkpoint to start from (none: seeded random weights)."""
-
-    cache: str | None = None
-    """Embedding cache directory, shared with pseudo-label (frozen encoder; none: embeddings kept in memory)."""
 
     epochs: int = 10
     """Passes over the images."""
@@ -52,9 +41,10 @@ class WeakTrainingConfig(Config):
     threads: int | None = None
     """torch CPU threads."""
 
-    RUNTIME = ("out", "cache", "threads", "device", "epochs")
+    RUNTIME = (*EncoderSettings.RUNTIME, "out", "threads", "device", "epochs")
 
     def validate(self) -> None:
+        super().validate()
         at_least(1, epochs=self.epochs)
         positive(lr=self.lr)
 
@@ -92,12 +82,10 @@ def load_weak_items(dataset, log) -> list[WeakItem]:
     return items
 
 
-def embed_items(cfg: WeakTrainingConfig, items: list[WeakItem]) -> None:
+def embed_items(cfg: WeakTrainingConfig, items: list[WeakItem], log) -> None:
     """Sets every item's embedding from the frozen encoder, through the cache when one is given
-    (encodes only the missing ones)."""
-    cache = None
-    if cfg.cache is not None:
-        cache = EmbeddingCache(cfg.cache)
-    engine = SamEngine(cfg.model, cfg.checkpoint, cache=cache, device=cfg.device)
+    (encodes only the missing ones), and logs how many were encoded."""
+    engine = cfg.engine(cfg.device)
     for item, embedding in zip(items, engine.embed([item.image for item in items])):
         item.embedding = embedding
+    log(str(engine.stats))

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from wsseg_fast.cache import STORAGE_DTYPES, pixels_digest
+from wsseg_fast.errors import UserError
 from wsseg_fast.sam.encoder import (
     BACKENDS,
     EncoderBackendError,
@@ -37,6 +38,13 @@ class EngineStats:
     cache_hits: int = 0
     encoded: int = 0
 
+    def __str__(self) -> str:
+        return f"embeddings: {self.cache_hits} from the cache, {self.encoded} encoded"
+
+
+class MissingEmbeddingError(UserError):
+    """An engine told not to encode (``encode=False``) lacks a cached embedding."""
+
 
 class SamEngine:
     """SAM ready for a job.
@@ -52,6 +60,8 @@ class SamEngine:
             loaded over the checkpoint's, or a whole fine-tuned SAM used instead of it.
         precision: encoder compute precision (``fp32`` | ``bf16`` | ``fp16``).
         device: where the models run.
+        encode: encode the images the cache lacks; ``False``: raise :class:`MissingEmbeddingError`
+            instead (a stage that must only read what an earlier one stored).
     """
 
     def __init__(
@@ -65,6 +75,7 @@ class SamEngine:
         finetuned: str | None = None,
         precision: str = "fp32",
         device: str = "cpu",
+        encode: bool = True,
     ):
         check_name(model)
         if backend not in BACKENDS:
@@ -72,7 +83,9 @@ class SamEngine:
         if finetuned is not None and finetuned_has_encoder(model, finetuned):
             checkpoint, finetuned = finetuned, None  # the encoder was fine-tuned too: a whole model
         self.name, self.checkpoint, self.backend = model, checkpoint, backend
-        self.encoder_file, self.cache, self.precision = encoder_file, cache, precision
+        self.encoder_file, self.cache, self.precision, self.encode = encoder_file, cache, precision, encode
+        if not encode and cache is None:
+            raise ValueError("SamEngine: encode=False needs a cache to read the embeddings from")
         self.device = torch.device(device)
         if encoder_file is not None and not os.path.isfile(encoder_file):
             raise EncoderBackendError(f"encoder file not found: {encoder_file}")
@@ -121,6 +134,10 @@ class SamEngine:
             export_onnx(build_image_encoder(self.name, self.checkpoint), path)
         return path
 
+    def key(self, image: np.ndarray) -> str | None:
+        """The cache key of an RGB ``uint8`` image's embedding under this engine (``None``: no cache)."""
+        return self.cache.key(pixels_digest(image), self.identity) if self.cache is not None else None
+
     def embed(
         self, images: list[np.ndarray], batch_size: int = 1, keys: list[str | None] | None = None
     ) -> list[Embedding]:
@@ -128,12 +145,16 @@ class SamEngine:
         in batches of ``batch_size`` and stored."""
 
         if keys is None:
-            keys = [
-                self.cache.key(pixels_digest(im), self.identity) if self.cache is not None else None for im in images
-            ]
+            keys = [self.key(im) for im in images]
         out: list[Embedding | None] = [self.cache.get(k) if k is not None else None for k in keys]
         self.stats.cache_hits += sum(e is not None for e in out)
         missing = [i for i, e in enumerate(out) if e is None]
+        if missing and not self.encode:
+            raise MissingEmbeddingError(
+                f"{len(missing)} of {len(images)} images have no embedding in the cache {self.cache.root} for "
+                f"{self.describe()} (--no-encode): run the stage that stores them with the same settings first, "
+                "or let this one encode"
+            )
         for start in range(0, len(missing), max(1, batch_size)):
             chunk = missing[start : start + max(1, batch_size)]
             inputs = [self.model.preprocess(images[i]) for i in chunk]
@@ -148,6 +169,12 @@ class SamEngine:
                 out[i] = emb
             self.stats.encoded += len(chunk)
         return out  # type: ignore[return-value]
+
+    def describe(self) -> str:
+        """The encoder settings that key its embeddings, as the flags name them."""
+        parts = [f"model {self.name}", f"weights {self.identity['weights']}", f"backend {self.backend}"]
+        parts += [f"precision {self.precision}", f"cache dtype {self.cache.dtype if self.cache else '-'}"]
+        return ", ".join(parts)
 
     def predict(self, embedding: Embedding, **prompts) -> MaskPrediction:
         """:func:`~wsseg_fast.sam.prompting.predict_masks` with this engine's model, no autograd."""

@@ -16,15 +16,14 @@ epoch's seeded order is padded to a multiple of the world size and sharded, ever
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from wsseg_fast.cache import EmbeddingCache, default_cache_dir
-from wsseg_fast.config import Config, at_least, choice, positive, require
+from wsseg_fast.config import at_least, positive, require
 from wsseg_fast.data import CocoWeakDataset
 from wsseg_fast.io import file_digest
 from wsseg_fast.models.cam import (
@@ -48,15 +47,14 @@ from wsseg_fast.pipelines.cam.data import (
 )
 from wsseg_fast.pipelines.distributed import DistContext
 from wsseg_fast.pipelines.training import Meter, RunDir, epoch_shard, fit
-from wsseg_fast.sam import SamEngine
-from wsseg_fast.sam.registry import MODELS
+from wsseg_fast.sam.settings import EncoderSettings
 
 RESNET_CHANNELS = 2048
 LOSS_NAMES = ("bce", "sub_bce", "ssc", "recon", "total")
 
 
 @dataclass
-class CamConfig(Config):
+class CamConfig(EncoderSettings):
     coco: str
     """COCO JSON whose images carry 'tags' (only tags are read)."""
 
@@ -65,19 +63,6 @@ class CamConfig(Config):
 
     images: str | None = None
     """Image directory (default: images/ beside the JSON)."""
-
-    cache: str | None = field(default_factory=default_cache_dir)
-    """Embedding cache directory, shared with pseudo-label (default: $WSSEG_FAST_CACHE or
-    ~/.cache/wsseg_fast; --no-cache: encode without reading or filling a cache)."""
-
-    cache_dtype: Literal["fp16", "fp32"] = "fp16"
-    """How the cache stores embeddings."""
-
-    model: str = choice("vit_b", MODELS)
-    """SAM variant of the embeddings."""
-
-    checkpoint: str | None = None
-    """SAM weights (default: the variant's seeded random weights)."""
 
     backbone: Literal["sam", "resnet50"] = "sam"
     """sam: the frozen SAM encoder's cached embeddings; resnet50: torchvision's ResNet-50 trained end to end."""
@@ -122,9 +107,10 @@ class CamConfig(Config):
     subclasses: int = 0
     """WeakMedSAM sub-classes: k-means clusters per class (paper: 8; 0 = off; needs scikit-learn)."""
 
-    RUNTIME = ("out", "cache", "epochs")
+    RUNTIME = (*EncoderSettings.RUNTIME, "out", "epochs")
 
     def validate(self) -> None:
+        super().validate()
         at_least(1, epochs=self.epochs, batch_size=self.batch_size)
         positive(lr=self.lr)
         at_least(0, ssc_weight=self.ssc_weight, recon_weight=self.recon_weight, subclasses=self.subclasses)
@@ -142,13 +128,13 @@ class CamConfig(Config):
         )
 
 
-def _inputs(cfg: CamConfig, dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def _inputs(cfg: CamConfig, dataset, indices: list[int], say) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """The classifier's inputs (SAM embeddings or ResNet images), their valid cells and the
     backbone's identity for the checkpoint."""
     if cfg.backbone == "sam":
-        cache = EmbeddingCache(cfg.cache, dtype=cfg.cache_dtype) if cfg.cache else None
-        engine = SamEngine(cfg.model, cfg.checkpoint, cache=cache)
+        engine = cfg.engine()
         inputs, valid = embed_dataset(engine, dataset, indices)
+        say(str(engine.stats))
         return inputs, valid, {"model": cfg.model, "weights": engine.identity["weights"], "image_size": engine.img_size}
     pairs = [resnet_input(dataset.load_image(dataset.images[i]), cfg.image_size) for i in indices]
     weights = "blake2b:" + file_digest(cfg.backbone_weights) if cfg.backbone_weights else "random"
@@ -170,7 +156,7 @@ class CamTrainer:
             f"train-cam: {len(self.indices)} of {len(dataset)} images have tags (boxes, points and masks are ignored)"
             + (f"; DDP over {ctx.world} processes" if ctx.world > 1 else "")
         )
-        self.inputs, self.valid, identity = _inputs(cfg, dataset, self.indices)
+        self.inputs, self.valid, identity = _inputs(cfg, dataset, self.indices, say)
         torch.manual_seed(cfg.seed)
         backbone = resnet50_body(cfg.backbone_weights) if cfg.backbone == "resnet50" else None
         in_channels = RESNET_CHANNELS if backbone is not None else self.inputs.shape[1]

@@ -49,12 +49,15 @@ class MethodError(UserError):
 class Instances:
     """``masks`` ``[N, H, W]`` bool, ``classes`` ``[N]``, ``scores`` ``[N]`` float (instance
     confidence), optional ``pixel_scores`` ``[N, H, W]`` float in [0, 1]; overlaps are won
-    by the larger ``scores * pixel_scores``."""
+    by the larger ``scores * pixel_scores``. ``class_scores`` ``[num_classes, H, W]`` in [0, 1]: a
+    method's soft per-class map (the CAM methods'), which the job saves as ``OUT/soft/<stem>.npz``
+    for a student head with a sigmoid loss."""
 
     masks: np.ndarray
     classes: np.ndarray
     scores: np.ndarray
     pixel_scores: np.ndarray | None = None
+    class_scores: np.ndarray | None = None
 
 
 @dataclass

@@ -46,14 +46,15 @@ def feature_cams(ctx: MethodInput) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def label_from_scores(scores: torch.Tensor, classes: np.ndarray, height: int, width: int) -> Instances:
-    """``[1, C+1, h, w]`` scores (channel 0 background) -> upsampled to the image, argmax.
+    """``[1, C+1, h, w]`` scores in [0, 1] (channel 0 background) -> upsampled to the image, argmax.
     One instance per annotation of the job (``classes``): its class's pixels (tags say nothing
-    of instances, so annotations of one class share them and the first one wins them)."""
+    of instances, so annotations of one class share them and the first one wins them). The
+    upsampled scores are the soft map the job saves."""
     scores = F.interpolate(scores.float(), size=(height, width), mode="bilinear", align_corners=False)
     label = scores.argmax(1)[0].numpy()
     classes = np.asarray(classes, np.int64)
     masks = np.stack([label == c for c in classes]) if len(classes) else np.zeros((0, height, width), bool)
-    return Instances(masks, classes, np.ones(len(classes)))
+    return Instances(masks, classes, np.ones(len(classes)), class_scores=scores[0].clamp(0, 1).numpy())
 
 
 def cam_scores(cams: torch.Tensor, alpha: float) -> torch.Tensor:
