@@ -134,11 +134,10 @@ def test_multihead_gt_subset_and_final_phase(shapes, tmp_path):
 def test_each_head_learns_only_from_images_that_have_its_source():
     torch.manual_seed(0)
     logits = {h: torch.randn(2, 3, 4, 4, requires_grad=True) for h in ("gt", "box")}
-    targets = torch.randint(0, 3, (2, 2, 4, 4))
-    targets[1, 0] = 255  # image 1 has no gt label
-    targets[:, 1] = 255  # no image has a box label
+    targets = {"gt": torch.randint(0, 3, (2, 4, 4)), "box": torch.full((2, 4, 4), 255)}
+    targets["gt"][1] = 255  # image 1 has no gt label; no image has a box label
     losses = head_losses(logits, targets, ["gt", "box"])
-    torch.testing.assert_close(losses["gt"], F.cross_entropy(logits["gt"][:1], targets[:1, 0]))
+    torch.testing.assert_close(losses["gt"], F.cross_entropy(logits["gt"][:1], targets["gt"][:1]))
     assert losses["box"].item() == 0
     (losses["gt"] + losses["box"]).backward()
     assert logits["gt"].grad[1].abs().sum() == 0 and logits["gt"].grad[0].abs().sum() > 0
@@ -148,9 +147,9 @@ def test_each_head_learns_only_from_images_that_have_its_source():
 def test_class_weights_weigh_each_class_in_the_loss():
     torch.manual_seed(0)
     logits = {"pseudo": torch.randn(2, 3, 4, 4)}
-    targets = torch.randint(0, 3, (2, 1, 4, 4))
+    targets = {"pseudo": torch.randint(0, 3, (2, 4, 4))}
     weights = {"pseudo": torch.tensor([0.5, 1.0, 2.0])}
-    expected = F.cross_entropy(logits["pseudo"], targets[:, 0], weight=weights["pseudo"], reduction="sum") / 32
+    expected = F.cross_entropy(logits["pseudo"], targets["pseudo"], weight=weights["pseudo"], reduction="sum") / 32
     torch.testing.assert_close(head_losses(logits, targets, ["pseudo"], weights)["pseudo"], expected)
 
 
@@ -159,7 +158,7 @@ def test_balanced_class_weights_favour_rare_classes(tmp_path):
     labels[:2] = 1  # 16 pixels of class 1, 48 of background, none of class 2
     write_label(tmp_path / "a.png", torch.from_numpy(labels))
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a_image.png")
-    dataset = StudentDataset([tmp_path / "a_image.png"], [[tmp_path / "a.png", None]], 3, 8, flip=False)
+    dataset = StudentDataset([tmp_path / "a_image.png"], [[tmp_path / "a.png", None]], ["pseudo", "gt"], 3, 8, False)
     weights = balanced_class_weights(dataset, ["pseudo", "gt"], 0.5)
     w = weights["pseudo"]
     torch.testing.assert_close(w[1] / w[0], torch.tensor(3.0).sqrt())  # freq 1/4 vs 3/4, exponent 0.5

@@ -8,9 +8,10 @@ import os
 from wsseg_fast.cli.common import add_quiet
 from wsseg_fast.cli.settings import add_settings, settings_from_args
 from wsseg_fast.pipelines.evaluate import evaluate, write_report
-from wsseg_fast.pipelines.student import StudentConfig, predict, train_student
+from wsseg_fast.pipelines.student import PredictConfig, StudentConfig, predict, train_student
 
 STUDENT_FLAGS = {"sources": "--source", "loss_weights": "--loss-weight", "val_labels": "--val-gt"}
+PREDICT_FLAGS = {"student": "--checkpoint", "checkpoint": "--sam-checkpoint"}
 
 
 class _PseudoSource(argparse.Action):
@@ -22,7 +23,10 @@ class _PseudoSource(argparse.Action):
 
 
 def add_train_student(sub) -> None:
-    p = sub.add_parser("train-student", help="train the prompt-free U-Net student on label maps (torchrun for DDP)")
+    p = sub.add_parser(
+        "train-student",
+        help="train the prompt-free student on label maps: a U-Net, or a head on SAM features (DDP: torchrun)",
+    )
     add_settings(p, StudentConfig, STUDENT_FLAGS)
     p.add_argument(
         "--pseudo",
@@ -44,17 +48,24 @@ def run_train_student(args) -> int:
 
 def add_predict(sub) -> None:
     p = sub.add_parser("predict", help="label a directory of images with a trained student")
-    p.add_argument("--checkpoint", required=True, help="last.pt (or its directory) from train-student")
-    p.add_argument("--images", required=True)
-    p.add_argument("--out", required=True, help="directory for <stem>.png label maps")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device")
+    add_settings(p, PredictConfig, PREDICT_FLAGS, skip=("model",))
+    add_quiet(p)
     p.set_defaults(func=run_predict)
 
 
 def run_predict(args) -> int:
-    written = predict(args.checkpoint, args.images, args.out, batch_size=args.batch_size, device=args.device)
-    print(f"wrote {len(written)} label maps to {args.out}")
+    cfg = settings_from_args(PredictConfig, args, PREDICT_FLAGS)
+    written = predict(
+        cfg.student,
+        cfg.images,
+        cfg.out,
+        batch_size=cfg.batch_size,
+        device=cfg.device,
+        heads=cfg.heads,
+        encoder=cfg,
+        progress=not args.quiet,
+    )
+    print(f"wrote {len(written)} label maps to {cfg.out}")
     return 0
 
 

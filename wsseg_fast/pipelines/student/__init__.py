@@ -5,7 +5,14 @@ out_dir)`` are what ``wsseg-fast train-student`` and ``wsseg-fast predict`` run.
 """
 
 from wsseg_fast.pipelines.student.data import MEAN, STD, StudentDataset
-from wsseg_fast.pipelines.student.predict import load_student, predict, predict_logits
+from wsseg_fast.pipelines.student.predict import (
+    PredictConfig,
+    StudentPredictor,
+    load_student,
+    predict,
+    predict_logits,
+    student_engine,
+)
 from wsseg_fast.pipelines.student.train import (
     StudentConfig,
     balanced_class_weights,
@@ -16,12 +23,15 @@ from wsseg_fast.pipelines.student.train import (
 __all__ = [
     "MEAN",
     "STD",
+    "PredictConfig",
     "StudentConfig",
     "StudentDataset",
+    "StudentPredictor",
     "balanced_class_weights",
     "head_losses",
     "load_student",
     "predict",
     "predict_logits",
+    "student_engine",
     "train_student",
 ]
