@@ -8,6 +8,9 @@ pi_0(x) = (1 - eps) x + eps moves a value off 0, pi_1(x) = (1 - eps) x off 1.
 Quantifiers take a guarding ``mask``; unlike LTN, an empty domain is defined:
 ``forall`` gives 1 and ``exists`` gives 0 (LTN returns NaN there).
 
+:func:`check_truth_values` is the value check every loss on truth values shares (the fused
+box and pairwise losses, knowledge bases): see "Bad values" in ``docs/ops.md``.
+
 The lowest layer of the package: it imports nothing from wsseg_fast, so the
 references, the ops and :mod:`wsseg_fast.logic` can all build on it.
 """
@@ -17,6 +20,9 @@ from __future__ import annotations
 import torch
 
 EPS = 1e-4
+TRUTH_TOLERANCE = 1e-3
+"""How far outside [0, 1] a truth value may lie before a loss refuses it: sigmoid and softmax
+outputs in float16, or probabilities averaged in low precision, stray a few ulps past 1."""
 
 
 def pi_0(x: torch.Tensor) -> torch.Tensor:
@@ -183,3 +189,23 @@ def sat_agg(
     if truths.numel() == 0:
         return truths.new_ones(())
     return 1.0 - ((weights * (1.0 - truths) ** p).sum() / total) ** (1.0 / p)
+
+
+def check_truth_values(probs: torch.Tensor, name: str) -> torch.Tensor:
+    """The value check of a loss on truth values, in one reduction over ``probs`` (min and max).
+
+    Returns a 0-dim tensor to add to the loss: 0, or NaN when ``probs`` holds a NaN (or an
+    infinity), so that a NaN anywhere in ``probs`` makes the loss NaN, also where the loss does not
+    read it. Raises ``ValueError`` naming ``name`` and ``probs`` when a value lies more than
+    :data:`TRUTH_TOLERANCE` outside [0, 1]; a NaN is never this error (it propagates, as in torch's
+    own losses). The raise is a data-dependent branch (and a host synchronisation on CUDA): it is
+    skipped while ``torch.compile`` traces, where the NaN still propagates."""
+    if probs.numel() == 0:
+        return probs.new_zeros(())
+    lo, hi = torch.aminmax(probs.detach())  # NaN when probs holds one
+    if not torch.compiler.is_compiling() and bool((lo < -TRUTH_TOLERANCE) | (hi > 1.0 + TRUTH_TOLERANCE)):
+        raise ValueError(
+            f"{name}: `probs` must be truth values in [0, 1] (tolerance {TRUTH_TOLERANCE:g}), "
+            f"got values in [{lo.item():.4g}, {hi.item():.4g}]"
+        )
+    return (lo + hi) * 0.0

@@ -35,8 +35,13 @@ void check_box_inputs(const at::Tensor& probs, const at::Tensor& boxes, const at
     TORCH_CHECK_VALUE(label[i] >= -1 && label[i] < classes, "box_constraint: `labels` must be class ids in [0, ",
                       classes, ") or -1 for padding, got ", label[i]);
     if (label[i] < 0) continue;
+    const double* b = box + 4 * i;
     for (int j = 0; j < 4; ++j)
-      TORCH_CHECK_VALUE(!std::isnan(box[4 * i + j]), "box_constraint: `boxes` contain NaN (box ", i, ")");
+      TORCH_CHECK_VALUE(!std::isnan(b[j]), "box_constraint: `boxes` contain NaN (box ", i, ")");
+    TORCH_CHECK_VALUE(b[2] >= b[0] && b[3] >= b[1],
+                      "box_constraint: `boxes` must have x1 >= x0 and y1 >= y0 (label -1 marks padding); box [",
+                      i / boxes.size(1), ", ", i % boxes.size(1), "] is [", b[0], ", ", b[1], ", ", b[2], ", ", b[3],
+                      "]");
   }
 }
 

@@ -134,6 +134,65 @@ def test_bad_input_raises_value_error(backend):
         box_constraint_loss(probs, boxes, labels, p_forall=0.0, backend=backend)
 
 
+def bad_value_case(dtype=torch.float32):
+    """Class 0 has no box (the loss never reads its plane); class 1 has two boxes in image 0."""
+    probs = torch.rand(2, 3, 9, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(dtype)
+    boxes = torch.tensor([[[1.0, 1, 6, 5], [3, 2, 9, 8]], [[0, 0, 4, 4], [0, 0, 0, 0]]], dtype=torch.float64)
+    return probs, boxes, torch.tensor([[1, 2], [1, -1]])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("params", [dict(), dict(p_forall=3.0, p_exists=1.5)], ids=["p2", "p"])
+def test_nan_probs_give_nan(backend, params):
+    """NaN in, NaN out, on every backend: a NaN the loss reads (inside a box, outside the boxes
+    of its class) makes the loss and the gradient NaN by the kernels' own arithmetic (check=False
+    too); a NaN it does not read (a class without a box) makes the loss NaN by the value check."""
+    probs, boxes, labels = bad_value_case()
+    for where in [(0, 1, 2, 2), (0, 1, 8, 0), (1, 1, 8, 9)]:
+        nan = probs.clone()
+        nan[where] = float("nan")
+        for check in (True, False):
+            loss, grad = loss_and_grad(nan, boxes, labels, backend, check=check, **params)
+            assert loss.isnan() and grad.isnan().any(), (where, check)
+    unread = probs.clone()
+    unread[0, 0, 4, 4] = float("nan")
+    loss, grad = loss_and_grad(unread, boxes, labels, backend, **params)
+    assert loss.isnan() and grad.isfinite().all()  # the gradient of what the loss reads
+    assert loss_and_grad(unread, boxes, labels, backend, check=False, **params)[0].isfinite()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_probs_outside_0_1_raise(backend):
+    probs, boxes, labels = bad_value_case()
+    for bad in (1.3, -0.01, float("inf"), -float("inf")):
+        wrong = probs.clone()
+        wrong[0, 0, 4, 4] = bad  # a plane the loss does not even read
+        with pytest.raises(ValueError, match=r"`probs` must be truth values in \[0, 1\]"):
+            loss_and_grad(wrong, boxes, labels, backend)
+        assert loss_and_grad(wrong, boxes, labels, backend, check=False)[0].isfinite()
+    near = probs.clone()
+    near[0, 1, 2, 2], near[0, 2, 3, 3] = 1.0005, -0.0005  # within the tolerance of 1e-3
+    assert loss_and_grad(near, boxes, labels, backend)[0].isfinite()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inverted_boxes_raise_and_empty_boxes_are_ignored(backend):
+    probs, boxes, labels = bad_value_case()
+    for inverted in ([6.0, 1, 1, 5], [1.0, 5, 6, 1]):
+        wrong = boxes.clone()
+        wrong[0, 1] = torch.tensor(inverted)
+        with pytest.raises(ValueError, match=r"x1 >= x0 and y1 >= y0.*box \[0, 1\]"):
+            loss_and_grad(probs, wrong, labels, backend)
+    padding = boxes.clone()
+    padding[1, 1] = torch.tensor([6.0, 1, 1, 5])  # an inverted padding row is not looked at
+    expected = loss_and_grad(probs, boxes, labels, backend)
+    torch.testing.assert_close(loss_and_grad(probs, padding, labels, backend), expected)
+    # Zero width or height at integer coordinates covers no pixel: the box is ignored.
+    empty = torch.cat([boxes, torch.tensor([[[4.0, 1, 4, 7]], [[2.0, 3, 8, 3]]], dtype=torch.float64)], dim=1)
+    more = torch.cat([labels, torch.tensor([[2], [0]])], dim=1)
+    torch.testing.assert_close(loss_and_grad(probs, empty, more, backend), expected)
+
+
 def test_gradcheck_cpu():
     probs, boxes, labels = random_case(3, batch=2, classes=2, height=4, width=5, n=3)
     probs = probs.clamp(0.05, 0.95).requires_grad_()
@@ -167,6 +226,9 @@ def test_torch_compile_fullgraph_cpu():
     expected = step(logits)
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(grad, torch.autograd.grad(expected, logits)[0])
+    nan = logits.detach().clone()
+    nan[0, 0, 0, 0] = float("nan")  # the value check is traced without its raise: NaN still propagates
+    assert compiled(nan.requires_grad_()).isnan()
 
 
 @pytest.mark.slow

@@ -125,6 +125,7 @@ def _grad_kernel(
     coef = tl.zeros([BLOCK_R, BLOCK_W], dtype=acc_ty)
     covered = tl.zeros([BLOCK_R, BLOCK_W], dtype=tl.int32)
     g_out = tl.zeros([], dtype=acc_ty)
+    has_out = tl.zeros([], dtype=tl.int32)  # the class has a representative: OUT reads the plane
     for j in range(0, N):
         bj = b * N + j
         hit = (tl.load(labels_ptr + bj) == c) & (tl.load(valid_ptr + bj) != 0)
@@ -137,12 +138,14 @@ def _grad_kernel(
         covered = tl.where(inside, 1, covered)
         rep = hit & (tl.load(rep_ptr + bj) != 0)
         g_out += tl.where(rep, tl.load(grad_outside_ptr + bj), 0.0)
+        has_out = tl.where(rep, 1, has_out)
     offs = (bc.to(tl.int64) * H + rows[:, None]) * W + cols[None, :]
     p = tl.load(probs_ptr + offs, mask=m, other=0.0).to(acc_ty)
+    # 0 on a plane the loss does not read (no box of class c), also where p is NaN there.
     grad = tl.where(
         covered != 0,
         coef * lifted_power_grad(p, p_exists, STABLE, PE_IS_2),
-        g_out * lifted_power_grad(p, p_forall, STABLE, PF_IS_2),
+        tl.where(has_out != 0, g_out * lifted_power_grad(p, p_forall, STABLE, PF_IS_2), 0.0),
     )
     tl.store(grad_ptr + offs, grad.to(grad_ptr.dtype.element_ty), mask=m)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from wsseg_fast import reference
-from wsseg_fast.fuzzy import pmean_error
+from wsseg_fast.fuzzy import check_truth_values, pmean_error
 from wsseg_fast.ops._backend import TRITON_RUNNABLE, OpSpec, choose
 from wsseg_fast.reference.box_constraint import box_pixel_bounds, check_box_values
 
@@ -142,24 +142,40 @@ def box_constraint_loss(
     p_forall: float = 2.0,
     p_exists: float = 2.0,
     stable: bool = True,
+    check: bool = True,
     backend: str = "auto",
 ) -> torch.Tensor:
     """Fuzzy box constraint loss (a scalar tensor, differentiable in ``probs``).
 
     Args:
         probs: ``[B, C, H, W]`` truth values in [0, 1] (e.g. sigmoid or softmax outputs).
-        boxes: ``[B, N, 4]`` (x0, y0, x1, y1) in pixels; pixel (y, x) is inside when
-            floor(x0) <= x < ceil(x1) and floor(y0) <= y < ceil(y1), clipped to the image.
-            Boxes with zero area after clipping are ignored.
+        boxes: ``[B, N, 4]`` (x0, y0, x1, y1) in pixels, x1 >= x0 and y1 >= y0; pixel (y, x) is
+            inside when floor(x0) <= x < ceil(x1) and floor(y0) <= y < ceil(y1), clipped to the
+            image. Boxes that cover no pixel (zero width or height at integer coordinates, or
+            outside the image) are ignored.
         labels: ``[B, N]`` class ids, ``-1`` for padding.
         p_forall, p_exists: exponents of the ∀ (pMeanError) and ∃ (pMean) quantifiers.
         stable: LTN's projections pi_0 / pi_1 (eps = 1e-4) on every quantifier operand.
+        check: check the values of ``probs`` in one reduction over them
+            (:func:`~wsseg_fast.fuzzy.check_truth_values`): a value more than 1e-3 outside
+            [0, 1] raises ``ValueError`` naming ``probs``, and a NaN anywhere in ``probs`` makes
+            the loss NaN. The raise is skipped under ``torch.compile`` (the NaN still
+            propagates). ``False`` skips the pass (a knowledge base checks ``probs`` once for all
+            its formulas); a NaN the loss reads still gives NaN.
         backend: ``auto | triton | cpu | torch``.
 
-    Returns 0 (with a zero gradient) for an empty batch or when no box is valid.
-    Raises ``ValueError`` for NaN boxes, labels outside [-1, C) or wrong shapes.
+    Returns 0 (with a zero gradient) for an empty batch or when no box is valid; NaN (on every
+    backend) when ``probs`` holds a NaN.
+    Raises ``ValueError`` for NaN or inverted (x1 < x0 or y1 < y0) boxes other than padding,
+    labels outside [-1, C), ``probs`` outside [0, 1] or wrong shapes.
     """
     _check(probs, boxes, labels, p_forall, p_exists)
+    guard = check_truth_values(probs, "box_constraint_loss") if check else None
+    loss = _fused_loss(probs, boxes, labels, p_forall, p_exists, stable, backend)
+    return loss if guard is None else loss + guard
+
+
+def _fused_loss(probs, boxes, labels, p_forall, p_exists, stable, backend) -> torch.Tensor:
     which = choose(SPEC, backend, probs.device)
     if probs.dtype not in (torch.float32, torch.float64) and which != "triton":
         probs = probs.float()

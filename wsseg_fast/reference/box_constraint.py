@@ -22,12 +22,23 @@ def box_pixel_bounds(boxes: torch.Tensor, height: int, width: int) -> torch.Tens
 
 
 def check_box_values(boxes: torch.Tensor, labels: torch.Tensor, num_classes: int, name: str) -> None:
-    """ValueError for a NaN box or a label outside [-1, C) (padding rows, label -1, are not checked)."""
+    """ValueError for a label outside [-1, C), a NaN box or an inverted one (x1 < x0 or y1 < y0);
+    padding rows (label -1) are not checked. Skipped while ``torch.compile`` traces (the checks
+    branch on data)."""
+    if torch.compiler.is_compiling():
+        return
     valid = labels >= 0
     if bool((labels < -1).any()) or bool((labels >= num_classes).any()):
         raise ValueError(f"{name}: `labels` must be class ids in [0, {num_classes}) or -1 for padding")
     if bool(torch.isnan(boxes[valid]).any()):
         raise ValueError(f"{name}: `boxes` contain NaN")
+    inverted = valid & ((boxes[..., 2] < boxes[..., 0]) | (boxes[..., 3] < boxes[..., 1]))
+    if bool(inverted.any()):
+        b, k = inverted.nonzero()[0].tolist()
+        raise ValueError(
+            f"{name}: `boxes` must have x1 >= x0 and y1 >= y0 (label -1 marks padding); "
+            f"box [{b}, {k}] is {boxes[b, k].tolist()}"
+        )
 
 
 def box_constraint_truths(
