@@ -92,6 +92,56 @@ def test_bad_input_raises(backend):
         pairwise_constraint_loss(probs, images, threshold=0.0, backend=backend)
 
 
+def isolated_pixel_case():
+    """A grey image with one red pixel at (4, 4): every other pixel has similar neighbours, the red
+    one none (the loss never reads its probabilities)."""
+    probs = torch.rand(1, 2, 9, 10, generator=torch.Generator().manual_seed(0))
+    images = torch.full((1, 3, 9, 10), 0.5)
+    images[0, :, 4, 4] = torch.tensor([1.0, 0.0, 0.0])
+    return probs, images
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("p_forall", [2.0, 3.0])
+def test_nan_probs_give_nan(backend, p_forall):
+    """NaN in, NaN out, on every backend: a NaN on an edge makes the loss and the gradient NaN by
+    the kernels' own arithmetic (check=False too); a NaN on no edge makes the loss NaN by the
+    value check."""
+    probs, images = isolated_pixel_case()
+    read = probs.clone()
+    read[0, 1, 2, 7] = float("nan")
+    for check in (True, False):
+        loss, grad = loss_and_grad(read, images, backend, p_forall=p_forall, check=check)
+        assert loss.isnan() and grad.isnan().any(), check
+    unread = probs.clone()
+    unread[0, 1, 4, 4] = float("nan")
+    assert loss_and_grad(unread, images, backend, p_forall=p_forall)[0].isnan()
+    assert loss_and_grad(unread, images, backend, p_forall=p_forall, check=False)[0].isfinite()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_values_raise(backend):
+    """probs beyond 1e-3 outside [0, 1] and NaN colours raise, naming the argument."""
+    probs, images = isolated_pixel_case()
+    for bad in (1.3, -0.01, float("inf")):
+        wrong = probs.clone()
+        wrong[0, 0, 4, 4] = bad
+        with pytest.raises(ValueError, match=r"`probs` must be truth values in \[0, 1\]"):
+            loss_and_grad(wrong, images, backend)
+    near = probs.clone()
+    near[0, 0, 1, 1] = 1.0005
+    assert loss_and_grad(near, images, backend)[0].isfinite()
+    nan_images = images.clone()
+    nan_images[0, 1, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="images.*NaN"):
+        loss_and_grad(probs, nan_images, backend)
+    lab = rgb_to_lab(images)
+    lab[0, 0, 3, 3] = float("nan")
+    device = device_of(backend)
+    with pytest.raises(ValueError, match="`lab` contains NaN"):
+        pairwise_constraint_loss(probs.to(device), lab=lab.to(device), backend=backend)
+
+
 def test_gradcheck_cpu():
     probs, images = random_case(2, batch=1, classes=2, height=5, width=6)
     probs = probs.clamp(0.05, 0.95).requires_grad_()
@@ -121,10 +171,14 @@ def test_torch_compile_fullgraph_cpu():
         return pairwise_constraint_loss(torch.sigmoid(logits), lab=lab, backend="cpu")
 
     logits = torch.randn(probs.shape, requires_grad=True)
-    loss = torch.compile(step, fullgraph=True, backend="aot_eager")(logits)
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    loss = compiled(logits)
     expected = step(logits)
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(torch.autograd.grad(loss, logits)[0], torch.autograd.grad(expected, logits)[0])
+    nan = logits.detach().clone()
+    nan[0, 0, 0, 0] = float("nan")  # the value checks are traced without their raise: NaN still propagates
+    assert compiled(nan.requires_grad_()).isnan()
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from wsseg_fast import reference
-from wsseg_fast.fuzzy import pmean_error
+from wsseg_fast.fuzzy import check_truth_values, pmean_error
 from wsseg_fast.ops._backend import TRITON_RUNNABLE, OpSpec, choose
 from wsseg_fast.ops.color import rgb_to_lab
 from wsseg_fast.ops.neighbors import dilated_offsets
@@ -73,20 +73,29 @@ def pairwise_constraint_loss(
     threshold: float = 0.3,
     p_forall: float = 2.0,
     stable: bool = True,
+    check: bool = True,
     backend: str = "auto",
 ) -> torch.Tensor:
     """Fuzzy pairwise colour prior loss (a scalar tensor, differentiable in ``probs``).
 
     Args:
         probs: ``[B, C, H, W]`` truth values in [0, 1].
-        images: ``[B, 3, H, W]`` RGB, uint8 (0..255) or float in [0, 1].
+        images: ``[B, 3, H, W]`` RGB, uint8 (0..255) or float in [0, 1] (NaN raises).
         lab: instead of ``images``, their CIELAB ``rgb_to_lab(images)`` (float32), e.g.
             computed once per image, or outside a ``torch.compile``d step (the range
             check of ``images`` reads data, which ``fullgraph=True`` forbids).
         kernel_size, dilation: the neighbourhood (BoxInst: 3, 2 -> 8 neighbours).
         threshold: colour similarity τ above which neighbours should agree.
         p_forall: exponent of the ∀ over edges; ``stable``: LTN's projections.
+        check: check the values of ``probs`` (one reduction over them, as
+            :func:`box_constraint_loss` does: beyond 1e-3 outside [0, 1] raises ``ValueError``
+            naming ``probs``, a NaN anywhere makes the loss NaN) and that ``lab`` holds no NaN
+            (a NaN colour has no similarity: ``ValueError`` naming ``lab``). The raises are
+            skipped under ``torch.compile``; ``False`` skips both passes (a knowledge base checks
+            ``probs`` once, and its ``lab`` comes from checked images).
         backend: ``auto | triton | cpu | torch``.
+
+    Returns NaN (on every backend) when ``probs`` holds a NaN.
     """
     name = "pairwise_constraint_loss"
     if not isinstance(probs, torch.Tensor) or not probs.is_floating_point() or probs.dim() != 4:
@@ -114,7 +123,15 @@ def pairwise_constraint_loss(
     if not p_forall > 0:
         raise ValueError(f"{name}: `p_forall` must be > 0, got {p_forall}")
     offsets = dilated_offsets(kernel_size, dilation).reshape(-1, 2).to(probs.device)  # [0, 2] for a 1x1 window
+    if check and lab is not None and not torch.compiler.is_compiling() and bool(torch.isnan(lab).any()):
+        raise ValueError(f"{name}: `lab` contains NaN")
     lab = rgb_to_lab(images) if lab is None else lab.float()
+    guard = check_truth_values(probs, name) if check else None
+    loss = _fused_loss(probs, lab, offsets, threshold, p_forall, stable, backend)
+    return loss if guard is None else loss + guard
+
+
+def _fused_loss(probs, lab, offsets, threshold, p_forall, stable, backend) -> torch.Tensor:
     which = choose(SPEC, backend, probs.device)
     if probs.dtype not in (torch.float32, torch.float64) and which != "triton":
         probs = probs.float()
