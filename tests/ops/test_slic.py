@@ -192,6 +192,18 @@ def test_bad_input(kwargs, error, match):
         slic(**args)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_pixels_raise(backend):
+    """A NaN colour has no superpixel: every backend raises, naming `images` (also under a mask)."""
+    images = torch.rand(1, 3, 6, 7)
+    images[0, 2, 3, 4] = float("nan")
+    mask = torch.ones(1, 6, 7, dtype=torch.bool)
+    mask[0, 3, 4] = False
+    for kwargs in (dict(), dict(mask=mask)):
+        with pytest.raises(ValueError, match="slic: `images` contains NaN"):
+            run(images, 4, backend, **kwargs)
+
+
 COMPILED = [b for b in BACKENDS if b.values[0] in ("cpu", "cuda")]
 
 

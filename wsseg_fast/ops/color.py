@@ -18,7 +18,7 @@ _D65_WHITE = (0.95047, 1.0, 1.08883)
 def to_unit_rgb(images: torch.Tensor, name: str = "images") -> torch.Tensor:
     """``[B, 3, H, W]`` uint8 (0..255) or float in [0, 1] -> float32 in [0, 1].
 
-    Raises ``ValueError``/``TypeError`` naming ``name`` for anything else."""
+    Raises ``ValueError``/``TypeError`` naming ``name`` for anything else (NaN included)."""
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
     if images.dim() != 4 or images.shape[1] != 3:
@@ -28,7 +28,9 @@ def to_unit_rgb(images: torch.Tensor, name: str = "images") -> torch.Tensor:
     if not images.is_floating_point():
         raise TypeError(f"{name} must be uint8 (0..255) or floating point in [0, 1], got {images.dtype}")
     if images.numel():
-        lo, hi = torch.aminmax(images)
+        lo, hi = torch.aminmax(images)  # NaN when images hold one
+        if torch.isnan(lo):
+            raise ValueError(f"{name} contains NaN; floating-point images must lie in [0, 1]")
         if not (torch.isfinite(lo) and torch.isfinite(hi)) or lo < 0 or hi > 1:
             raise ValueError(
                 f"{name}: floating-point images must lie in [0, 1] (got min {lo.item():.4g}, max {hi.item():.4g}); "
