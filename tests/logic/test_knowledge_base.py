@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import sys
+
 import pytest
 import torch
 
+from tests.helpers import backends_here, device_of
 from wsseg_fast.logic import KnowledgeBase, compile_knowledge_base, forall, implies_reichenbach, sat_agg
 
 NAMES = ["background", "disc", "cup"]
@@ -119,6 +123,33 @@ def test_user_formula_and_batch_checks():
         kb(torch.rand(1, 3, 4, 5))
     with pytest.raises(ValueError, match="exists"):
         kb.add("cup->disc", lambda p: p.mean())
+
+
+@pytest.mark.parametrize("backend", backends_here("box_constraint_loss"))
+def test_nan_and_out_of_range_probabilities(backend, monkeypatch):
+    """On every backend of the fused formulas: a NaN anywhere in probs makes every truth and the
+    loss NaN; a value beyond 1e-3 outside [0, 1] raises naming probs. The knowledge base checks
+    probs once; its fused box and pairwise formulas do not check again."""
+    for module in ("box_constraint", "pairwise_constraint"):
+        monkeypatch.setattr(sys.modules[f"wsseg_fast.ops.{module}"], "check_truth_values", None)
+    anns, masks = refuge_like()
+    images = torch.rand(2, 3, 16, 20, generator=torch.Generator().manual_seed(0))
+    kb = compile_knowledge_base(
+        anns, 3, (16, 20), class_names=NAMES, images=images, priors={"box_size": (0.2, 1.0)}, backend=backend
+    )
+    probs = masks.clamp(0.1, 0.9).to(device_of(backend))
+    assert torch.isfinite(kb(probs)[0])
+    for where in [(0, 1, 5, 8), (1, 2, 15, 19)]:  # inside a box; a corner no box, point or scribble reads
+        nan = probs.clone()
+        nan[where] = float("nan")
+        assert all(truth.isnan() for truth in kb.truths(nan).values())
+        loss, satisfaction = kb(nan)
+        assert loss.isnan() and all(math.isnan(v) for v in satisfaction.values())
+    for bad in (1.2, -0.1):
+        wrong = probs.clone()
+        wrong[1, 0, 0, 0] = bad
+        with pytest.raises(ValueError, match=r"KnowledgeBase: `probs` must be truth values in \[0, 1\]"):
+            kb(wrong)
 
 
 def test_bad_annotations_raise():

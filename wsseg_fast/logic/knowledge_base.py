@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from wsseg_fast.fuzzy import sat_agg
+from wsseg_fast.fuzzy import check_truth_values, sat_agg
 from wsseg_fast.logic.formulas import Formula, Logic
 from wsseg_fast.logic.priors import ORDER, BoxSize, Pairwise, Prior, PriorsError, as_priors
 from wsseg_fast.logic.weak_labels import (
@@ -88,12 +88,19 @@ class KnowledgeBase:
         return probs
 
     def truths(self, probs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Each constraint's truth (differentiable)."""
+        """Each constraint's truth (differentiable).
+
+        ``probs`` are checked once, for every formula, by one reduction over them
+        (:func:`~wsseg_fast.fuzzy.check_truth_values`): a value more than 1e-3 outside [0, 1]
+        raises ``ValueError`` naming ``probs`` (not while ``torch.compile`` traces), and a NaN
+        anywhere in ``probs`` makes every truth, and so the loss, NaN."""
         probs = self._check(probs)
-        return {c.name: c.formula(probs) for c in self.constraints if c.weight > 0}
+        guard = check_truth_values(probs, "KnowledgeBase")
+        return {c.name: c.formula(probs) + guard for c in self.constraints if c.weight > 0}
 
     def __call__(self, probs: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """(loss = 1 - SatAgg, each constraint's satisfaction as a float, for logging)."""
+        """(loss = 1 - SatAgg, each constraint's satisfaction as a float, for logging); the checks
+        of :meth:`truths`."""
         truths = self.truths(probs)
         if not truths:
             return (self._check(probs) * 0).sum(), {}

@@ -142,8 +142,8 @@ class Pairwise:
         options = dict(self.options)
         return lambda probs: (
             1.0
-            - pairwise_constraint_loss(
-                probs, lab=lab.to(probs.device), stable=logic.stable, backend=logic.backend, **options
+            - pairwise_constraint_loss(  # check=False: the knowledge base checks probs, lab comes from checked images
+                probs, lab=lab.to(probs.device), stable=logic.stable, check=False, backend=logic.backend, **options
             )
         )
 

@@ -113,7 +113,8 @@ def box_tensors(parsed: list[ImageLabels]) -> tuple[torch.Tensor, torch.Tensor] 
 
 
 def box_formula(boxes: torch.Tensor, labels: torch.Tensor, logic: Logic) -> Formula:
-    """The fused OUT/TIGHT box constraint; its truth is 1 - its loss."""
+    """The fused OUT/TIGHT box constraint; its truth is 1 - its loss. Runs inside a
+    :class:`~wsseg_fast.logic.KnowledgeBase`, which checks ``probs``."""
     return lambda probs: (
         1.0
         - box_constraint_loss(
@@ -123,6 +124,7 @@ def box_formula(boxes: torch.Tensor, labels: torch.Tensor, logic: Logic) -> Form
             p_forall=logic.p_forall,
             p_exists=logic.p_exists,
             stable=logic.stable,
+            check=False,  # the knowledge base checks probs once for all its formulas
             backend=logic.backend,
         )
     )
