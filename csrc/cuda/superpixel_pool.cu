@@ -34,11 +34,18 @@ void check_inputs(const at::Tensor& x, const at::Tensor& labels, const char* op)
   TORCH_CHECK(labels.device() == x.device(), op, ": labels are on ", labels.device(), " but x on ", x.device());
 }
 
+// Whether `value` replaces the running max `old`: a larger number, or a NaN (the max of a
+// superpixel holding a NaN is NaN, as on the CPU and in torch.amax); a NaN is never replaced.
+template <typename T>
+__device__ __forceinline__ bool raises_max(T old, T value) {
+  return !isnan(old) && (old < value || isnan(value));
+}
+
 // Atomic max of a float or double, by compare-and-swap on its bits.
 __device__ __forceinline__ void atomic_max(float* address, float value) {
   int* bits = reinterpret_cast<int*>(address);
   int old = *bits;
-  while (__int_as_float(old) < value) {
+  while (raises_max(__int_as_float(old), value)) {
     const int assumed = old;
     old = atomicCAS(bits, assumed, __float_as_int(value));
     if (old == assumed) break;
@@ -47,7 +54,7 @@ __device__ __forceinline__ void atomic_max(float* address, float value) {
 __device__ __forceinline__ void atomic_max(double* address, double value) {
   unsigned long long* bits = reinterpret_cast<unsigned long long*>(address);
   unsigned long long old = *bits;
-  while (__longlong_as_double(static_cast<long long>(old)) < value) {
+  while (raises_max(__longlong_as_double(static_cast<long long>(old)), value)) {
     const unsigned long long assumed = old;
     old = atomicCAS(bits, assumed, static_cast<unsigned long long>(__double_as_longlong(value)));
     if (old == assumed) break;
@@ -102,7 +109,8 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// argmax[plane, k] = min p with x[p] == max of its superpixel (starts at hw: none).
+// argmax[plane, k] = min p with x[p] == max of its superpixel, or x[p] NaN when the max is
+// NaN (starts at hw: none).
 template <typename scalar_t, typename label_t>
 __global__ void claim_argmax_kernel(const scalar_t* __restrict__ x, const label_t* __restrict__ labels,
                                     const scalar_t* __restrict__ table, unsigned long long* __restrict__ argmax,
@@ -112,7 +120,9 @@ __global__ void claim_argmax_kernel(const scalar_t* __restrict__ x, const label_
   const int64_t plane = idx / hw, p = idx % hw;
   const int64_t s = int64_t(labels[(plane / channels) * hw + p]);
   if (s < 0 || s >= k) return;
-  if (x[idx] == table[plane * k + s]) atomicMin(argmax + plane * k + s, static_cast<unsigned long long>(p));
+  const scalar_t best = table[plane * k + s];
+  if (x[idx] == best || (isnan(x[idx]) && isnan(best)))
+    atomicMin(argmax + plane * k + s, static_cast<unsigned long long>(p));
 }
 
 __global__ void finish_argmax_kernel(int64_t* argmax, int64_t hw, int64_t total) {

@@ -3,6 +3,8 @@ float64 reference, with gradients."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -115,6 +117,46 @@ def test_compact_superpixels_with_ties(backend):
                 first = int(torch.nonzero(where & (plane == plane[where].max()))[0])
                 expected[b, c].view(-1)[first] = float(where.sum())
     assert torch.equal(xg.grad.cpu(), expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduce", ["mean", "max"])
+@pytest.mark.parametrize("sign", [1.0, -1.0], ids=["nan", "negative-nan"])
+def test_nan_makes_its_superpixel_nan(backend, reduce, sign):
+    """A NaN makes its superpixel's mean and max NaN, and nothing else; x is not read where the
+    label is -1 (0 there). The max's gradient goes to the first NaN. Both signs of NaN: the
+    float atomic max of the Triton kernel compares bits as integers."""
+    x = torch.rand(1, 2, 4, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    labels = torch.arange(24).reshape(1, 4, 6) // 8  # three superpixels of 8 pixels
+    labels[0, 3, 5] = -1
+    expected = reference.superpixel_pool(x, labels, reduce)
+    nan = x.clone()
+    nan[0, 1, 1, 3] = nan[0, 1, 1, 4] = math.copysign(math.nan, sign)  # superpixel 1 (pixels 8..15), twice
+    nan[0, 0, 3, 5] = float("nan")  # no superpixel: not read
+    assert torch.signbit(nan[0, 1, 1, 3]) == (sign < 0)
+    xg = nan.to(device_of(backend)).requires_grad_()
+    out = superpixel_pool(xg, labels.to(xg.device), reduce=reduce, backend=backend)
+    (grad,) = torch.autograd.grad(out, xg, torch.ones_like(out))
+    out, grad = out.detach().cpu(), grad.cpu()
+    hit = torch.zeros_like(out, dtype=torch.bool)
+    hit[0, 1] = labels[0] == 1
+    assert out[hit].isnan().all()
+    torch.testing.assert_close(out.masked_fill(hit, 0), expected.masked_fill(hit, 0))
+    if reduce == "max" and backend != "torch":  # torch's rule shares the gradient between "ties"
+        assert grad[0, 1, 1, 3] == 8 and grad[0, 1, 1, 4] == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_modulation_and_alignment_loss_propagate_nan(backend):
+    """A NaN CAM makes its class's target NaN (the per-class max normalisation spreads it) and
+    the alignment loss NaN, also when the class is not present."""
+    cams, labels = make(batch=1, channels=2, height=6, width=7, segments=4)
+    cams[0, 1, 2, 3] = float("nan")
+    target = run(activation_modulation, backend, cams, labels, erode=1).cpu()
+    assert target[0, 1].isnan().all() and target[0, 0].isfinite().all()
+    for present in (None, torch.tensor([[True, False]])):
+        present = None if present is None else present.to(device_of(backend))
+        assert run(ssc_alignment_loss, backend, cams, labels, erode=1, present=present).isnan()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -2,7 +2,8 @@
 
 mean: ``sums[b, c, k]`` and ``counts[b, k]`` by ``atomic_add``, then each pixel reads
 ``sums / counts``. max: ``atomic_max`` per superpixel, then the first pixel holding the
-max claims it by ``atomic_min`` of its index (the arg-max the gradient goes to).
+max claims it by ``atomic_min`` of its index (the arg-max the gradient goes to). A NaN is the
+max of its superpixel, and its first position the arg-max, as in the CPU and CUDA kernels.
 Programs are (plane ``b * C + c``, block of pixels). The number of superpixels
 is read from ``labels`` on the host (one synchronisation) to size the buffers.
 
@@ -31,6 +32,9 @@ def _segment_reduce_kernel(
     valid = inside & (lbl >= 0)
     value = tl.load(x_ptr + plane * hw + offs, mask=valid, other=0)
     if IS_MAX:
+        # A NaN is the max (as torch.amax). Float atomic_max compares the bits as integers, where a
+        # NaN with its sign bit clear sorts above +inf and one with it set below -inf: abs clears it.
+        value = tl.where(value == value, value, tl.abs(value))
         tl.atomic_max(acc_ptr + plane * k + lbl, value, mask=valid)
     else:
         tl.atomic_add(acc_ptr + plane * k + lbl, value, mask=valid)
@@ -48,7 +52,8 @@ def _claim_argmax_kernel(x_ptr, labels_ptr, max_ptr, argmax_ptr, hw, channels, k
     valid = inside & (lbl >= 0)
     value = tl.load(x_ptr + plane * hw + offs, mask=valid, other=0)
     best = tl.load(max_ptr + plane * k + lbl, mask=valid, other=0)
-    tl.atomic_min(argmax_ptr + plane * k + lbl, offs, mask=valid & (value == best))
+    holds = (value == best) | ((value != value) & (best != best))  # the max, or a NaN when it is NaN
+    tl.atomic_min(argmax_ptr + plane * k + lbl, offs, mask=valid & holds)
 
 
 @triton.jit

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 def superpixel_pool(x: torch.Tensor, labels: torch.Tensor, reduce: str = "mean") -> torch.Tensor:
     """``x`` ``[B, C, H, W]``, ``labels`` ``[B, H, W]`` (-1 = no superpixel) -> ``[B, C, H, W]``:
     every pixel gets the mean (or max) over its superpixel, per channel; 0 where the label is -1.
+    A NaN makes its superpixel's mean and max NaN; x is not read where the label is -1.
     Differentiable through autograd (max: torch's rule, ties share the gradient)."""
     batch, channels, height, width = x.shape
     flat = labels.reshape(batch, 1, height * width).long()
@@ -17,7 +18,7 @@ def superpixel_pool(x: torch.Tensor, labels: torch.Tensor, reduce: str = "mean")
     index = flat.clamp_min(0).expand(batch, channels, height * width)
     values = x.reshape(batch, channels, height * width)
     if reduce == "mean":
-        sums = x.new_zeros(batch, channels, k).scatter_add(2, index, values * valid)
+        sums = x.new_zeros(batch, channels, k).scatter_add(2, index, values.masked_fill(~valid, 0))
         counts = torch.zeros(batch, 1, k, dtype=x.dtype, device=x.device).scatter_add(
             2, flat.clamp_min(0), valid.to(x.dtype)
         )
@@ -27,7 +28,7 @@ def superpixel_pool(x: torch.Tensor, labels: torch.Tensor, reduce: str = "mean")
         pooled = x.new_full((batch, channels, k), lowest).scatter_reduce(
             2, index, values.masked_fill(~valid, lowest), "amax", include_self=True
         )
-    return (pooled.gather(2, index) * valid).view(batch, channels, height, width)
+    return pooled.gather(2, index).masked_fill(~valid, 0).view(batch, channels, height, width)
 
 
 def erode(mask: torch.Tensor, radius: int) -> torch.Tensor:
