@@ -8,6 +8,7 @@ import torch
 from tests.helpers import backends_here, device_of
 from wsseg_fast import reference
 from wsseg_fast.ops import local_affinity, mask_affinity, neighbor_offsets
+from wsseg_fast.reference.random_walk import valid_neighbors
 
 BACKENDS = backends_here("local_affinity")
 
@@ -54,6 +55,31 @@ def test_definition_and_symmetry():
                 else:
                     assert a[0, k, y, x] == 0
     assert (a[:, offsets.index([0, 0])] == 1).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("metric", ["l1", "l2"])
+def test_nan_features_give_nan_affinities(backend, metric):
+    """A NaN feature makes every affinity of its pixel NaN: the 9 to its neighbours and the 8
+    that its neighbours have to it (radius 2, all inside); the others stay as they were."""
+    f = features((1, 2, 5, 6), seed=5)
+    f[0, 1, 2, 3] = float("nan")
+    out = local_affinity(f.to(device_of(backend)), 2, metric=metric, backend=backend).cpu()
+    assert out[0, :, 2, 3].isnan().all() and int(out.isnan().sum()) == 9 + 8
+    torch.testing.assert_close(out, reference.local_affinity(f, 2, metric), equal_nan=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_mask_logits_give_nan_affinities(backend):
+    """aggregate="sum" normalises the image by its max: one NaN makes every affinity NaN (0 stays
+    where the neighbour is outside); "stack" keeps it to the pixel's own affinities."""
+    logits = features((1, 3, 5, 6), seed=6)
+    logits[0, 2, 2, 3] = float("nan")
+    logits = logits.to(device_of(backend))
+    summed = mask_affinity(logits, 2, backend=backend).cpu()
+    inside = valid_neighbors(2, 5, 6).unsqueeze(0)
+    assert torch.equal(summed.isnan(), inside) and (summed[~inside] == 0).all()
+    assert int(mask_affinity(logits, 2, aggregate="stack", backend=backend).isnan().sum()) == 9 + 8
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -183,6 +183,17 @@ def test_empty_and_half():
     torch.testing.assert_close(out.double(), reference.dense_random_walk(x, a, 2, 8.0, 4), rtol=5e-3, atol=5e-3)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_inputs_raise(backend):
+    """A NaN would spread over the whole image in a few steps: every backend raises, naming the
+    argument (the check is skipped under torch.compile)."""
+    x, a = inputs(1, 2, 5, 5, 2)
+    for name, (nx, na) in {"x": (x.clone(), a), "affinity": (x, a.clone())}.items():
+        (nx if name == "x" else na)[0, 0, 1, 1] = float("nan")
+        with pytest.raises(ValueError, match=f"`{name}` contains NaN"):
+            walk(nx, na, 2, backend, steps=2)
+
+
 def test_bad_inputs():
     x, a = inputs(1, 2, 5, 5, 3)
     with pytest.raises(ValueError, match="affinity.*K = 9 offsets for radius 2"):
