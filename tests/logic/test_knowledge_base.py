@@ -125,6 +125,7 @@ def test_user_formula_and_batch_checks():
         kb.add("cup->disc", lambda p: p.mean())
 
 
+@pytest.mark.interpreter_heavy
 @pytest.mark.parametrize("backend", backends_here("box_constraint_loss"))
 def test_nan_and_out_of_range_probabilities(backend, monkeypatch):
     """On every backend of the fused formulas: a NaN anywhere in probs makes every truth and the

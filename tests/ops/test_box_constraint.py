@@ -145,15 +145,14 @@ def bad_value_case(dtype=torch.float32):
 @pytest.mark.parametrize("params", [dict(), dict(p_forall=3.0, p_exists=1.5)], ids=["p2", "p"])
 def test_nan_probs_give_nan(backend, params):
     """NaN in, NaN out, on every backend: a NaN the loss reads (inside a box, outside the boxes
-    of its class) makes the loss and the gradient NaN by the kernels' own arithmetic (check=False
-    too); a NaN it does not read (a class without a box) makes the loss NaN by the value check."""
+    of its class) makes the loss and the gradient NaN by the kernels' own arithmetic (without the
+    value check); a NaN it does not read (a class without a box) makes the loss NaN by the check."""
     probs, boxes, labels = bad_value_case()
     for where in [(0, 1, 2, 2), (0, 1, 8, 0), (1, 1, 8, 9)]:
         nan = probs.clone()
         nan[where] = float("nan")
-        for check in (True, False):
-            loss, grad = loss_and_grad(nan, boxes, labels, backend, check=check, **params)
-            assert loss.isnan() and grad.isnan().any(), (where, check)
+        loss, grad = loss_and_grad(nan, boxes, labels, backend, check=False, **params)
+        assert loss.isnan() and grad.isnan().any(), where
     unread = probs.clone()
     unread[0, 0, 4, 4] = float("nan")
     loss, grad = loss_and_grad(unread, boxes, labels, backend, **params)
@@ -169,7 +168,7 @@ def test_probs_outside_0_1_raise(backend):
         wrong[0, 0, 4, 4] = bad  # a plane the loss does not even read
         with pytest.raises(ValueError, match=r"`probs` must be truth values in \[0, 1\]"):
             loss_and_grad(wrong, boxes, labels, backend)
-        assert loss_and_grad(wrong, boxes, labels, backend, check=False)[0].isfinite()
+    assert loss_and_grad(wrong, boxes, labels, backend, check=False)[0].isfinite()  # the plane is not read
     near = probs.clone()
     near[0, 1, 2, 2], near[0, 2, 3, 3] = 1.0005, -0.0005  # within the tolerance of 1e-3
     assert loss_and_grad(near, boxes, labels, backend)[0].isfinite()
