@@ -51,39 +51,29 @@ inline void plane_sums(const scalar_t* x, const std::vector<Run>& runs, scalar_t
     if (r.label >= 0) sums[r.label] += run_sum(x, r.start, r.end);
 }
 
-// The max of x[start, end) and its first position. A NaN is the max (as in torch.amax), at its first
-// position: the comparison alone would keep a NaN only when it comes first.
-template <typename scalar_t>
-inline scalar_t run_max(const scalar_t* x, int64_t start, int64_t end, int64_t* at) {
-  scalar_t m = x[start];
-  bool nan = false;
-  for (int64_t p = start; p < end; ++p) {
-    m = x[p] > m ? x[p] : m;
-    nan |= x[p] != x[p];
-  }
-  int64_t i = start;
-  if (nan) {
-    while (x[i] == x[i]) ++i;
-  } else {
-    while (!(x[i] == m)) ++i;
-  }
-  *at = i;
-  return x[i];
-}
-
 // Max of x per label and its first position (the lowest index wins ties) into
-// maxes[K], argmax[K]; argmax starts at -1 (a superpixel not seen yet). A NaN wins over
-// every number and keeps its (first) position.
+// maxes[K], argmax[K]; argmax starts at -1 (a superpixel not seen yet). A NaN is the max (as in
+// torch.amax) at its first position: the comparison alone keeps a NaN only as a run's first pixel,
+// so the loop flags NaN. A run's position is searched only when it beats the superpixel's max.
 template <typename scalar_t>
 inline void plane_max(const scalar_t* x, const std::vector<Run>& runs, scalar_t* maxes, int64_t* argmax) {
   for (const Run& r : runs) {
     if (r.label < 0) continue;
-    int64_t at;
-    const scalar_t m = run_max(x, r.start, r.end, &at);
+    scalar_t m = x[r.start];
+    bool nan = m != m;
+    for (int64_t p = r.start + 1; p < r.end; ++p) {
+      m = x[p] > m ? x[p] : m;
+      nan |= x[p] != x[p];
+    }
     const scalar_t best = maxes[r.label];
-    const bool seen = argmax[r.label] >= 0;
-    if (seen && (best != best || !(m > best || m != m))) continue;  // earlier runs win ties
-    maxes[r.label] = m;
+    if (argmax[r.label] >= 0 && (best != best || !(nan || m > best))) continue;  // earlier runs win ties
+    int64_t at = r.start;
+    if (nan) {
+      while (x[at] == x[at]) ++at;
+    } else {
+      while (!(x[at] == m)) ++at;
+    }
+    maxes[r.label] = x[at];
     argmax[r.label] = at;
   }
 }
