@@ -190,6 +190,7 @@ def test_class_priors_in_the_job(tmp_path):
     cfg.out = str(tmp_path / "out2")
     with pytest.raises(MethodError, match="unknown class 'lid'"):
         run_pseudo_label(cfg, progress=False)
+    assert not (tmp_path / "out2").exists()  # refused before the first image: nothing written
 
 
 def test_grabcut_finds_a_distinct_object():

@@ -144,6 +144,8 @@ class Labeller:
         self.method = METHODS[cfg.method]
         self.options = cfg.options
         self.dataset = CocoWeakDataset(cfg.coco, cfg.images)
+        if self.method.check is not None:  # the options against the dataset, before SAM or any output
+            self.method.check(self.options, tuple(self.dataset.class_names))
         self.engine = None
         if self.method.needs_sam:
             self.engine = cfg.engine(cfg.device, cfg.finetuned)

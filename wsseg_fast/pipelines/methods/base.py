@@ -12,7 +12,9 @@ imported by its ``__init__``)::
         return instances_from_prediction(ctx, prediction)
 
 ``options`` declares the method's ``--method-option key=value`` settings and their
-defaults (values are parsed to the default's type).
+defaults (values are parsed to the default's type). ``check(options, class_names)``, if given,
+runs once before any image is labelled (a file an option names, read against the dataset's
+classes): its ``MethodError`` stops the job before SAM is built or anything is written.
 """
 
 from __future__ import annotations
@@ -68,15 +70,16 @@ class Method:
     options: dict = field(default_factory=dict)
     help: str = ""
     needs_boxes: bool = True  # False: prompt-free, it labels images without boxes too
+    check: Callable[[dict, tuple], None] | None = None  # (options, class names) -> None, before the first image
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register_method(name: str, *, needs_sam: bool, options: dict | None = None, needs_boxes: bool = True):
+def register_method(name: str, *, needs_sam: bool, options: dict | None = None, needs_boxes: bool = True, check=None):
     def deco(fn):
         summary = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())  # the first paragraph
-        METHODS[name] = Method(name, fn, needs_sam, dict(options or {}), summary, needs_boxes)
+        METHODS[name] = Method(name, fn, needs_sam, dict(options or {}), summary, needs_boxes, check)
         return fn
 
     return deco

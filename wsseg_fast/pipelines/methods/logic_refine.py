@@ -86,6 +86,13 @@ def _class_priors(path: str, class_names: tuple[str, ...]) -> list:
     return [p for p in priors if isinstance(p, CLASS_PRIORS)]
 
 
+def check_options(options: dict, class_names: tuple[str, ...]) -> None:
+    """The job's check before the first image: the priors file is readable, names the dataset's
+    classes and holds no contradiction (:func:`~wsseg_fast.logic.priors.check_priors`)."""
+    if options["priors"] and options["prior_weight"]:
+        _class_priors(str(options["priors"]), tuple(class_names))
+
+
 def refine(
     image: np.ndarray,
     boxes: np.ndarray,
@@ -279,7 +286,7 @@ def _instances(ctx: MethodInput, logits: np.ndarray) -> Instances:
     return Instances(masks, ctx.classes, 1.0 - area / (h * w), expit(logits))
 
 
-@register_method("logic-refine", needs_sam=False, options=OPTIONS)
+@register_method("logic-refine", needs_sam=False, options=OPTIONS, check=check_options)
 def logic_refine(ctx: MethodInput) -> Instances:
     """Weight-free: each image's instance masks optimised under its own knowledge base (boxes, seeds, colour,
     pairwise)."""
@@ -289,7 +296,7 @@ def logic_refine(ctx: MethodInput) -> Instances:
     )
 
 
-@register_method("sam-logic-refine", needs_sam=True, options=OPTIONS)
+@register_method("sam-logic-refine", needs_sam=True, options=OPTIONS, check=check_options)
 def sam_logic_refine(ctx: MethodInput) -> Instances:
     """``logic-refine`` with SAM's box-prompted logits as one more term (--checkpoint, optionally --finetuned)."""
     prediction = ctx.engine.predict(ctx.embedding, boxes=ctx.boxes)
