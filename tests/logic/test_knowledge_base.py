@@ -45,12 +45,7 @@ def test_compiles_every_kind_and_trains():
         class_names=NAMES,
         images=images,
         exhaustive=False,
-        priors={
-            "contains": [("cup", "disc")],
-            "excludes": [("background", "cup")],
-            "one_class_per_pixel": True,
-            "box_size": (0.3, 1.0),
-        },
+        priors={"contains": [("cup", "disc")], "excludes": [("background", "cup")], "box_size": (0.3, 1.0)},
         weights={"pairwise": 0.5},
     )
     assert kb.names() == [
@@ -61,7 +56,6 @@ def test_compiles_every_kind_and_trains():
         "tags_present",
         "contains[cup->disc]",
         "excludes[background,cup]",
-        "one_class_per_pixel",
         "pairwise",
     ]
     logits = torch.zeros(2, 3, 16, 20, requires_grad=True)

@@ -23,7 +23,7 @@ NAMES = ["background", "disc", "cup", "crescent", "rod", "ring", "ell"]
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("ftdemo")
     make_demo(out, images=2, seed=3)
-    (out / "priors.yaml").write_text("contains: [[cup, disc]]\none_class_per_pixel: true\n")
+    (out / "priors.yaml").write_text("contains: [[cup, disc]]\nexcludes: [[rod, ring]]\n")
     return out
 
 
@@ -74,6 +74,18 @@ def test_priors_file(tmp_path):
         load_priors(tmp_path / "missing.yaml", NAMES)
 
 
+def test_contradictory_priors_are_one_line_before_training(demo, tmp_path, capsys):
+    (tmp_path / "p.yaml").write_text("contains: [[cup, disc]]\nexcludes: [[disc, cup]]\n")
+    args = ["finetune", "--coco", str(demo / "annotations.json"), "--model", "tiny", "--out", str(tmp_path / "ft")]
+    assert main([*args, "--priors", str(tmp_path / "p.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"wsseg-fast finetune: error: --priors: {tmp_path / 'p.yaml'}: contains[cup->disc] and excludes[disc,cup] "
+        "contradict each other: a cup pixel would be both disc and cup, so cup could only be empty\n"
+    )
+    assert not (tmp_path / "ft" / "last.pt").exists()
+
+
 def test_bad_settings(demo, tmp_path):
     with pytest.raises(ConfigError, match="train must be one of"):
         finetune(config(demo, tmp_path, train="encoder"), progress=False)
@@ -93,8 +105,8 @@ def test_decoder_training_logs_constraints_resumes_exactly_and_is_deterministic(
         "tags_present",
         "tags_absent",
         "pairwise",
-        "one_class_per_pixel",
         "contains[cup->disc]",
+        "excludes[rod,ring]",
     } <= set(sat)
     assert all(0.0 <= v <= 1.0 for v in sat.values())
     weights = load_state_dict_file(whole)

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from benchmarks import real_photos
+from wsseg_fast.cli import main
 from wsseg_fast.data import make_demo
 from wsseg_fast.data.labels import write_label_png
 from wsseg_fast.data.weak import make_weak_from_layout
@@ -143,14 +144,16 @@ def test_class_priors_couple_the_instances(tmp_path):
     assert refine_nested(tmp_path, "excludes: [[cup, disc]]\n", scale=0.5)[0] < 0.5  # scaled crops too
 
 
-def test_sparse_class_truths_match_the_dense_ones():
+@pytest.mark.parametrize(
+    "rules", [{"contains": [["cup", "disc"]]}, {"one_class_per_pixel": True}], ids=["contains", "one-class"]
+)
+def test_sparse_class_truths_match_the_dense_ones(rules):
     """The priors' loss on the boxes' pixels equals the knowledge base on class_truths of the pasted maps."""
     torch.manual_seed(0)
     h, w = 20, 24
     bounds = [(2, 12, 3, 15), (6, 18, 10, 22), (0, 5, 0, 4)]
     classes = torch.tensor([1, 2, 1])
     names = ["background", "disc", "cup"]
-    rules = {"contains": [["cup", "disc"]], "one_class_per_pixel": True}
     coupling = _Coupling((rules, classes, names), bounds, h, w)
     sizes = [(y1 - y0, x1 - x0) for y0, y1, x0, x1 in bounds]
     z = torch.randn(3, 1, 12, 12, dtype=torch.float64)
@@ -176,7 +179,7 @@ def test_bad_class_priors(tmp_path):
 
 def test_class_priors_in_the_job(tmp_path):
     make_demo(tmp_path / "demo", images=2, seed=4)
-    (tmp_path / "priors.yaml").write_text("contains: [[cup, disc]]\none_class_per_pixel: true\n")
+    (tmp_path / "priors.yaml").write_text("contains: [[cup, disc]]\n")
     cfg = JobConfig(
         coco=str(tmp_path / "demo/annotations.json"),
         out=str(tmp_path / "out"),
@@ -188,9 +191,24 @@ def test_class_priors_in_the_job(tmp_path):
     (tmp_path / "bad.yaml").write_text("contains: [[cup, lid]]\n")
     cfg.options = parse_options("logic-refine", [f"priors={tmp_path / 'bad.yaml'}"])
     cfg.out = str(tmp_path / "out2")
-    with pytest.raises(MethodError, match="unknown class 'lid'"):
+    with pytest.raises(MethodError, match=r"contains\[cup->lid\]: unknown class 'lid'"):
         run_pseudo_label(cfg, progress=False)
     assert not (tmp_path / "out2").exists()  # refused before the first image: nothing written
+
+
+@pytest.mark.parametrize("method", ["logic-refine", "sam-logic-refine"])
+def test_contradictory_priors_stop_the_job_before_it_starts(tmp_path, capsys, method):
+    make_demo(tmp_path / "demo", images=1, seed=4)
+    (tmp_path / "priors.yaml").write_text("contains: [[cup, disc]]\none_class_per_pixel: true\n")
+    args = ["pseudo-label", "--coco", str(tmp_path / "demo/annotations.json"), "--out", str(tmp_path / "out")]
+    args += ["--method", method, "--model", "tiny", "--method-option", f"priors={tmp_path / 'priors.yaml'}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.removeprefix(
+        "note: no --checkpoint: SAM tiny has random weights; the masks only exercise the pipeline\n"
+    )
+    assert err.startswith("wsseg-fast pseudo-label: error: --method-option priors: ") and err.count("\n") == 1
+    assert "contains[cup->disc] and one_class_per_pixel contradict each other" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_grabcut_finds_a_distinct_object():

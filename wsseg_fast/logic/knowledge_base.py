@@ -15,7 +15,7 @@ import torch
 
 from wsseg_fast.fuzzy import check_truth_values, sat_agg
 from wsseg_fast.logic.formulas import Formula, Logic
-from wsseg_fast.logic.priors import ORDER, BoxSize, Pairwise, Prior, PriorsError, as_priors
+from wsseg_fast.logic.priors import ORDER, BoxSize, Pairwise, Prior, PriorsError, as_priors, check_priors
 from wsseg_fast.logic.weak_labels import (
     ImageLabels,
     box_formula,
@@ -151,9 +151,8 @@ class ClassSpace:
                 raise ValueError(f"compile_knowledge_base: category_id {c} is not in `category_map`")
             c = int(self.category_map[c])
         if not 0 <= c < self.num_classes:
-            raise ValueError(
-                f"compile_knowledge_base: class {value!r} in {what} is not a channel in [0, {self.num_classes})"
-            )
+            where = f"class {value!r} in {what} is not a channel in [0, {self.num_classes})"
+            raise PriorsError(where) if what == "priors" else ValueError(f"compile_knowledge_base: {where}")
         return c
 
     def name_of(self, value) -> str:
@@ -259,8 +258,7 @@ def compile_knowledge_base(
     logic = Logic(p_forall, p_exists, stable, backend)
     parsed = _parse(split_images(annotations), (height, width), annotation_size, classes, exhaustive, background)
     rules = as_priors(priors)
-    for prior in rules:  # unknown classes: one clear error before anything is built
-        prior.name(classes.name_of)
+    check_priors(rules, classes.channel, classes.name_of)  # one clear error before anything is built
     kb = KnowledgeBase(
         p=2.0, stable=stable, batch_size=len(parsed), num_classes=num_classes, image_size=(height, width)
     )

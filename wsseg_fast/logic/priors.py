@@ -15,17 +15,20 @@ file of ``finetune --priors`` and of ``logic-refine``'s ``priors=`` option::
 
     contains: [[cup, disc]]
     excludes: [[rod, ring]]
-    one_class_per_pixel: true
     pairwise: true
     box_size: [0.2, 0.95]
 
-Priors that no map can satisfy are refused before anything is optimised
-(:func:`check_priors`): ``contains`` and ``excludes`` of one pair (the inner class could only be
-empty), ``contains`` together with ``one_class_per_pixel`` (an inner pixel must then be two classes
-at once), ``excludes`` of a class with itself, and cycles of ``contains`` between different classes.
-Nesting in a map that holds one class per pixel is expressed without ``contains``: the inner class
-is simply another class (``excludes`` between siblings if needed); ``contains`` is for per-class or
-per-instance masks, where a disc's mask covers its cup.
+Priors that name an unknown class or that no map can satisfy are refused before anything is
+optimised (:func:`check_priors`, one line naming the clauses): ``contains`` and ``excludes`` of one
+pair, or of classes that one class lies inside by a chain of ``contains`` (that class could only be
+empty); ``contains`` together with ``one_class_per_pixel`` (an inner pixel would be two classes at
+once); ``excludes`` of a class with itself; cycles of ``contains`` between different classes.
+
+``contains`` is for maps that hold a class per channel, such as the fuzzy OR of instance masks
+(:func:`~wsseg_fast.logic.class_truths`), where a disc's mask covers its cup. In a map that holds one
+class per pixel, nesting is expressed without ``contains``: the inner class is a class of its own
+and the outer class keeps the pixels around it (the disc's rim), so ``one_class_per_pixel`` alone
+states it; the whole outer object is the union of the two classes.
 """
 
 from __future__ import annotations
@@ -221,47 +224,78 @@ def as_priors(priors: Sequence[Prior] | Mapping | None) -> list[Prior]:
 
 
 def check_priors(priors: Sequence[Prior], channel: Callable[[object], int], name_of: Callable[[int], str]) -> None:
-    """Refuse priors that no map can satisfy (see the module docstring), in one line naming the
-    clauses. ``channel`` turns a class name or id into a channel (a ``PriorsError`` for unknown
-    ones), ``name_of`` a channel into its name."""
+    """Refuse priors that name an unknown class or that no map can satisfy (see the module
+    docstring): a ``PriorsError`` of one line naming the clauses. ``channel`` turns a class name or
+    id into a channel (a ``PriorsError`` for an unknown one), ``name_of`` a channel into its name."""
+    for prior in priors:  # unknown classes first: the checks below compare channels
+        for value in _classes_named(prior):
+            try:
+                channel(value)
+            except PriorsError as exc:
+                raise PriorsError(f"{prior.name(str)}: {exc}") from None
 
     def said(prior) -> str:
         return prior.name(lambda c: name_of(channel(c)))
 
-    contains = [p for p in priors if isinstance(p, Contains)]
     excludes = [p for p in priors if isinstance(p, Excludes)]
     for e in excludes:
         if channel(e.first) == channel(e.second):
-            raise PriorsError(f"{said(e)} says a class is never itself: it can only be empty")
-        for c in contains:
-            if {channel(c.inner), channel(c.outer)} == {channel(e.first), channel(e.second)}:
-                raise PriorsError(
-                    f"{said(c)} and {said(e)} contradict each other: every {name_of(channel(c.inner))} "
-                    f"pixel would have to be, and could not be, {name_of(channel(c.outer))}"
-                )
-    single = next((p for p in priors if isinstance(p, OneClassPerPixel)), None)
-    nested = [c for c in contains if channel(c.inner) != channel(c.outer)]
-    if single is not None and nested:
+            raise PriorsError(
+                f"{said(e)} says a class is never itself: {name_of(channel(e.first))} could only be empty"
+            )
+    nested = [p for p in priors if isinstance(p, Contains) and channel(p.inner) != channel(p.outer)]
+    if nested and any(isinstance(p, OneClassPerPixel) for p in priors):
+        inside, around = name_of(channel(nested[0].inner)), name_of(channel(nested[0].outer))
         raise PriorsError(
-            f"{said(nested[0])} and one_class_per_pixel contradict each other: a pixel inside would be "
-            "two classes; with one class per pixel, give the inner class as a class of its own "
-            "(drop contains)"
+            f"{_listed([said(c) for c in nested])} and one_class_per_pixel contradict each other: a {inside} pixel "
+            f"would be {inside} and {around} at once; with one class per pixel, drop contains ({inside} is a class of "
+            f"its own, {around} keeps the pixels around it)"
         )
-    outer = {}
+    outer: dict[int, list[tuple[int, Contains]]] = {}
     for c in nested:
-        outer.setdefault(channel(c.inner), []).append(channel(c.outer))
+        outer.setdefault(channel(c.inner), []).append((channel(c.outer), c))
     for start in outer:
-        seen, frontier = {start}, list(outer[start])
-        while frontier:
-            nxt = frontier.pop()
-            if nxt == start:
+        chains = _containers(start, outer)
+        if start in chains:
+            raise PriorsError(
+                f"{_listed([said(c) for c in chains[start]])} form a cycle: classes inside each other would be "
+                "one class; keep one direction"
+            )
+        chains[start] = []
+        for e in excludes:
+            a, b = channel(e.first), channel(e.second)
+            if a in chains and b in chains:
+                clauses = list(dict.fromkeys([*chains[a], *chains[b]]))
                 raise PriorsError(
-                    f"the contains priors form a cycle through {name_of(start)}: classes inside each "
-                    "other would be the same class"
+                    f"{_listed([said(c) for c in [*clauses, e]])} contradict each other: a {name_of(start)} pixel "
+                    f"would be both {name_of(a)} and {name_of(b)}, so {name_of(start)} could only be empty"
                 )
-            if nxt not in seen:
-                seen.add(nxt)
-                frontier += outer.get(nxt, [])
+
+
+def _classes_named(prior: Prior) -> tuple:
+    if isinstance(prior, Contains):
+        return (prior.inner, prior.outer)
+    if isinstance(prior, Excludes):
+        return (prior.first, prior.second)
+    return ()
+
+
+def _containers(start: int, outer: dict[int, list[tuple[int, Contains]]]) -> dict[int, list[Contains]]:
+    """Every class that ``start`` lies inside by a chain of contains (``start`` itself only through a
+    cycle), with the clauses of the shortest chain."""
+    found: dict[int, list[Contains]] = {}
+    queue = [(start, [])]
+    while queue:
+        inner, chain = queue.pop(0)
+        for container, clause in outer.get(inner, []):
+            if container not in found:
+                found[container] = [*chain, clause]
+                queue.append((container, found[container]))
+    return found
+
+
+def _listed(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def load_priors(path: str | os.PathLike | None, class_names: list[str], what: str = "--priors") -> list[Prior]:
@@ -284,8 +318,7 @@ def load_priors(path: str | os.PathLike | None, class_names: list[str], what: st
         mapping["pairwise"] = {}
     try:
         priors = as_priors(mapping)
-        for prior in priors:
-            prior.name(lambda c: class_names[_named_channel(c, class_names)])
+        check_priors(priors, lambda c: _named_channel(c, class_names), lambda c: class_names[c])
     except PriorsError as exc:
         raise PriorsError(f"{what}: {path}: {exc}") from None
     return priors

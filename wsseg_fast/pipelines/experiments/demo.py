@@ -37,9 +37,10 @@ from wsseg_fast.pipelines.pseudo_label import JobConfig, run_pseudo_label
 from wsseg_fast.sam.model import build_sam
 
 ROW_NAMES = ("box", "sbr", "prompter", "sam_gt_box", "student_sbr", "student_box", "student_gt", "multihead_5pct")
-# The demo's domain knowledge: the cup lies inside the disc; one class per pixel; its
-# shapes (rings, crescents, rods, ells) fill at most ~80% of their box.
-PRIORS = "contains: [[cup, disc]]\none_class_per_pixel: true\npairwise: true\nbox_size: [0.1, 0.8]\n"
+# The demo's domain knowledge: the cup lies inside the disc; its shapes (rings, crescents, rods,
+# ells) fill at most ~80% of their box. Stage 1 reads the fuzzy OR of each class's instance masks,
+# where the disc's mask covers its cup: one_class_per_pixel would contradict contains there.
+PRIORS = "contains: [[cup, disc]]\npairwise: true\nbox_size: [0.1, 0.8]\n"
 
 
 @dataclass
