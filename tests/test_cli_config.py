@@ -9,6 +9,7 @@ import yaml
 
 from wsseg_fast.cli import main
 from wsseg_fast.data import make_demo
+from wsseg_fast.pipelines.methods import METHODS
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +103,17 @@ def test_list_methods_needs_nothing_else(capsys):
     assert "sam-box" in capsys.readouterr().out
     assert main(["pseudo-label", "--method", "box"]) == 2
     assert "--coco, --out" in capsys.readouterr().err
+
+
+def test_list_methods_prints_whole_descriptions(capsys):
+    """Each method's line holds the whole first paragraph of its docstring, a full sentence: the
+    first line alone cut sam-box's mid-sentence."""
+    assert main(["pseudo-label", "--list-methods"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert set(lines) == set(METHODS)
+    assert lines["sam-box"].startswith(
+        "sam-box          SAM prompted with every box of the image in one decoder call (``zoom``: small boxes "
+        "again, each on its own zoomed window -- for a SAM pre-trained with ``--zoom``). [multimask="
+    )
+    for name, method in METHODS.items():
+        assert method.help.endswith(".") and f" {method.help} [" in lines[name], name
