@@ -309,3 +309,20 @@ def test_cuda_is_the_auto_choice_on_cuda_tensors():
     from wsseg_fast.ops.superpixel_pool import SPEC
 
     assert choose(SPEC, "auto", torch.device("cuda")) == "cuda"
+
+
+@pytest.mark.slow
+@pytest.mark.triton
+def test_triton_max_kernel_compiles_for_gpu():
+    """The max reduction (atomic_max, and the exchange that stores a NaN) through the whole
+    compiler pipeline, which the interpreter skips."""
+    from tests.helpers import compile_triton_for_gpu
+
+    variant = dict(IS_MAX=True, BLOCK=1024)
+    sizes = []
+    for dtype in ("fp32", "fp64"):  # the exchange moves int32 or int64 bits
+        signature = {"x_ptr": f"*{dtype}", "labels_ptr": "*i64", "acc_ptr": f"*{dtype}", "count_ptr": "*fp32"}
+        signature.update(hw="i64", channels="i32", k="i64")
+        kernel = "_segment_reduce_kernel"
+        sizes += compile_triton_for_gpu("wsseg_fast.kernels.superpixel_pool", kernel, signature, [variant], (80,))
+    assert len(sizes) == 2 and all(size > 1000 for size in sizes)

@@ -32,10 +32,17 @@ def _segment_reduce_kernel(
     valid = inside & (lbl >= 0)
     value = tl.load(x_ptr + plane * hw + offs, mask=valid, other=0)
     if IS_MAX:
-        # A NaN is the max (as torch.amax). Float atomic_max compares the bits as integers, where a
-        # NaN with its sign bit clear sorts above +inf and one with it set below -inf: abs clears it.
-        value = tl.where(value == value, value, tl.abs(value))
-        tl.atomic_max(acc_ptr + plane * k + lbl, value, mask=valid)
+        # A NaN is the max (as torch.amax): stored by exchange, with its sign bit cleared (abs), and
+        # no atomic_max replaces it then. Triton's float atomic_max is a signed integer max for
+        # values with the sign bit clear (a NaN's bits sort above +inf's) and an unsigned min for
+        # the others (a positive NaN's bits sort below every negative number's). A NaN given to
+        # atomic_max itself is dropped by Triton before 3.4, which picked the branch by value >= 0.
+        # The exchange moves the bits as integers (the interpreter exchanges no floats).
+        number = value == value
+        tl.atomic_max(acc_ptr + plane * k + lbl, value, mask=valid & number)
+        bits = tl.int64 if acc_ptr.dtype.element_ty == tl.float64 else tl.int32
+        slot = (acc_ptr + plane * k + lbl).to(tl.pointer_type(bits), bitcast=True)
+        tl.atomic_xchg(slot, tl.abs(value).to(bits, bitcast=True), mask=valid & (value != value))
     else:
         tl.atomic_add(acc_ptr + plane * k + lbl, value, mask=valid)
         first_channel = valid & ((plane % channels) == 0)
