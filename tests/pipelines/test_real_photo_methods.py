@@ -188,6 +188,11 @@ def test_class_priors_in_the_job(tmp_path):
         threads=1,
     )
     assert run_pseudo_label(cfg, progress=False)["labelled"] == 2
+    # The job keeps the file by its content: the same path with other priors is other settings.
+    assert json.loads((tmp_path / "out" / "settings.json").read_text())["files"]["priors"]
+    (tmp_path / "priors.yaml").write_text("excludes: [[cup, ring]]\n")
+    with pytest.raises(JobError, match=r"other settings \(files differ\)"):
+        run_pseudo_label(cfg, progress=False)
     (tmp_path / "bad.yaml").write_text("contains: [[cup, lid]]\n")
     cfg.options = parse_options("logic-refine", [f"priors={tmp_path / 'bad.yaml'}"])
     cfg.out = str(tmp_path / "out2")

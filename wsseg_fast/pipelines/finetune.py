@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from wsseg_fast.config import at_least, positive
 from wsseg_fast.data import CocoWeakDataset
 from wsseg_fast.errors import DataError
+from wsseg_fast.io import file_digest
 from wsseg_fast.logic import class_truths, compile_knowledge_base
 from wsseg_fast.logic.priors import load_priors
 from wsseg_fast.pipelines.training import Meter, RunDir, epoch_shard, fit
@@ -120,6 +121,7 @@ class FinetuneTrainer:
         self.meta = {
             "weights": model_weights_id(cfg.model, cfg.checkpoint),
             "class_names": list(self.dataset.class_names),
+            **({"priors": file_digest(cfg.priors)} if cfg.priors else {}),  # its content, not its path
         }
 
     def train_epoch(self, epoch: int) -> dict:

@@ -29,7 +29,7 @@ from wsseg_fast.pipelines.distributed import DistContext
 from wsseg_fast.pipelines.training import Meter, RunDir, epoch_shard, fit
 from wsseg_fast.pipelines.weak_training import WeakTrainingConfig, embed_items, load_weak_items
 from wsseg_fast.sam.prompting import encode_boxes, input_frame_boxes
-from wsseg_fast.sam.registry import build_model
+from wsseg_fast.sam.registry import build_model, model_weights_id
 
 PROMPTER_NAME = "prompter.pt"
 PROMPTER_FORMAT = "wsseg_fast.prompter/1"
@@ -165,7 +165,11 @@ class PrompterTrainer:
         self.targets = _targets(cfg, sam, self.items)
         self.device = torch.device(cfg.device)
         self._build_model(sam)
-        self.meta = {"model": cfg.model, "class_names": list(self.dataset.class_names)}
+        self.meta = {
+            "model": cfg.model,
+            "weights": model_weights_id(cfg.model, cfg.checkpoint),
+            "class_names": list(self.dataset.class_names),
+        }
 
     def _build_model(self, sam) -> None:
         cfg = self.cfg

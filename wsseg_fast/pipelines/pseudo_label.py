@@ -120,6 +120,12 @@ class JobConfig(EncoderSettings):
         """What the outputs depend on: a re-run with other settings must not mix with them."""
         sam = METHODS[self.method].needs_sam
         embedding = self.embedding_numerics() if sam else None
+        files = {}
+        for name in METHODS[self.method].files:  # by content: a file replaced under its name is other settings
+            path = self.options[name]
+            if path:
+                require(os.path.isfile(path), f"--method-option {name}={path}: no such file")
+                files[name] = file_digest(path)
         return {
             "version": OUTPUT_VERSION,
             "method": self.method,
@@ -130,6 +136,7 @@ class JobConfig(EncoderSettings):
             "finetuned": finetuned,
             "coco": file_digest(self.coco),
             **({"refine": self.refine} if self.refine else {}),
+            **({"files": files} if files else {}),
         }
 
 

@@ -71,15 +71,18 @@ class Method:
     help: str = ""
     needs_boxes: bool = True  # False: prompt-free, it labels images without boxes too
     check: Callable[[dict, tuple], None] | None = None  # (options, class names) -> None, before the first image
+    files: tuple[str, ...] = ()  # options naming a file the outputs depend on (a model, priors): kept by digest
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register_method(name: str, *, needs_sam: bool, options: dict | None = None, needs_boxes: bool = True, check=None):
+def register_method(
+    name: str, *, needs_sam: bool, options: dict | None = None, needs_boxes: bool = True, check=None, files=()
+):
     def deco(fn):
         summary = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())  # the first paragraph
-        METHODS[name] = Method(name, fn, needs_sam, dict(options or {}), summary, needs_boxes, check)
+        METHODS[name] = Method(name, fn, needs_sam, dict(options or {}), summary, needs_boxes, check, tuple(files))
         return fn
 
     return deco

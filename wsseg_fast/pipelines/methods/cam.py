@@ -67,7 +67,7 @@ CAM_OPTIONS = {"cam": "", "alpha": 16.0}
 RW_OPTIONS = {**CAM_OPTIONS, "radius": 5, "beta": 8.0, "steps": 256}
 
 
-@register_method("cam", needs_sam=True, options=CAM_OPTIONS)
+@register_method("cam", needs_sam=True, options=CAM_OPTIONS, files=("cam",))
 def cam_method(ctx: MethodInput) -> Instances:
     """Tags only: CAMs of a train-cam classifier (cam=PATH), background (1 - max CAM)^alpha, argmax."""
     cams, _ = feature_cams(ctx)
@@ -76,7 +76,7 @@ def cam_method(ctx: MethodInput) -> Instances:
     return label_from_scores(cam_scores(cams, ctx.options["alpha"]), ctx.classes, h, w)
 
 
-@register_method("cam-rw", needs_sam=True, options=RW_OPTIONS)
+@register_method("cam-rw", needs_sam=True, options=RW_OPTIONS, files=("cam",))
 def cam_rw(ctx: MethodInput) -> Instances:
     """Tags only: CAMs refined by the sparse random walk on local_affinity of the SAM embedding."""
     cams, features = feature_cams(ctx)
@@ -93,7 +93,9 @@ def cam_rw(ctx: MethodInput) -> Instances:
     return label_from_scores(scores, ctx.classes, *ctx.image.shape[:2])
 
 
-@register_method("cam-sam-rw", needs_sam=True, options={**RW_OPTIONS, "points_per_side": 16, "size": 64})
+@register_method(
+    "cam-sam-rw", needs_sam=True, options={**RW_OPTIONS, "points_per_side": 16, "size": 64}, files=("cam",)
+)
 def cam_sam_rw(ctx: MethodInput) -> Instances:
     """Tags only: CAMs walked on WeakMedSAM's prompt affinity (grid point prompts through SAM's decoder ->
     mask_affinity)."""

@@ -286,7 +286,7 @@ def _instances(ctx: MethodInput, logits: np.ndarray) -> Instances:
     return Instances(masks, ctx.classes, 1.0 - area / (h * w), expit(logits))
 
 
-@register_method("logic-refine", needs_sam=False, options=OPTIONS, check=check_options)
+@register_method("logic-refine", needs_sam=False, options=OPTIONS, check=check_options, files=("priors",))
 def logic_refine(ctx: MethodInput) -> Instances:
     """Weight-free: each image's instance masks optimised under its own knowledge base (boxes, seeds, colour,
     pairwise)."""
@@ -296,7 +296,7 @@ def logic_refine(ctx: MethodInput) -> Instances:
     )
 
 
-@register_method("sam-logic-refine", needs_sam=True, options=OPTIONS, check=check_options)
+@register_method("sam-logic-refine", needs_sam=True, options=OPTIONS, check=check_options, files=("priors",))
 def sam_logic_refine(ctx: MethodInput) -> Instances:
     """``logic-refine`` with SAM's box-prompted logits as one more term (--checkpoint, optionally --finetuned)."""
     prediction = ctx.engine.predict(ctx.embedding, boxes=ctx.boxes)

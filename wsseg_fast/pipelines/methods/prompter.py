@@ -50,7 +50,9 @@ def predict_semantic(prompter: QueryPrompter, model, embedding: Embedding, *, th
 _LOADED: dict = {}
 
 
-@register_method("prompter", needs_sam=True, options={"checkpoint": "", "threshold": 0.5}, needs_boxes=False)
+@register_method(
+    "prompter", needs_sam=True, options={"checkpoint": "", "threshold": 0.5}, needs_boxes=False, files=("checkpoint",)
+)
 def prompter_method(ctx: MethodInput) -> Instances:
     """WPS-SAM: a trained query prompter (--prompter PROMPTER.pt from train-prompter) prompts SAM, no boxes used."""
     path = ctx.options["checkpoint"]
