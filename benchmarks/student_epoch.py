@@ -50,27 +50,30 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     work = Path(args.work or tempfile.mkdtemp(prefix="student_epoch_"))
     make_demo(work, images=args.images, seed=0)
-    for name in ("unet", "sam-head"):
+    for name in ("unet", "sam-head", "sam-head --no-image-branch"):
         shutil.rmtree(work / name, ignore_errors=True)  # each student trains from scratch
     encoder = EncoderSettings(model=args.model, backend=args.backend, cache=str(work / "cache"))
     engine = encoder.engine()
     began = time.perf_counter()
     SamFeatures(engine, list_images(work / "images"))
-    encode_s = (time.perf_counter() - began) / args.images
+    encoded = engine.stats.encoded
+    encode_s = (time.perf_counter() - began) / encoded if encoded else None
     size = 4 * engine.model.grid
     common = dict(images=str(work / "images"), sources={"gt": str(work / "gt")}, batch_size=args.batch_size)
     common |= dict(epochs=args.epochs, size=size, threads=args.threads)
     common = {k: v for k, v in common.items() if k in StudentConfig.__dataclass_fields__}
     rows = {}
+    sam = dict(arch="sam-head", encode=False, **{k: v for k, v in vars(encoder).items() if k != "encode"})
     for name, extra in (
         ("unet", dict(arch="unet")),
-        ("sam-head", dict(arch="sam-head", encode=False, **{k: v for k, v in vars(encoder).items() if k != "encode"})),
+        ("sam-head", sam),
+        ("sam-head --no-image-branch", dict(sam, image_branch=False)),
     ):
         checkpoint = train_student(StudentConfig(out=str(work / name), **common, **extra), progress=False)
         seconds = epoch_seconds(checkpoint)
         rows[name] = {"epoch_s": statistics.median(seconds[1:] or seconds), "epochs_s": seconds}
         print(f"{name}: {rows[name]['epoch_s']:.2f} s/epoch ({seconds})", flush=True)
-    ratio = rows["unet"]["epoch_s"] / rows["sam-head"]["epoch_s"]
+    ratios = {name: round(rows["unet"]["epoch_s"] / row["epoch_s"], 1) for name, row in rows.items() if name != "unet"}
     report = {
         "images": args.images,
         "model": args.model,
@@ -78,22 +81,21 @@ def main() -> None:
         "batch_size": args.batch_size,
         "label_map": size,
         "threads": args.threads,
-        "encode_s_per_image": round(encode_s, 2),
+        "encode_s_per_image": encode_s and round(encode_s, 2),
         "rows": rows,
-        "unet_over_sam_head": round(ratio, 1),
+        "unet_over": ratios,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
-        f"{args.images} demo images, {args.model} features ({args.backend}, encoded once: {encode_s:.1f} s/image), "
-        f"label map {size} px, batch {args.batch_size}, {args.threads} thread(s)",
+        f"{args.images} demo images, {args.model} features ({args.backend}, "
+        + (f"encoded once: {encode_s:.1f} s/image), " if encode_s else "already in the cache), ")
+        + f"label map {size} px, batch {args.batch_size}, {args.threads} thread(s)",
         "",
-        "| student | s/epoch |",
-        "|---|---|",
-        *(f"| {name} | {row['epoch_s']:.2f} |" for name, row in rows.items()),
-        "",
-        f"unet / sam-head: {ratio:.1f}x",
+        "| student | s/epoch | unet / this |",
+        "|---|---|---|",
+        *(f"| {name} | {row['epoch_s']:.2f} | {ratios.get(name, 1.0):.1f}x |" for name, row in rows.items()),
     ]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
