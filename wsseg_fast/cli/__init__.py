@@ -4,18 +4,23 @@ One module per command group; each has ``register(subparsers)``, which adds its 
 sets ``func``. The flags of a command that runs a config dataclass are generated from its
 fields (:mod:`wsseg_fast.cli.settings`), and such commands take ``--config FILE.yaml``.
 ``main`` dispatches; a :class:`~wsseg_fast.errors.UserError` (a bad setting, data file,
-checkpoint or output directory) is printed as one line with exit status 2, not a traceback.
+checkpoint or output directory) is printed as one line with exit status 2, not a traceback; so is a
+full disk (ENOSPC, EDQUOT): every durable file is written whole or not at all, so running the same
+command again once there is room resumes it.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from wsseg_fast.cli import cache, cam, data, experiment, info, prompter, pseudo_label, sam, student
 from wsseg_fast.cli.common import UsageError
 from wsseg_fast.cli.settings import parse_with_config
 from wsseg_fast.errors import UserError
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 COMMAND_GROUPS = (info, data, pseudo_label, cache, sam, experiment, student, cam, prompter)
 
@@ -66,6 +71,16 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     except UserError as exc:
         print(f"wsseg-fast {command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(
+            f"wsseg-fast {command}: error: {exc.strerror or 'no space left on device'}{where}: "
+            "make room and run the same command again (it resumes)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"wsseg-fast {command}: interrupted", file=sys.stderr)

@@ -38,7 +38,7 @@ import yaml
 
 from wsseg_fast.config import Config, field_defaults
 from wsseg_fast.errors import UserError
-from wsseg_fast.io import atomic_torch_save, atomic_write_text
+from wsseg_fast.io import TMP_PREFIX, atomic_torch_save, atomic_write_text
 
 FORMAT = "wsseg_fast.run/1"
 CHECKPOINT_NAME = "last.pt"
@@ -74,9 +74,14 @@ class RunDir:
 
     def start(self) -> dict | None:
         """Create the directory and save ``config.yaml``; return the checkpoint to resume from
-        (``None``: a new run), or refuse one of another trainer or other settings."""
+        (``None``: a new run), or refuse one of another trainer or other settings. A killed
+        run's temporary files are removed, and a log that missed the checkpoint's last epoch
+        (the disk filled between the two) is rewritten."""
         if self.rank == 0:
             self.path.mkdir(parents=True, exist_ok=True)
+            for name in os.listdir(self.path):
+                if name.startswith(TMP_PREFIX):
+                    os.unlink(self.path / name)
             atomic_write_text(self.path / CONFIG_NAME, yaml.safe_dump(self.config.to_dict(), sort_keys=False))
         if not self.checkpoint.exists():
             return None
@@ -98,7 +103,18 @@ class RunDir:
                 f"differ): use another --out, or delete {self.checkpoint} to start over"
             )
         self.history = list(state["history"])
+        if self.rank == 0 and self.history and not self._log_is_current():
+            atomic_write_text(self.path / LOG_NAME, self._log_text())
         return state
+
+    def _log_text(self) -> str:
+        return "".join(json.dumps(r) + "\n" for r in self.history)
+
+    def _log_is_current(self) -> bool:
+        try:
+            return (self.path / LOG_NAME).read_text() == self._log_text()
+        except (OSError, UnicodeDecodeError):
+            return False
 
     def _changed(self, stored: dict) -> list[str]:
         """Settings that differ from the stored ones (a setting the checkpoint predates counts
@@ -122,7 +138,7 @@ class RunDir:
             },
             self.checkpoint,
         )
-        atomic_write_text(self.path / LOG_NAME, "".join(json.dumps(r) + "\n" for r in self.history))
+        atomic_write_text(self.path / LOG_NAME, self._log_text())
 
     def save_artifact(self, name: str, obj) -> Path:
         """``OUT/name``: a file the trainer delivers (``torch.save`` format, atomic, rank 0)."""
