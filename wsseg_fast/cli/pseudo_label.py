@@ -60,6 +60,8 @@ def run_pseudo_label(args) -> int:
         f"{r['images_skipped_as_done']} already done, {r['images_failed']} failed) in {r['seconds']:.2f} s; "
         f"embeddings: {r['cache_hits']} from the cache, {r['encoded']} encoded"
     )
+    for name in r["images_changed"]:
+        print(f"  relabelled: {name}: the image changed since it was labelled", file=sys.stderr)
     for failure in summary["failed"]:
         print(f"  failed: {failure['file_name']}: {failure['error']}", file=sys.stderr)
     if summary["report"] is not None:

@@ -3,8 +3,9 @@
 Outputs under ``OUT``:
 
 - ``labels/<stem>.png``   palette PNG of class indices (0 = background)
-- ``parts/<stem>.json``   per image: its instances (COCO RLE) and the label's digest;
-  written after the PNG, so it marks the image finished (resume skips it)
+- ``parts/<stem>.json``   per image: its instances (COCO RLE), the label's digest and the image
+  file's; written after the PNG, so it marks the image finished (resume skips it, unless the
+  image file changed since: then it is labelled again and named in the run's ``images_changed``)
 - ``pseudo_labels.json``  COCO with the pseudo-label instances (RLE), assembled from the parts
 - ``manifest.json``       settings, per-image status and digests, failed images
 - ``report.json`` / ``report.md``  mIoU, per-class IoU, mACC, Dice — when GT exists
@@ -206,6 +207,7 @@ class Labeller:
             "status": "done",
             "label": f"labels/{record.stem}.png",
             "label_blake2b": hashlib.blake2b(png, digest_size=16).hexdigest(),
+            "image_blake2b": file_digest(record.path),
             "instances": _instances_json(record, anns, instances, winner) if instances is not None else [],
             **({"soft": soft} if soft else {}),
         }
@@ -303,8 +305,9 @@ def _prepare_out(cfg: JobConfig, labeller: Labeller, overwrite: bool) -> dict:
     return settings
 
 
-def finished_images(cfg: JobConfig, dataset) -> set[int]:
-    """Indices of images whose part record (and label PNG) exist and agree."""
+def finished_images(cfg: JobConfig, dataset, changed: list[str] | None = None) -> set[int]:
+    """Indices of images whose part record (and label PNG) exist and agree, and whose image file
+    is the one that was labelled; the file names of images replaced since are added to ``changed``."""
 
     done = set()
     for i, record in enumerate(dataset.images):
@@ -319,6 +322,11 @@ def finished_images(cfg: JobConfig, dataset) -> set[int]:
             continue
         soft = part.get("soft")  # a method's soft maps are outputs too
         if part.get("status") == "done" and ok and (soft is None or os.path.isfile(os.path.join(cfg.out, soft))):
+            image = part.get("image_blake2b")  # absent from parts written before it was recorded
+            if image is not None and os.path.isfile(record.path) and file_digest(record.path) != image:
+                if changed is not None:
+                    changed.append(record.file_name)
+                continue
             done.add(i)
     return done
 
@@ -330,7 +338,8 @@ def run_pseudo_label(cfg: JobConfig, progress: bool = True) -> dict:
     labeller = Labeller(cfg)
     settings = _prepare_out(cfg, labeller, cfg.overwrite)
     dataset = labeller.dataset
-    done = finished_images(cfg, dataset)
+    changed: list[str] = []
+    done = finished_images(cfg, dataset, changed)
     todo = [i for i in range(len(dataset)) if i not in done]
     failed: dict[int, str] = {}
     remote_hits = remote_encoded = 0
@@ -360,6 +369,7 @@ def run_pseudo_label(cfg: JobConfig, progress: bool = True) -> dict:
         "images_skipped_as_done": len(done),
         "images_labelled": len(todo) - len(failed),
         "images_failed": len(failed),
+        "images_changed": changed,
         "seconds": round(time.perf_counter() - start, 3),
         "labelling_seconds": round(labelling_seconds, 3),
         "cache_hits": (stats.cache_hits if stats else 0) + remote_hits,
@@ -415,6 +425,7 @@ def finalize(cfg: JobConfig, labeller: Labeller, settings: dict, failed: dict[in
                 "file_name": record.file_name,
                 "label": part["label"],
                 "label_blake2b": part["label_blake2b"],
+                **({"image_blake2b": part["image_blake2b"]} if "image_blake2b" in part else {}),
                 "instances": len(part["instances"]),
             }
         )
