@@ -10,7 +10,7 @@ from PIL import Image
 from tests.pipelines.test_pseudo_label import snapshot
 from wsseg_fast.cache import CorruptEntryWarning
 from wsseg_fast.cli import main
-from wsseg_fast.data import make_demo
+from wsseg_fast.data import CocoWeakDataset, make_demo
 from wsseg_fast.pipelines.methods import parse_options
 from wsseg_fast.pipelines.pseudo_label import JobConfig, run_pseudo_label
 
@@ -74,3 +74,21 @@ def test_an_image_replaced_before_a_resume_is_relabelled_and_reported(demo, tmp_
     shutil.rmtree(clean, ignore_errors=True)
     run_pseudo_label(_job(demo, clean), progress=False)
     assert snapshot(out) == snapshot(clean)  # as if the new image had been there from the start
+
+
+def test_an_image_replaced_while_it_is_read_is_relabelled_by_the_next_run(demo, tmp_path, monkeypatch):
+    original = CocoWeakDataset.load_image
+
+    def load_image(self, record):  # the file is replaced between the job's digest and its pixels
+        if record.file_name == "demo_0001.png" and not replaced:
+            _replace(record.path)
+            replaced.append(record.file_name)
+        return original(self, record)
+
+    replaced = []
+    monkeypatch.setattr(CocoWeakDataset, "load_image", load_image)
+    out = tmp_path / "out"
+    run_pseudo_label(_job(demo, out), progress=False)
+    again = run_pseudo_label(_job(demo, out), progress=False)
+    assert replaced and again["run"]["images_changed"] == ["demo_0001.png"]
+    assert again["run"]["images_skipped_as_done"] == 3

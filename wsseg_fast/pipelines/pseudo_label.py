@@ -166,12 +166,15 @@ class Labeller:
 
         record = self.dataset.images[index]
         try:
+            digest = _image_digest(record)
             image = self.dataset.load_image(record)
         except ImageLoadError as exc:
             return {"image_id": record.id, "file_name": record.file_name, "status": "failed", "error": str(exc)}
-        return self._label(record, image, embedding)
+        return self._label(record, image, digest, embedding)
 
-    def _label(self, record, image: np.ndarray, embedding=None) -> dict:
+    def _label(self, record, image: np.ndarray, digest: str | None, embedding=None) -> dict:
+        """``digest``: the image file's, read before its pixels (a file replaced in between is
+        labelled again by the next run, never kept under the new file's digest)."""
         h, w = image.shape[:2]
         boxes, classes = self.dataset.boxes(record)
         anns = [a for a in record.annotations if "bbox" in a]
@@ -207,7 +210,7 @@ class Labeller:
             "status": "done",
             "label": f"labels/{record.stem}.png",
             "label_blake2b": hashlib.blake2b(png, digest_size=16).hexdigest(),
-            "image_blake2b": file_digest(record.path),
+            **({"image_blake2b": digest} if digest else {}),
             "instances": _instances_json(record, anns, instances, winner) if instances is not None else [],
             **({"soft": soft} if soft else {}),
         }
@@ -215,6 +218,13 @@ class Labeller:
         if _TEST_DELAY:  # lets the SIGKILL test land between images
             time.sleep(_TEST_DELAY)
         return part
+
+
+def _image_digest(record) -> str | None:
+    try:
+        return file_digest(record.path)
+    except OSError:  # load_image says what is wrong with it
+        return None
 
 
 def _instances_json(record, anns, instances, winner) -> list[dict]:
@@ -391,16 +401,17 @@ def _run_local(labeller: Labeller, todo: list[int]):
             for i in chunk:
                 yield i, labeller.label_one(i)
             continue
-        loaded = {}
+        loaded, digests = {}, {}
         for i in chunk:
             record = labeller.dataset.images[i]
             try:
+                digests[i] = _image_digest(record)
                 loaded[i] = labeller.dataset.load_image(record)
             except ImageLoadError as exc:
                 yield i, {"image_id": record.id, "file_name": record.file_name, "status": "failed", "error": str(exc)}
         embeddings = labeller.engine.embed(list(loaded.values()), batch_size=batch)
         for (i, image), emb in zip(loaded.items(), embeddings):
-            yield i, labeller._label(labeller.dataset.images[i], image, emb)
+            yield i, labeller._label(labeller.dataset.images[i], image, digests[i], emb)
 
 
 def finalize(cfg: JobConfig, labeller: Labeller, settings: dict, failed: dict[int, str]) -> dict:
