@@ -223,6 +223,30 @@ def test_grabcut_finds_a_distinct_object():
     assert iou(mask, truth) > 0.8
 
 
+def ring_misleads(seed: int = 0):
+    """A red object on the left of its box; the box's right third is blue sky, which fills the image's
+    top 40 rows but is nowhere in the 20-pixel ring around the box (grey road)."""
+    rng = np.random.default_rng(seed)
+    image = np.empty((100, 120, 3))
+    image[:40] = (60, 90, 220)  # sky
+    image[40:] = (110, 110, 110)  # road
+    image[62:77, 75:90] = (60, 90, 220)  # the sky seen through the object's box
+    image[62:77, 45:75] = (210, 40, 40)  # the object
+    image = np.clip(image + 6 * rng.standard_normal(image.shape), 0, 255).astype(np.uint8)
+    truth = np.zeros((100, 120), bool)
+    truth[62:77, 45:75] = True
+    return image, truth, {"bbox": [45, 62, 45, 15], "category_id": 1}
+
+
+def test_grabcut_with_the_whole_image_beats_the_crop_where_the_ring_misleads():
+    pytest.importorskip("cv2")
+    image, truth, ann = ring_misleads()
+    whole = run_method("grabcut", image, ann)  # the default: the whole image outside the box is background
+    crop = run_method("grabcut", image, ann, margin=20)
+    assert iou(whole, truth) > 0.95
+    assert iou(crop, truth) < 0.8  # the ring holds no sky: the sky in the box stays object
+
+
 def test_crf_moves_a_boundary_to_the_colour_edge():
     rng = np.random.default_rng(0)
     image = np.clip(60 + 5 * rng.standard_normal((40, 60, 3)), 0, 255)

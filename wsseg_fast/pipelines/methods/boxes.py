@@ -1,5 +1,10 @@
 """Baselines from the boxes alone: ``box`` (filled boxes) and ``grabcut`` (OpenCV's GrabCut
-from each box: GMM colour models inside and outside the box, iterated graph cuts)."""
+from each box: GMM colour models inside and outside the box, iterated graph cuts).
+
+``grabcut`` runs as OpenCV documents its rect mode (and as Simple-Does-It used it): on the whole
+image, everything outside the box is background, the other objects' boxes included (they are
+outside this box, so OpenCV counts them as background evidence too). ``margin=N`` (N >= 0) runs it
+on a crop of N pixels around the box instead: its background model then sees only that ring."""
 
 from __future__ import annotations
 
@@ -32,15 +37,17 @@ def _import_cv2():
     return cv2
 
 
-@register_method("grabcut", needs_sam=False, options={"iterations": 5, "margin": 20})
+@register_method("grabcut", needs_sam=False, options={"iterations": 5, "margin": -1})
 def grabcut(ctx: MethodInput) -> Instances:
-    """OpenCV GrabCut from each box (GMM colour models, graph cuts); overlaps as for box."""
+    """OpenCV GrabCut from each box (GMM colour models, graph cuts), the whole image outside the box as background
+    (margin=N: a crop of N pixels around the box instead); overlaps as for box."""
     cv2 = _import_cv2()
     h, w = ctx.image.shape[:2]
     bgr = np.ascontiguousarray(ctx.image[..., ::-1])
     filled = box_masks(ctx.boxes, h, w)
     masks = filled.copy()
     margin = int(ctx.options["margin"])
+    margin = max(h, w) if margin < 0 else margin  # negative: the whole image
     for i, (y0, y1, x0, x1) in enumerate(box_pixels(ctx.boxes, h, w)):
         cy0, cy1, cx0, cx1 = max(0, y0 - margin), min(h, y1 + margin), max(0, x0 - margin), min(w, x1 + margin)
         rect = (x0 - cx0, y0 - cy0, x1 - x0, y1 - y0)
