@@ -6,16 +6,18 @@ size and batched; nothing of an instance lies outside its box, so that is exact)
 
 - **colour** (the unary): each pixel pulled towards the colour evidence of
   :func:`~wsseg_fast.pipelines.methods.colour.colour_evidence` — a Gaussian of the object's colours
-  (fitted to its box, its seeds, or both) against one of the pixels around its box — plus a
-  **box prior** (objects fill much of their box) and a **border prior** (a box's edge is
-  mostly background);
+  (fitted to its box, its seeds, or both) against one of the pixels around its box (``colour_ring``;
+  -1: the whole image outside it), or (``colour_model=gmm``) a Gaussian mixture of each, fitted by a
+  few EM steps to all boxes of the image in one batch, as GrabCut's — plus a **box prior** (objects
+  fill much of their box) and a **border prior** (a box's edge is mostly background);
 - **boxes** (fused box loss): every row and every column of the box holds some of the
   object (tightness, ∃ with pMean ``p_exists``);
 - **seeds**: its points and scribbles are the object (∀, then clamped); mask parts no seed
   touches are dropped;
 - **pairwise** (optional, fused pairwise loss): neighbours of similar colour agree;
 - **superpixels** (optional): the evidence averaged over SLIC superpixels first;
-- **rounds** (optional): the object's colours refit to its mask, then optimised again;
+- **rounds** (optional): the object's colours (``refit=both``: and the background's, as GrabCut)
+  refit to its mask, then optimised again;
 - **class priors** (optional, ``priors=FILE``, the YAML of ``finetune --priors``): ``contains``,
   ``excludes`` and ``one_class_per_pixel`` couple the instances of an image — each step, the
   classes' truths (the fuzzy OR of their instances) are formed on the pixels the boxes cover,
@@ -56,7 +58,13 @@ OPTIONS = {
     "steps": 40,  # Adam steps
     "lr": 0.5,
     "colour_weight": 0.5,  # weight of the colour unary
-    "colour_ring": 6,  # pixels around a box that model its surroundings
+    "colour_ring": 6,  # pixels around a box that model its surroundings (-1: the whole image outside the box)
+    "colour_model": "gaussian",  # one Gaussian per side ("gaussian") or a mixture of `components` ("gmm")
+    "components": 5,  # Gaussians per mixture (colour_model=gmm)
+    "em_steps": 5,  # EM steps of the mixtures
+    "colour_space": "lab",  # the colours the models see: CIELAB ("lab") or RGB ("rgb")
+    "colour_samples": 2048,  # pixels (at most) each mixture is fitted to
+    "unmix": False,  # gmm: the object's mixture drops the components its surroundings explain as well
     "object_colour": "box",  # the object's colour model: its whole box, or only its seeds ("seeds")
     "box_weight": 1.0,  # weight of the box constraints (outside + tightness)
     "p_exists": 8.0,  # pMean exponent of tightness: close to max
@@ -68,10 +76,18 @@ OPTIONS = {
     "sam_clip": 2.0,
     "border": 1.0,  # logit taken off at a box's edge, fading over ~2 px: objects touch their box at few places
     "keep_seeded": True,  # drop mask parts no seed touches
-    "rounds": 1,  # rounds of refitting the object's colour model to its current mask
+    "rounds": 1,  # rounds: later ones refit the colour models to the current masks
+    "refit": "object",  # what later rounds refit: the object's model ("object") or both sides' ("both", as GrabCut)
     "priors": "",  # YAML of class priors (contains / excludes / one_class_per_pixel); "" = none
     "prior_weight": 1.0,  # weight of the class priors' knowledge base
 }
+CHOICES = {  # the text options' values
+    "object_colour": ("box", "seeds", "both"),
+    "colour_model": ("gaussian", "gmm"),
+    "colour_space": ("lab", "rgb"),
+    "refit": ("object", "both"),
+}
+LEAST = {"components": 1, "em_steps": 0, "colour_samples": 1}  # the numbers' least values
 # What of a priors file logic-refine uses: the pairwise prior is `pairwise_weight`, and the
 # box prior (`prior`, `border`) stands in for `box_size`.
 CLASS_PRIORS = (Contains, Excludes, OneClassPerPixel)
@@ -104,10 +120,14 @@ def refine(
 ) -> np.ndarray:
     """``[N, H, W]`` refined logits of the instances of one image (see the module docstring);
     ``classes`` (1..C-1) and ``class_names`` (channel 0 the background) are needed by class priors."""
-    if options["object_colour"] not in ("box", "seeds", "both"):
-        raise MethodError(
-            f"--method-option object_colour must be 'box', 'seeds' or 'both', got {options['object_colour']!r}"
-        )
+    for key, allowed in CHOICES.items():
+        if options[key] not in allowed:
+            raise MethodError(
+                f"--method-option {key} must be {' or '.join(repr(a) for a in allowed)}, got {options[key]!r}"
+            )
+    for key, least in LEAST.items():
+        if options[key] < least:
+            raise MethodError(f"--method-option {key} must be at least {least}, got {options[key]!r}")
     h, w = image.shape[:2]
     if len(boxes) == 0:
         return np.zeros((0, h, w), np.float32)
@@ -122,8 +142,9 @@ def refine(
         )
     inside_box = box_masks(boxes, h, w)
     masks = inside_box
-    for _ in range(max(1, int(options["rounds"]))):  # later rounds refit the object's colours to its mask
-        evidence = _evidence(image, boxes, annotations, masks, inside_box, options, sam_logits)
+    for r in range(max(1, int(options["rounds"]))):  # later rounds refit the colour models to the masks
+        off_mask = r > 0 and options["refit"] == "both"
+        evidence = _evidence(image, boxes, annotations, masks, inside_box, options, sam_logits, off_mask)
         logits = _optimise(image, boxes, annotations, evidence, options, priors)
         found = (logits > 0).reshape(len(logits), -1).any(1)
         masks = np.where(found[:, None, None], logits > 0, inside_box)
@@ -132,13 +153,23 @@ def refine(
     return logits
 
 
-def _evidence(image, boxes, annotations, masks, inside_box, options, sam_logits) -> np.ndarray:
+def _evidence(image, boxes, annotations, masks, inside_box, options, sam_logits, off_mask=False) -> np.ndarray:
     """``[N, H, W]`` the unary's logits: colour evidence (object colours from ``masks`` or the seeds),
     SAM's clipped logits, optionally averaged over superpixels."""
     n, ring = len(boxes), int(options["colour_ring"])
     kinds = ("box", "seeds") if options["object_colour"] == "both" else (options["object_colour"],)
+    model = {
+        "model": options["colour_model"],
+        "components": int(options["components"]),
+        "em_steps": int(options["em_steps"]),
+        "space": options["colour_space"],
+        "samples": int(options["colour_samples"]),
+        "off_mask": off_mask,
+        "unmix": bool(options["unmix"]),
+    }
     evidence = sum(
-        colour_evidence(image, boxes, annotations if kind == "seeds" else [{}] * n, masks, ring=ring) for kind in kinds
+        colour_evidence(image, boxes, annotations if kind == "seeds" else [{}] * n, masks, ring=ring, **model)
+        for kind in kinds
     ) / len(kinds)
     evidence = options["colour_weight"] * evidence
     if sam_logits is not None and options["sam_weight"]:
