@@ -1,4 +1,5 @@
-"""GrabCut-strength colour models for ``logic-refine``: Gaussian mixtures (batched EM), on toy images."""
+"""GrabCut-strength colour models for ``logic-refine``: Gaussian mixtures (batched EM) and the exact
+minimum cut (``finish=graphcut``), on toy images."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import torch
 
 from tests.pipelines.test_real_photo_methods import iou, ring_misleads, run_method
 from wsseg_fast.pipelines.methods import MethodError, parse_options
-from wsseg_fast.pipelines.methods.colour import colour_evidence, fit_gmm, gmm_log_density
+from wsseg_fast.pipelines.methods import graphcut as graphcut_module
+from wsseg_fast.pipelines.methods.colour import colour_evidence, colour_features, fit_gmm, gmm_log_density
+from wsseg_fast.pipelines.methods.graphcut import contrast_weights, min_cut
+from wsseg_fast.pipelines.methods.logic_refine import refine
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -145,21 +149,96 @@ def test_logic_refine_models_the_whole_image_outside_the_box():
         assert iou(whole, truth) > 0.85 > 0.7 > iou(ring, truth)
 
 
+def energy(labels, unary, right, down):
+    """The cut's energy of ``labels`` ``[..., H, W]`` (a batch of labellings, or one)."""
+    return (
+        np.where(labels, np.maximum(-unary, 0), np.maximum(unary, 0)).sum((-2, -1))
+        + (right * (labels[..., :, 1:] != labels[..., :, :-1])).sum((-2, -1))
+        + (down * (labels[..., 1:, :] != labels[..., :-1, :])).sum((-2, -1))
+    )
+
+
+def brute_force(unary, right, down):
+    """Every labelling of a tiny grid: ``(the least energy's labelling, the two least energies)``."""
+    h, w = unary.shape
+    labels = ((np.arange(2 ** (h * w))[:, None] >> np.arange(h * w)) & 1).astype(bool).reshape(-1, h, w)
+    energies = energy(labels, unary, right, down)
+    return labels[energies.argmin()], np.sort(energies)[:2]
+
+
+def solvers():
+    return ["scipy"] + (["pymaxflow"] if graphcut_module._maxflow is not None else [])
+
+
+@pytest.mark.parametrize("shape", [(3, 3), (2, 6), (4, 4)])
+def test_min_cut_is_the_exact_minimum(shape):
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        unary = rng.normal(0, 1.5, shape)
+        right, down = rng.uniform(0, 1.5, (shape[0], shape[1] - 1)), rng.uniform(0, 1.5, (shape[0] - 1, shape[1]))
+        _, (least, _) = brute_force(unary, right, down)
+        for solver in solvers():
+            # scipy's flow is on integers (the energy scaled by 1e4 and rounded): exact to ~1e-3
+            assert energy(min_cut(unary, right, down, solver), unary, right, down) == pytest.approx(least, abs=1e-3)
+
+
+def test_the_graphcut_finish_is_the_least_energy_labelling_of_the_box():
+    """logic-refine's ``finish=graphcut`` on a 4x4 box: the brute-force minimum over all 2^16 labellings
+    of the box, for the logits that ``finish=threshold`` thresholds and the contrast weights of the image;
+    it differs from their sign, and nothing outside the box changes."""
+    rng = np.random.default_rng(0)
+    image = np.full((12, 14, 3), 110.0)
+    image[3:7, 4:6] = (200, 40, 40)
+    image = np.clip(image + 45 * rng.standard_normal(image.shape), 0, 255).astype(np.uint8)
+    boxes = np.array([[4, 3, 8, 7]], np.float32)
+    options = {"keep_seeded": False, "cut_weight": 1.0}
+    logits = refine(image, boxes, [{}], parse_options("logic-refine", options))
+    cut = refine(image, boxes, [{}], parse_options("logic-refine", {**options, "finish": "graphcut"}))
+    unary = logits[0, 3:7, 4:8].astype(np.float64)
+    right, down = contrast_weights(colour_features(image, "lab"), 1.0)
+    best, (least, second) = brute_force(unary, right[3:7, 4:7], down[3:6, 4:8])
+    assert second - least > 0.05  # one minimum, well clear of the integer flow's rounding
+    assert ((cut[0, 3:7, 4:8] > 0) == best).all()
+    assert (best != (unary > 0)).sum() >= 2  # the Potts term changed the labelling
+    outside = np.ones((12, 14), bool)
+    outside[3:7, 4:8] = False
+    assert (cut[0][outside] == logits[0][outside]).all() and (cut[0][outside] < 0).all()
+
+
+def test_the_cut_labels_a_noisy_unary_better_than_its_sign():
+    rng = np.random.default_rng(1)
+    truth = np.zeros((40, 50), bool)
+    truth[10:30, 12:40] = True
+    unary = np.where(truth, 1.0, -1.0) + rng.normal(0, 1.2, truth.shape)
+    colours = np.where(truth[..., None], 200.0, 60.0) + rng.normal(0, 5, (40, 50, 3))
+    right, down = contrast_weights(colours, 2.0)
+    assert right.shape == (40, 49) and down.shape == (39, 50)
+    assert right[0, 0] > 10 * right[15, 11]  # across the object's edge the Potts term is cheap
+    cuts = [min_cut(unary, right, down, solver) for solver in solvers()]
+    for cut in cuts:
+        assert (cut != truth).sum() <= ((unary > 0) != truth).sum()
+        assert iou(cut, truth) > 0.95 > iou(unary > 0, truth)
+        assert energy(cut, unary, right, down) <= energy(unary > 0, unary, right, down)
+    assert all((cut == cuts[0]).all() for cut in cuts)  # both solvers, one minimum
+    with pytest.raises(ValueError, match="solver"):
+        min_cut(unary, right, down, "magic")
+
+
 def test_options_parse():
     options = parse_options(
         "logic-refine",
-        ["colour_model=gmm", "components=3", "em_steps=4", "colour_space=rgb", "unmix=false"]
-        + ["colour_ring=-1", "refit=both", "colour_samples=512"],
+        ["colour_model=gmm", "components=3", "em_steps=4", "colour_space=rgb", "unmix=false", "finish=graphcut"]
+        + ["cut_weight=2.5", "colour_ring=-1", "refit=both", "colour_samples=512"],
     )
-    assert options["colour_model"] == "gmm" and options["components"] == 3 and options["em_steps"] == 4
-    assert options["colour_ring"] == -1 and options["unmix"] is False and options["refit"] == "both"
+    assert options["colour_model"] == "gmm" and options["components"] == 3 and options["cut_weight"] == 2.5
+    assert options["colour_ring"] == -1 and options["unmix"] is False and options["finish"] == "graphcut"
     assert parse_options("grabcut", ["margin=20"])["margin"] == 20 and parse_options("grabcut")["margin"] == -1
     image, _, box = two_colour_object()
-    for key, value in [("colour_model", "gmmm"), ("colour_space", "hsv"), ("refit", "all")]:
+    for key, value in [("colour_model", "gmmm"), ("colour_space", "hsv"), ("finish", "crf"), ("refit", "all")]:
         with pytest.raises(MethodError, match=key):
             run_method("logic-refine", image, {"bbox": [15, 15, 30, 30], "category_id": 1}, **{key: value})
     with pytest.raises(MethodError, match="components"):
         parse_options("logic-refine", ["components=many"])
-    for key, value in [("components", 0), ("em_steps", -1), ("colour_samples", 0)]:
+    for key, value in [("components", 0), ("em_steps", -1), ("colour_samples", 0), ("cut_weight", -1.0)]:
         with pytest.raises(MethodError, match=key):
             run_method("logic-refine", image, {"bbox": [15, 15, 30, 30], "category_id": 1}, **{key: value})

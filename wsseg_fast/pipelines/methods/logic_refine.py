@@ -25,7 +25,10 @@ size and batched; nothing of an instance lies outside its box, so that is exact)
 - **SAM** (``sam-logic-refine``): SAM's box-prompted logits, clipped to ±``sam_clip``, join
   the evidence.
 
-Every term has a weight option, so its contribution can be measured (set it to 0).
+The masks are the logits' sign, or (``finish=graphcut``) per box the exact minimum cut of the
+logits plus GrabCut's contrast-sensitive Potts term between neighbours
+(:mod:`~wsseg_fast.pipelines.methods.graphcut`). Every term has a weight option, so its
+contribution can be measured (set it to 0).
 Overlaps go to the smaller box, as for ``box``.
 """
 
@@ -51,7 +54,14 @@ from wsseg_fast.pipelines.methods.base import (
     box_pixels,
     register_method,
 )
-from wsseg_fast.pipelines.methods.colour import COLOUR_CLIP, colour_evidence, keep_seeded_components, seed_pixels
+from wsseg_fast.pipelines.methods.colour import (
+    COLOUR_CLIP,
+    colour_evidence,
+    colour_features,
+    keep_seeded_components,
+    seed_pixels,
+)
+from wsseg_fast.pipelines.methods.graphcut import contrast_weights, min_cut
 
 OPTIONS = {
     "scale": 1.0,  # optimise each box at this fraction of its size
@@ -76,6 +86,8 @@ OPTIONS = {
     "sam_clip": 2.0,
     "border": 1.0,  # logit taken off at a box's edge, fading over ~2 px: objects touch their box at few places
     "keep_seeded": True,  # drop mask parts no seed touches
+    "finish": "threshold",  # the masks from the logits: their sign ("threshold") or a minimum cut ("graphcut")
+    "cut_weight": 1.0,  # graphcut: weight of the contrast-sensitive Potts term between neighbours
     "rounds": 1,  # rounds: later ones refit the colour models to the current masks
     "refit": "object",  # what later rounds refit: the object's model ("object") or both sides' ("both", as GrabCut)
     "priors": "",  # YAML of class priors (contains / excludes / one_class_per_pixel); "" = none
@@ -85,9 +97,10 @@ CHOICES = {  # the text options' values
     "object_colour": ("box", "seeds", "both"),
     "colour_model": ("gaussian", "gmm"),
     "colour_space": ("lab", "rgb"),
+    "finish": ("threshold", "graphcut"),
     "refit": ("object", "both"),
 }
-LEAST = {"components": 1, "em_steps": 0, "colour_samples": 1}  # the numbers' least values
+LEAST = {"components": 1, "em_steps": 0, "colour_samples": 1, "cut_weight": 0.0}  # the numbers' least values
 # What of a priors file logic-refine uses: the pairwise prior is `pairwise_weight`, and the
 # box prior (`prior`, `border`) stands in for `box_size`.
 CLASS_PRIORS = (Contains, Excludes, OneClassPerPixel)
@@ -148,8 +161,24 @@ def refine(
         logits = _optimise(image, boxes, annotations, evidence, options, priors)
         found = (logits > 0).reshape(len(logits), -1).any(1)
         masks = np.where(found[:, None, None], logits > 0, inside_box)
+    if options["finish"] == "graphcut":
+        logits = _graph_cut(image, boxes, logits, options)
     if options["keep_seeded"]:
         logits = keep_seeded_components(logits, boxes, annotations)
+    return logits
+
+
+def _graph_cut(image: np.ndarray, boxes: np.ndarray, logits: np.ndarray, options: dict) -> np.ndarray:
+    """Each box's mask as the minimum cut of its logits (the unary) plus GrabCut's contrast-sensitive Potts term
+    (``cut_weight``); the logits keep their size and take the cut's sign."""
+    h, w = image.shape[:2]
+    right, down = contrast_weights(colour_features(image, options["colour_space"]), options["cut_weight"])
+    logits = logits.copy()
+    for i, (y0, y1, x0, x1) in enumerate(box_pixels(boxes, h, w)):
+        if y1 > y0 and x1 > x0:
+            unary = logits[i, y0:y1, x0:x1]
+            cut = min_cut(unary, right[y0:y1, x0 : x1 - 1], down[y0 : y1 - 1, x0:x1])
+            logits[i, y0:y1, x0:x1] = np.where(cut, np.maximum(unary, 1e-3), np.minimum(unary, -1e-3))
     return logits
 
 
