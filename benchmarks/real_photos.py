@@ -29,6 +29,7 @@ from wsseg_fast.pipelines.pseudo_label import JobConfig, run_pseudo_label
 ROWS = {
     "box": ("box", {}, None),
     "grabcut": ("grabcut", {}, None),
+    "grabcut (20-pixel crop)": ("grabcut", {"margin": 20}, None),
     "box + crf": ("box", {}, "crf"),
     "sbr (tiny SAM, random weights)": ("sbr", {}, None),
     "logic-refine": ("logic-refine", {}, None),
@@ -45,6 +46,17 @@ ROWS = {
     "+ a second round (colours refit to the mask)": ("logic-refine", {"rounds": 2}, None),
     "+ pairwise colour prior": ("logic-refine", {"pairwise_weight": 1.0}, None),
     "+ superpixels (400)": ("logic-refine", {"superpixels": 400}, None),
+    # colour models (Gaussian mixtures, the whole image as the surroundings) and the graph-cut finish
+    "+ gmm colours": ("logic-refine", {"colour_model": "gmm"}, None),
+    "+ gmm colours, unmixed": ("logic-refine", {"colour_model": "gmm", "unmix": True}, None),
+    "+ whole image around": ("logic-refine", {"colour_ring": -1}, None),
+    "+ gmm colours, unmixed, whole image around": (
+        "logic-refine",
+        {"colour_model": "gmm", "unmix": True, "colour_ring": -1},
+        None,
+    ),
+    "+ graph-cut finish": ("logic-refine", {"finish": "graphcut"}, None),
+    "+ graph-cut finish (cut_weight 3)": ("logic-refine", {"finish": "graphcut", "cut_weight": 3.0}, None),
     # class priors: the option holds the YAML text here; the run writes it to a file
     "+ one class per pixel": ("logic-refine", {"priors": "one_class_per_pixel: true\n"}, None),
     "+ things exclude each other": ("logic-refine", {"priors": "excludes: THINGS\n"}, None),
@@ -120,6 +132,7 @@ def main(argv=None) -> int:
     parser.add_argument("--work", default=None, help="where the pseudo-labels go (default: a temporary directory)")
     parser.add_argument("--rows", nargs="+", choices=sorted(ROWS), metavar="ROW", help="rows to run (default: all)")
     parser.add_argument("--limit", type=int, help="only the first N images (a quick look; not for the tables)")
+    parser.add_argument("--every", type=int, default=1, help="only every K-th image (a subset spread over the split)")
     args = parser.parse_args(argv)
     data = Path(args.data)
     if not (data / "annotations.json").is_file() or not (data / "gt").is_dir():
@@ -127,9 +140,9 @@ def main(argv=None) -> int:
         return 2
     torch.set_num_threads(1)
     work = Path(args.work or os.path.join("/tmp", "wsseg-real-photos"))
-    if args.limit:  # a subset: a COCO file with the first N images
+    if args.limit or args.every > 1:  # a subset: a COCO file with every K-th of the first N images
         coco = json.loads((data / "annotations.json").read_text())
-        keep = {im["id"] for im in coco["images"][: args.limit]}
+        keep = {im["id"] for im in coco["images"][: args.limit][:: args.every]}
         coco["images"] = [im for im in coco["images"] if im["id"] in keep]
         coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in keep]
         atomic_write_json(work / "subset" / "annotations.json", coco)
@@ -144,7 +157,8 @@ def main(argv=None) -> int:
         rows.append(run_row(data, work, name, method, options, refine))
         print(f"{name}: mIoU {100 * rows[-1]['miou']:.1f}, {rows[-1]['seconds_per_image']:.2f} s/img", flush=True)
     out = Path(args.out)
-    atomic_write_json(out / "real_photos.json", {"data": str(args.data), "limit": args.limit, "rows": rows})
+    subset = {"limit": args.limit, "every": args.every}
+    atomic_write_json(out / "real_photos.json", {"data": str(args.data), **subset, "rows": rows})
     atomic_write_text(out / "real_photos.md", markdown(rows, str(args.data)))
     print(markdown(rows, str(args.data)))
     return 0

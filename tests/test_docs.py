@@ -109,3 +109,15 @@ def test_readme_python_tour_runs(tmp_path, monkeypatch):
     exec(compile(block, "README.md", "exec"), namespace)
     assert namespace["masks"].masks.shape == (1, 1, 100, 120)
     assert (tmp_path / "cache").is_dir()  # the embedding went through the cache
+
+
+def test_every_option_of_the_weight_free_methods_is_documented():
+    """docs/real_photos.md's option table names every option of logic-refine, and grabcut's options too."""
+    from wsseg_fast.pipelines.methods import METHODS
+
+    text = (ROOT / "docs" / "real_photos.md").read_text()
+    table = set(re.findall(r"^\| `(\w+)` \|", text, re.M))
+    missing = set(METHODS["logic-refine"].options) - table
+    assert not missing, f"docs/real_photos.md: logic-refine options without a row: {sorted(missing)}"
+    for option in METHODS["grabcut"].options:
+        assert f"`{option}" in text, f"docs/real_photos.md does not mention grabcut's {option}"
