@@ -236,7 +236,9 @@ def fit_gmm(
         log_weights = torch.log(mass / mass.sum(1, keepdim=True))
         if step == steps:
             return log_weights, means, cov
-        resp = torch.softmax(_component_log_density(x, means, cov, squares) + log_weights[:, None], -1)  # E step
+        log_p = _component_log_density(x, means, cov, squares) + log_weights[:, None]  # E step
+        resp = (log_p - log_p.amax(-1, keepdim=True)).exp_()  # a softmax: torch.softmax is ~5x slower on K = 5
+        resp = resp / resp.sum(-1, keepdim=True)
     raise AssertionError  # unreachable
 
 
