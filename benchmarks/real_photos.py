@@ -48,6 +48,8 @@ ROWS = {
     "+ superpixels (400)": ("logic-refine", {"superpixels": 400}, None),
     # colour models (Gaussian mixtures, the whole image as the surroundings) and the graph-cut finish
     "+ gmm colours": ("logic-refine", {"colour_model": "gmm"}, None),
+    "+ gmm colours (3 components)": ("logic-refine", {"colour_model": "gmm", "components": 3}, None),
+    "+ gmm colours (8 components)": ("logic-refine", {"colour_model": "gmm", "components": 8}, None),
     "+ gmm colours, unmixed": ("logic-refine", {"colour_model": "gmm", "unmix": True}, None),
     "+ whole image around": ("logic-refine", {"colour_ring": -1}, None),
     "+ gmm colours, unmixed, whole image around": (
@@ -57,6 +59,7 @@ ROWS = {
     ),
     "+ graph-cut finish": ("logic-refine", {"finish": "graphcut"}, None),
     "+ graph-cut finish (cut_weight 3)": ("logic-refine", {"finish": "graphcut", "cut_weight": 3.0}, None),
+    "+ gmm colours, graph-cut finish": ("logic-refine", {"colour_model": "gmm", "finish": "graphcut"}, None),
     # class priors: the option holds the YAML text here; the run writes it to a file
     "+ one class per pixel": ("logic-refine", {"priors": "one_class_per_pixel: true\n"}, None),
     "+ things exclude each other": ("logic-refine", {"priors": "excludes: THINGS\n"}, None),
