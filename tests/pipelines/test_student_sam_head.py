@@ -118,6 +118,8 @@ def test_predict_heads_all_and_new_images_through_the_engine(job, tmp_path):
 
 
 def test_bad_inputs_give_one_line(job, tmp_path, capsys):
+    with pytest.raises(ValueError, match="sam-head: size must be even, got 255"):
+        _sam_head(job, tmp_path / "odd", {"gt": str(job / "gt")}, size=255)
     ck = tmp_path / "s"
     train_student(_sam_head(job, ck, {"gt": str(job / "gt")}), progress=False)
     # A run directory holding a student of another architecture.

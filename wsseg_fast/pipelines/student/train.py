@@ -177,6 +177,8 @@ class StudentConfig(EncoderSettings):
             self.flip = self.arch != "sam-head"
         if self.size is not None:
             at_least(1, size=self.size)
+            # checked here, not when the head is built after an hour of encoding
+            require(self.arch != "sam-head" or self.size % 2 == 0, f"sam-head: size must be even, got {self.size}")
         multiple = 2 ** (len(self.widths) - 1)
         require(
             self.arch == "sam-head" or self.encoder != "conv" or self.size % multiple == 0,
